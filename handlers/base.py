@@ -1,0 +1,198 @@
+"""Base handlers: the seed's JSON envelope, body parsing, error rendering and auth.
+
+Every handler class must state `auth` explicitly ("public" or "operator");
+`handlers.app.make_app` refuses to build an application otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from datetime import date, datetime
+from typing import Any, ClassVar
+
+import tornado.web
+from bson import ObjectId
+
+from tornado_sched.auth import Operator
+from tornado_sched.context import AppContext
+from tornado_sched.errors import DomainError, Invalid
+
+from .httpauth import BASIC_CHALLENGE, DigestVerifier, parse_basic
+
+log = logging.getLogger(__name__)
+
+SUCCESS_CODE = "2000"
+SUCCESS_MESSAGE = "成功!"
+# "module": the WebSocket, where the module hash is the credential.
+AUTH_KINDS = ("public", "operator", "module")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, ObjectId):
+        return str(value)
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def to_json(value: Any) -> str:
+    """The one JSON encoder for responses (datetimes as ISO 8601, ObjectIds as str)."""
+    return json.dumps(value, ensure_ascii=False, default=_json_default)
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    """Owns the context, authentication and the JSON envelope."""
+
+    auth: ClassVar[str | None] = None
+    ctx: AppContext
+
+    def initialize(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+
+    @property
+    def operator(self) -> Operator | None:
+        return self.current_user
+
+    # -- authentication --------------------------------------------------------------
+    async def prepare(self) -> None:
+        if self.auth == "public":
+            return
+        if self.auth != "operator":  # make_app checks this too; belt and braces
+            raise tornado.web.HTTPError(500, reason="route has no auth decision")
+        self.current_user = await self.authenticate()
+        if self.current_user is None:
+            self.send_challenge()
+
+    async def authenticate(self) -> Operator | None:
+        """Basic or Digest credentials from the Authorization header, or None."""
+        header = self.request.headers.get("Authorization", "")
+        scheme = header[:7].lower()
+        accounts = self.ctx.accounts
+        if scheme.startswith("basic "):
+            creds = parse_basic(header)
+            if creds is None:
+                return None
+            return await accounts.verify_password(creds.username, creds.password)
+        if scheme == "digest ":
+            verifier = self._digest_verifier()
+            digest = verifier.parse(header)
+            if digest is None:
+                return None
+            found = await accounts.digest_credentials(digest.username)
+            if found is None or not verifier.matches(digest, found[1]):
+                return None
+            return found[0]
+        return None
+
+    def _digest_verifier(self) -> DigestVerifier:
+        key = hashlib.sha256(b"digest-opaque:" + self.ctx.settings.secret_key.encode()).digest()
+        return DigestVerifier(self.request, key)
+
+    def send_challenge(self) -> None:
+        self.send_error(401, reason="authentication required")
+
+    def _add_challenges(self) -> None:
+        # After send_error's clear(): both schemes are offered on every 401.
+        self.add_header("WWW-Authenticate", self._digest_verifier().challenge())
+        self.add_header("WWW-Authenticate", BASIC_CHALLENGE)
+
+    # -- output ----------------------------------------------------------------------
+    def write_envelope(
+        self, result: Any = None, *, code: str = SUCCESS_CODE, message: str = SUCCESS_MESSAGE
+    ) -> None:
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(to_json({"code": code, "message": message, "result": result}))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        code, message, result = f"{status_code}0", self._reason, None
+        if status_code == 401:
+            self._add_challenges()
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, DomainError):
+            code, message = exc.code, exc.message
+            if exc.field:
+                result = {"field": exc.field}
+        elif status_code >= 500:
+            message = "internal server error"
+        elif isinstance(exc, tornado.web.HTTPError) and exc.log_message and exc.reason is None:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        self.write_envelope(result, code=code, message=message)
+
+    def log_exception(self, typ, value, tb) -> None:  # noqa: ANN001
+        # Domain errors are the client's mistake, not ours: no traceback in the log.
+        if isinstance(value, DomainError):
+            log.info("%s %s -> %s %s", self.request.method, self.request.path, value.status, value.message)
+            return
+        super().log_exception(typ, value, tb)
+
+    def _handle_request_exception(self, e: BaseException) -> None:
+        if isinstance(e, DomainError):
+            if self._finished:
+                return
+            self.log_exception(type(e), e, e.__traceback__)
+            self.send_error(e.status, exc_info=(type(e), e, e.__traceback__))
+            return
+        super()._handle_request_exception(e)
+
+
+class ApiHandler(BaseHandler):
+    """JSON API handler: body parsing helpers on top of the envelope."""
+
+    _body_cache: dict[str, Any] | None = None
+
+    def body(self) -> dict[str, Any]:
+        """JSON object body, or form fields (last value wins) for form posts."""
+        if self._body_cache is not None:
+            return self._body_cache
+        content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        data: dict[str, Any]
+        if content_type == "application/json" or (
+            not content_type and self.request.body.lstrip()[:1] in (b"{", b"[")
+        ):
+            try:
+                parsed = json.loads(self.request.body or b"{}")
+            except (ValueError, UnicodeDecodeError):
+                raise Invalid("body: malformed JSON") from None
+            if not isinstance(parsed, dict):
+                raise Invalid("body: expected a JSON object")
+            data = parsed
+        else:
+            data = {
+                name: values[-1].decode("utf-8", "replace")
+                for name, values in self.request.body_arguments.items()
+            }
+        self._body_cache = data
+        return data
+
+    def param(self, name: str, default: Any = None) -> Any:
+        """A parameter from the body, else the query string."""
+        body = self.body() if self.request.body else {}
+        if name in body:
+            return body[name]
+        return self.get_query_argument(name, default)
+
+    def text_param(self, name: str, *, required: bool = True, max_len: int = 10_000) -> str:
+        """A string parameter; operator objects and other non-strings are refused."""
+        value = self.param(name)
+        if value is None:
+            if required:
+                raise Invalid(f"{name}: required", field=name)
+            return ""
+        if not isinstance(value, str):
+            raise Invalid(f"{name}: must be a string", field=name)
+        if len(value) > max_len:
+            raise Invalid(f"{name}: longer than {max_len} characters", field=name)
+        return value
+
+
+class NotFoundHandler(ApiHandler):
+    """Catch-all so unknown paths get the envelope, not Tornado's HTML page."""
+
+    auth = "public"
+
+    def prepare(self) -> None:  # type: ignore[override]
+        raise tornado.web.HTTPError(404, reason="not found")

@@ -1,0 +1,38 @@
+"""Liveness and readiness probes: no credentials, for load balancers and CI."""
+
+from __future__ import annotations
+
+import time
+
+from tornado_sched.errors import Unavailable
+from tornado_sched.stores import check_ready
+
+from .base import ApiHandler
+
+
+class HealthHandler(ApiHandler):
+    """Liveness: the IOLoop answers. Touches no store."""
+
+    auth = "public"
+
+    def get(self) -> None:
+        self.write_envelope({"status": "ok", "uptime_seconds": round(time.time() - self.ctx.started_at, 1)})
+
+
+class ReadyHandler(ApiHandler):
+    """Readiness: both stores answer, else 503 naming the one that does not."""
+
+    auth = "public"
+
+    async def get(self) -> None:
+        stores = await check_ready(self.ctx.docs, self.ctx.sql)
+        down = [name for name, state in stores.items() if state != "ok"]
+        if down:
+            raise Unavailable(f"store unavailable: {', '.join(down)}")
+        self.write_envelope({"status": "ready", "stores": stores})
+
+
+default_handlers = [
+    (r"/health", HealthHandler),
+    (r"/ready", ReadyHandler),
+]

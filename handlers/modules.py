@@ -1,0 +1,131 @@
+"""The seed's module API: register, online, send_message; plus list/detail/delete."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from tornado_sched.errors import Invalid
+from tornado_sched.registry import parse_requirements, validate_hash
+
+from .base import ApiHandler
+
+
+class RegisterHandler(ApiHandler):
+    """`GET|POST /module/register` -> {hash, module_id}. Needs operator credentials
+    or REGISTRATION_TOKEN (`token` parameter or `X-Registration-Token` header)."""
+
+    auth = "operator"
+
+    async def prepare(self) -> None:
+        token = self.request.headers.get("X-Registration-Token") or self._token_param()
+        expected = self.ctx.settings.registration_token
+        if token and expected and hmac.compare_digest(token.encode(), expected.encode()):
+            return
+        await super().prepare()
+
+    def _token_param(self) -> str:
+        try:
+            value = self.param("token")
+        except Exception:  # noqa: BLE001 - a malformed body is reported by the verb itself
+            return ""
+        return value if isinstance(value, str) else ""
+
+    async def get(self) -> None:
+        await self._register()
+
+    async def post(self) -> None:
+        await self._register()
+
+    async def _register(self) -> None:
+        record = await self.ctx.registry.register(
+            name=self.text_param("name", max_len=100),
+            description=self.text_param("description", required=False),
+            input_data=parse_requirements("input_data", self.param("input_data")),
+            output_data=parse_requirements("output_data", self.param("output_data")),
+            model_hash=self.text_param("modelHash", required=False, max_len=200),
+        )
+        self.write_envelope({"hash": record.hash, "module_id": record.module_id})
+
+
+class OnlineHandler(ApiHandler):
+    """`GET /module/online`: modules with an open session."""
+
+    auth = "operator"
+
+    async def get(self) -> None:
+        sessions = self.ctx.hub.sessions()
+        records = {m.hash: m for m in await self.ctx.registry.list()}
+        result = []
+        for session in sorted(sessions, key=lambda s: s.module_id):
+            item = session.public()
+            record = records.get(session.module_hash)
+            item["description"] = record.description if record else ""
+            result.append(item)
+        self.write_envelope(result)
+
+
+class SendMessageHandler(ApiHandler):
+    """`POST /module/send_message` (module_hash, message) -> {message}."""
+
+    auth = "operator"
+
+    async def post(self) -> None:
+        module_hash = validate_hash(self.param("module_hash"))
+        message: Any = self.param("message")
+        if message is None or message == "":
+            raise Invalid("message: required", field="message")
+        await self.ctx.registry.get(module_hash)  # 404 for an unknown module
+        if not isinstance(message, str):
+            message = json.dumps(message, ensure_ascii=False)
+        self.ctx.hub.send(module_hash, message)  # 409 when offline
+        self.write_envelope({"message": "消息已发送"})
+
+
+class ModuleListHandler(ApiHandler):
+    """`GET /module/list`: every module with its online flag."""
+
+    auth = "operator"
+
+    async def get(self) -> None:
+        modules = []
+        for record in await self.ctx.registry.list():
+            item = record.public()
+            session = self.ctx.hub.session(record.hash)
+            item["online"] = session is not None
+            if session is not None:
+                item.update(last_heartbeat=session.last_heartbeat, connected_at=session.connected_at)
+            modules.append(item)
+        self.write_envelope(modules)
+
+
+class ModuleDetailHandler(ApiHandler):
+    """`GET /module/<hash>`, `DELETE /module/<hash>` (409 while a workflow uses it)."""
+
+    auth = "operator"
+
+    async def get(self, module_hash: str) -> None:
+        record = await self.ctx.registry.get(module_hash)
+        item = record.public()
+        session = self.ctx.hub.session(record.hash)
+        item["online"] = session is not None
+        if session is not None:
+            item.update(last_heartbeat=session.last_heartbeat, connected_at=session.connected_at)
+        self.write_envelope(item)
+
+    async def delete(self, module_hash: str) -> None:
+        record = await self.ctx.registry.delete(module_hash)
+        session = self.ctx.hub.session(record.hash)
+        if session is not None:
+            session.connection.close(4404, "module deleted")
+        self.write_envelope({"module_id": record.module_id, "name": record.name, "deleted": True})
+
+
+default_handlers = [
+    (r"/module/register", RegisterHandler),
+    (r"/module/online", OnlineHandler),
+    (r"/module/send_message", SendMessageHandler),
+    (r"/module/list", ModuleListHandler),
+    (r"/module/([^/]+)", ModuleDetailHandler),
+]

@@ -1,0 +1,110 @@
+"""`/websocket?hash=<module_hash>`: the module's live connection.
+
+Thin: authenticates the hash before a session exists, then hands each frame to the
+core. Liveness is Tornado's own ping/pong (`websocket_ping_interval` /
+`websocket_ping_timeout`); a pong is the module's heartbeat.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+import tornado.web
+import tornado.websocket
+
+from tornado_sched.context import AppContext
+from tornado_sched.hub import ModuleSession
+from tornado_sched.logs import short_secret
+from tornado_sched.protocol import (
+    RESULT_ACK,
+    HeartbeatMessage,
+    ProtocolError,
+    error_reply,
+    parse_module_message,
+)
+from tornado_sched.registry import ModuleRecord
+
+from .base import to_json
+
+log = logging.getLogger(__name__)
+
+
+class ModuleSocketHandler(tornado.websocket.WebSocketHandler):
+    """One module's WebSocket session."""
+
+    auth = "module"  # the module hash is the credential, checked in prepare()
+
+    def initialize(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self.module: ModuleRecord | None = None
+        self.session: ModuleSession | None = None
+
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(to_json({"code": code, "message": message, "result": None}))
+
+    async def prepare(self) -> None:
+        module_hash = self.get_query_argument("hash", "")
+        if not module_hash or len(module_hash) > 128:
+            self._refuse(401, "4010", "hash: required")
+            return
+        self.module = await self.ctx.registry.find(module_hash)
+        if self.module is None:
+            log.info("websocket refused: unknown hash %s", short_secret(module_hash))
+            self._refuse(403, "4030", "unknown module hash")
+
+    def check_origin(self, origin: str) -> bool:
+        # Module clients send no Origin; a browser may only connect from our own
+        # host or an allowed one ("*" is not a browser allow-list).
+        host = (urlsplit(origin).hostname or "").lower()
+        own = (self.request.host_name or "").lower()
+        allowed = {h.lower() for h in self.ctx.settings.allowed_hosts if h != "*"}
+        return host == own or host in allowed
+
+    def open(self, *args: Any, **kwargs: Any) -> None:
+        assert self.module is not None
+        self.set_nodelay(True)
+        self.session = self.ctx.hub.attach(self.module, self, self.request.remote_ip)
+
+    async def on_message(self, message: str | bytes) -> None:
+        if self.session is None:
+            return
+        if len(message) > self.ctx.settings.websocket_max_message_size:
+            self._reply(error_reply(f"message larger than {self.ctx.settings.websocket_max_message_size} bytes"))
+            return
+        try:
+            parsed = parse_module_message(message)
+        except ProtocolError as exc:
+            self._reply(error_reply(str(exc)))
+            return
+        if isinstance(parsed, HeartbeatMessage):
+            self.ctx.hub.heartbeat(self.session)
+            return
+        await self.ctx.runs.record_result(self.session, parsed)
+        self._reply(RESULT_ACK)
+
+    def _reply(self, text: str) -> None:
+        try:
+            self.write_message(text)
+        except tornado.websocket.WebSocketClosedError:
+            pass
+
+    def on_pong(self, data: bytes) -> None:
+        if self.session is not None:
+            self.ctx.hub.heartbeat(self.session)
+
+    def on_close(self) -> None:
+        if self.session is not None:
+            self.ctx.hub.detach(self.session)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(to_json({"code": f"{status_code}0", "message": self._reason, "result": None}))
+
+
+default_handlers: list[tuple[str, type[tornado.web.RequestHandler]]] = [
+    (r"/websocket", ModuleSocketHandler),
+]

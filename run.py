@@ -1,0 +1,150 @@
+"""tornado_sched entry point.
+
+    python run.py                 start the server (settings from env / .env)
+    python run.py expire-modules  mark every module offline (the seed's manual command)
+    python run.py create-user NAME [--role admin|viewer]   (password read from stdin/prompt)
+    python run.py set-password NAME
+    python run.py list-users
+
+Start-up order: settings -> stores -> services -> Application -> listen. Shutdown on
+SIGTERM/SIGINT runs the same steps backwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+from tornado_sched.config import ConfigError, Settings, load_or_create_secret
+from tornado_sched.context import AppContext, open_context
+from tornado_sched.errors import DomainError
+from tornado_sched.logs import configure_logging
+
+log = logging.getLogger("tornado_sched")
+
+
+async def serve(settings: Settings) -> None:
+    from handlers.app import make_app
+
+    ctx = await open_context(settings)
+    server = None
+    try:
+        app = make_app(ctx)
+        sockets = bind_sockets(settings.server_port, settings.server_host)
+        port = sockets[0].getsockname()[1]
+        server = HTTPServer(app)
+        server.add_sockets(sockets)
+        if ctx.generated_admin_password:
+            # Printed once, to the console only: it never reaches the log file.
+            print(
+                f"Created operator {settings.admin_username!r} with generated password: "
+                f"{ctx.generated_admin_password}\n(set ADMIN_PASSWORD to choose one; "
+                "change it with `python run.py set-password`)",
+                flush=True,
+            )
+        log.info("tornado_sched listening on http://%s:%d", settings.server_host, port)
+        print(f"listening on port {port}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        if server is not None:
+            server.stop()  # stop accepting first
+        await ctx.close()
+        if server is not None:
+            await server.close_all_connections()
+        log.info("stopped")
+
+
+async def with_context(settings: Settings, action: Callable[[AppContext], Awaitable[None]]) -> None:
+    ctx = await open_context(settings)
+    try:
+        await action(ctx)
+    finally:
+        await ctx.close()
+
+
+def _read_password(prompt: str) -> str:
+    if sys.stdin.isatty():
+        first = getpass.getpass(prompt)
+        if getpass.getpass("again: ") != first:
+            raise SystemExit("passwords differ")
+        return first
+    return sys.stdin.readline().rstrip("\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="run.py", description="tornado_sched server")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("serve", help="start the server (default)")
+    sub.add_parser("expire-modules", help="mark every module offline")
+    create = sub.add_parser("create-user", help="create an operator (password from stdin)")
+    create.add_argument("username")
+    create.add_argument("--role", default="admin", choices=["admin", "viewer"])
+    setpw = sub.add_parser("set-password", help="change an operator's password (from stdin)")
+    setpw.add_argument("username")
+    sub.add_parser("list-users", help="list operators")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = load_or_create_secret(Settings.from_env())
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_dir)
+
+    command = args.command or "serve"
+    try:
+        if command == "serve":
+            asyncio.run(serve(settings))
+        elif command == "expire-modules":
+
+            async def expire(ctx: AppContext) -> None:
+                count = await ctx.registry.mark_all_offline()
+                print(f"{count} module(s) marked offline")
+
+            asyncio.run(with_context(settings, expire))
+        elif command == "create-user":
+            password = _read_password("password: ")
+
+            async def create_user(ctx: AppContext) -> None:
+                await ctx.accounts.create(args.username, password, args.role)
+                print(f"created {args.role} {args.username!r}")
+
+            asyncio.run(with_context(settings, create_user))
+        elif command == "set-password":
+            password = _read_password("new password: ")
+
+            async def set_password(ctx: AppContext) -> None:
+                await ctx.accounts.set_password(args.username, password)
+                print(f"password changed for {args.username!r}")
+
+            asyncio.run(with_context(settings, set_password))
+        elif command == "list-users":
+
+            async def list_users(ctx: AppContext) -> None:
+                for op in await ctx.accounts.list():
+                    print(f"{op.username}\t{op.role}")
+
+            asyncio.run(with_context(settings, list_users))
+    except DomainError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Settings: seed names, defaults, and one clear line for each bad value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tornado_sched.config import ConfigError, Settings, load_or_create_secret
+
+PROD = {
+    "DEBUG": "False",
+    "SECRET_KEY": "x" * 32,
+    "ALLOWED_HOSTS": "example.com",
+    "NOTIFICATION_EMAIL": "ops@example.com",
+    "EMAIL_API_URL": "http://mail.example.com/send",
+}
+
+
+def parse(env: dict[str, str]) -> Settings:
+    return Settings.from_env(env, dotenv_path=None)
+
+
+def test_embedded_defaults() -> None:
+    s = parse({})
+    assert s.debug is True and s.server_port == 10080
+    assert s.uses_embedded_mongo and s.sql_url.startswith("sqlite+aiosqlite:///")
+    assert s.time_zone == "Asia/Shanghai" and s.mongodb_name == "forecast_platform"
+
+
+def test_mysql_url_quotes_credentials_and_label_hides_password() -> None:
+    s = parse({"MYSQL_HOST": "db", "MYSQL_PASSWORD": "p@ss:w/rd", "MYSQL_DB": "module_server"})
+    assert s.sql_url == "mysql+aiomysql://root:p%40ss%3Aw%2Frd@db:3306/module_server?charset=utf8mb4"
+    assert "p@ss" not in s.sql_label and "p@ss" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"SERVER_PORT": "abc"}, "SERVER_PORT"),
+        ({"SERVER_PORT": "70000"}, "SERVER_PORT"),
+        ({"MYSQL_PORT": "x"}, "MYSQL_PORT"),
+        ({"DEBUG": "maybe"}, "DEBUG"),
+        ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        ({"TIME_ZONE": "Mars/Olympus"}, "TIME_ZONE"),
+        ({"MONGODB_HOST": "localhost:27017"}, "MONGODB_HOST"),
+        ({"EMAIL_API_URL": "ftp://x"}, "EMAIL_API_URL"),
+        ({"NOTIFICATION_EMAIL": "not-an-address"}, "NOTIFICATION_EMAIL"),
+        ({"WEBSOCKET_PING_INTERVAL": "-1"}, "WEBSOCKET_PING_INTERVAL"),
+    ],
+)
+def test_bad_value_names_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse(env)
+    assert str(err.value).startswith(variable + ":")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("missing", ["SECRET_KEY", "ALLOWED_HOSTS", "NOTIFICATION_EMAIL", "EMAIL_API_URL"])
+def test_production_refuses_to_start_half_configured(missing: str) -> None:
+    env = {k: v for k, v in PROD.items() if k != missing}
+    with pytest.raises(ConfigError) as err:
+        parse(env)
+    assert str(err.value).startswith(missing + ":")
+    assert parse(PROD).debug is False
+
+
+def test_ping_timeout_is_clamped_to_interval_like_tornado() -> None:
+    s = parse({"WEBSOCKET_PING_INTERVAL": "5", "WEBSOCKET_PING_TIMEOUT": "30"})
+    assert (s.websocket_ping_interval, s.websocket_ping_timeout) == (5.0, 5.0)
+
+
+def test_dotenv_file_is_read_and_environment_wins(tmp_path: Path) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("SERVER_PORT=12345\nMONGODB_NAME=from_file\n")
+    s = Settings.from_env({"MONGODB_NAME": "from_env"}, dotenv_path=dotenv)
+    assert s.server_port == 12345 and s.mongodb_name == "from_env"
+
+
+def test_generated_secret_survives_restart(tmp_path: Path) -> None:
+    s = parse({"DATA_DIR": str(tmp_path)})
+    first = load_or_create_secret(s).secret_key
+    second = load_or_create_secret(s).secret_key
+    assert first == second and len(first) >= 32
+    assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0

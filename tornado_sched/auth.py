@@ -1,0 +1,199 @@
+"""Operator accounts: password hashing, Digest HA1, the first admin.
+
+scrypt is deliberately slow (~50 ms), so it runs in a worker thread and successful
+verifications are remembered (keyed by an HMAC of the credentials, never the
+password itself) until the account changes; a script polling with Basic auth then
+costs one HMAC per request, not one scrypt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import insert, select, update
+
+from .errors import Conflict, Invalid, NotFound
+from .stores import SqlStore
+from .tables import as_utc, operators, utcnow
+
+log = logging.getLogger(__name__)
+
+REALM = "tornado_sched"
+ROLES = ("admin", "viewer")
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+
+
+@dataclass(frozen=True)
+class Operator:
+    """A person or script allowed to use the REST API and dashboard."""
+
+    username: str
+    role: str
+    created_at: datetime | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, dklen=32, **_SCRYPT)
+    return "scrypt${n}${r}${p}${salt}${digest}".format(
+        **_SCRYPT,
+        salt=base64.b64encode(salt).decode(),
+        digest=base64.b64encode(digest).decode(),
+    )
+
+
+def check_password(password: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        actual = hashlib.scrypt(
+            password.encode("utf-8"),
+            salt=base64.b64decode(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            dklen=32,
+        )
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(actual, base64.b64decode(digest))
+
+
+def digest_ha1(username: str, password: str, realm: str = REALM) -> str:
+    """RFC 2617 HA1, UTF-8 encoded (RFC 7616 `charset=UTF-8`)."""
+    return hashlib.md5(f"{username}:{realm}:{password}".encode()).hexdigest()
+
+
+def validate_username(username: object) -> str:
+    if not isinstance(username, str) or not 1 <= len(username) <= 64:
+        raise Invalid("username: must be a string of 1-64 characters", field="username")
+    if ":" in username or any(ord(c) < 32 for c in username):
+        raise Invalid("username: must not contain ':' or control characters", field="username")
+    return username
+
+
+def validate_password(password: object) -> str:
+    if not isinstance(password, str) or not 8 <= len(password) <= 256:
+        raise Invalid("password: must be a string of 8-256 characters", field="password")
+    return password
+
+
+class OperatorAccounts:
+    """Accounts in the relational store, with a verification cache."""
+
+    def __init__(self, sql: SqlStore, secret_key: str) -> None:
+        self._sql = sql
+        self._cache_key = hashlib.sha256(b"verify-cache:" + secret_key.encode()).digest()
+        self._verified: dict[bytes, Operator] = {}
+
+    def _fingerprint(self, username: str, password: str) -> bytes:
+        return hmac.new(self._cache_key, f"{username}\0{password}".encode(), "sha256").digest()
+
+    async def get(self, username: str) -> Operator | None:
+        row = await self._row(username)
+        return None if row is None else Operator(row.username, row.role, as_utc(row.created_at))
+
+    async def _row(self, username: str):  # noqa: ANN202 - SQLAlchemy Row
+        async with self._sql.engine.connect() as conn:
+            result = await conn.execute(select(operators).where(operators.c.username == username))
+            return result.first()
+
+    async def list(self) -> list[Operator]:
+        async with self._sql.engine.connect() as conn:
+            rows = (await conn.execute(select(operators).order_by(operators.c.username))).all()
+        return [Operator(r.username, r.role, as_utc(r.created_at)) for r in rows]
+
+    async def count(self) -> int:
+        return len(await self.list())
+
+    async def create(self, username: str, password: str, role: str = "admin") -> Operator:
+        validate_username(username)
+        validate_password(password)
+        if role not in ROLES:
+            raise Invalid(f"role: must be one of {', '.join(ROLES)}", field="role")
+        if await self._row(username) is not None:
+            raise Conflict(f"operator {username!r} already exists", field="username")
+        pw_hash = await asyncio.to_thread(hash_password, password)
+        now = utcnow().replace(tzinfo=None)
+        async with self._sql.engine.begin() as conn:
+            await conn.execute(
+                insert(operators).values(
+                    username=username,
+                    password_hash=pw_hash,
+                    digest_ha1=digest_ha1(username, password),
+                    role=role,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        return Operator(username, role)
+
+    async def set_password(self, username: str, password: str) -> None:
+        validate_password(password)
+        pw_hash = await asyncio.to_thread(hash_password, password)
+        async with self._sql.engine.begin() as conn:
+            result = await conn.execute(
+                update(operators)
+                .where(operators.c.username == username)
+                .values(
+                    password_hash=pw_hash,
+                    digest_ha1=digest_ha1(username, password),
+                    updated_at=utcnow().replace(tzinfo=None),
+                )
+            )
+        if result.rowcount == 0:
+            raise NotFound(f"operator {username!r} not found")
+        self._verified.clear()
+
+    async def verify_password(self, username: str, password: str) -> Operator | None:
+        """Basic auth: the operator if the password is right, else None."""
+        key = self._fingerprint(username, password)
+        cached = self._verified.get(key)
+        if cached is not None:
+            return cached
+        row = await self._row(username)
+        if row is None:
+            # Same cost as a real check, so timing does not reveal which names exist.
+            await asyncio.to_thread(check_password, password, _DUMMY_HASH)
+            return None
+        if not await asyncio.to_thread(check_password, password, row.password_hash):
+            return None
+        operator = Operator(row.username, row.role, as_utc(row.created_at))
+        if len(self._verified) > 1024:
+            self._verified.clear()
+        self._verified[key] = operator
+        return operator
+
+    async def digest_credentials(self, username: str) -> tuple[Operator, str] | None:
+        """Digest auth: (operator, HA1) for a known username."""
+        row = await self._row(username)
+        if row is None:
+            return None
+        return Operator(row.username, row.role, as_utc(row.created_at)), row.digest_ha1
+
+    async def ensure_admin(self, username: str, password: str) -> str | None:
+        """First start: create the admin. Returns a generated password to print once,
+        or None when one was configured or accounts already exist."""
+        if await self.list():
+            return None
+        generated = None
+        if not password:
+            generated = password = secrets.token_urlsafe(15)
+        await self.create(username, password, "admin")
+        log.info("created admin operator %r", username)
+        return generated
+
+
+_DUMMY_HASH = hash_password(secrets.token_urlsafe(8))

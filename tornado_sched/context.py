@@ -1,0 +1,106 @@
+"""The one object every handler reaches the core through.
+
+`open_context` opens resources in dependency order inside the running loop;
+`AppContext.close` closes them in reverse. Nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from .auth import OperatorAccounts
+from .config import Settings
+from .docserver import EmbeddedDocumentServer
+from .events import EventBus
+from .hub import ConnectionHub
+from .registry import ModuleRegistry
+from .runs import RunTracker
+from .stores import DocumentStore, SqlStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AppContext:
+    """Settings, stores and services of one running server."""
+
+    settings: Settings
+    docs: DocumentStore
+    sql: SqlStore
+    accounts: OperatorAccounts
+    events: EventBus
+    registry: ModuleRegistry
+    hub: ConnectionHub
+    runs: RunTracker
+    docserver: EmbeddedDocumentServer | None = None
+    started_at: float = field(default_factory=time.time)
+    generated_admin_password: str | None = None
+    _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Register a shutdown step; steps run in reverse order of registration."""
+        self._closers.append(closer)
+
+    async def close(self) -> None:
+        while self._closers:
+            closer = self._closers.pop()
+            try:
+                await closer()
+            except Exception:
+                log.exception("error during shutdown step %s", getattr(closer, "__qualname__", closer))
+
+
+async def open_context(settings: Settings) -> AppContext:
+    """Open stores and services for `settings`. On failure, closes what was opened."""
+    closers: list[Callable[[], Awaitable[None]]] = []
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        docserver = None
+        mongo_uri = settings.mongodb_host
+        if settings.uses_embedded_mongo:
+            docserver = EmbeddedDocumentServer(settings.data_dir)
+            mongo_uri = await docserver.start()
+            closers.append(docserver.stop)
+            log.info("embedded document server (nx-27017) on %s", mongo_uri)
+        docs = DocumentStore(mongo_uri, settings.mongodb_name)
+        closers.append(docs.close)
+        await docs.ensure_indexes()
+
+        sql = SqlStore(settings.sql_url)
+        closers.append(sql.close)
+        await sql.create_schema()
+        log.info("system data in %s", settings.sql_label)
+
+        accounts = OperatorAccounts(sql, settings.secret_key)
+        generated = await accounts.ensure_admin(settings.admin_username, settings.admin_password)
+
+        events = EventBus()
+        registry = ModuleRegistry(docs)
+        hub = ConnectionHub(registry, events, settings.heartbeat_flush_seconds)
+        await hub.start()
+        closers.append(hub.close)
+        runs = RunTracker()
+    except BaseException:
+        for closer in reversed(closers):
+            try:
+                await closer()
+            except Exception:
+                log.exception("error while unwinding a failed start")
+        raise
+    ctx = AppContext(
+        settings=settings,
+        docs=docs,
+        sql=sql,
+        accounts=accounts,
+        events=events,
+        registry=registry,
+        hub=hub,
+        runs=runs,
+        docserver=docserver,
+        generated_admin_password=generated,
+    )
+    ctx._closers.extend(closers)
+    return ctx

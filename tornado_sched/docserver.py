@@ -1,0 +1,212 @@
+"""The embedded MongoDB wire-protocol server (nx-27017) as an asyncio-managed child.
+
+Used when MONGODB_HOST is unset (see DESIGN.md "Stores"). The child is started through
+``tornado_sched.docserver_shim``, which fixes neosqlite's update type bugs and makes
+the child die with its parent on Linux.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import pathlib
+import re
+import signal
+import sys
+
+# The child compares this with its parent's pid to notice a parent that died before
+# PR_SET_PDEATHSIG took effect (see docserver_shim).
+PARENT_PID_ENV = "TORNADO_SCHED_DOCSERVER_PARENT_PID"
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 5.0
+_TAIL_LINES = 20
+# nx-27017 logs this (after its asyncio server has bound) to stderr via logging's
+# basicConfig, prefixed with time/name/level/pid; with -p 0 the port is the real one.
+_LISTENING_RE = re.compile(r"Listening on (?P<host>[^\s:]+):(?P<port>\d+)\s*$")
+# The directory holding the ``tornado_sched`` package, so the child can import the
+# shim whatever its working directory is.
+_PACKAGE_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+class EmbeddedDocumentServer:
+    """An nx-27017 server on a free loopback port, storing its files under ``data_dir``.
+
+    ``await start()`` returns the ``mongodb://`` URI; ``await stop()`` ends the child.
+    Files live in ``<data_dir>/mongo``: one SQLite file per database, ``nx.pid`` and
+    ``nx.log``.
+    """
+
+    def __init__(self, data_dir: pathlib.Path) -> None:
+        self._mongo_dir = pathlib.Path(data_dir) / "mongo"
+        self._pid_file = self._mongo_dir / "nx.pid"
+        self._log_file = self._mongo_dir / "nx.log"
+        self._process: asyncio.subprocess.Process | None = None
+        self._drain_task: asyncio.Task[None] | None = None
+        self._uri: str | None = None
+
+    @property
+    def uri(self) -> str | None:
+        """``mongodb://127.0.0.1:PORT/`` while running, else None."""
+        return self._uri
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id while running, else None."""
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def pid_file(self) -> pathlib.Path:
+        """Where the child writes its pid."""
+        return self._pid_file
+
+    async def start(self) -> str:
+        """Spawn the server, wait until it listens, and return its URI.
+
+        Raises RuntimeError (with the child's last stderr lines) if it exits or does
+        not report a listening port within START_TIMEOUT seconds.
+        """
+        if self._process is not None:
+            raise RuntimeError("embedded document server already started")
+        await asyncio.to_thread(self._prepare_dir)
+
+        env = dict(os.environ)
+        env[PARENT_PID_ENV] = str(os.getpid())
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(_PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p
+        )
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tornado_sched.docserver_shim",
+            "--data-dir",
+            str(self._mongo_dir),
+            "--host",
+            "127.0.0.1",
+            "-p",
+            "0",
+            "--pid-file",
+            str(self._pid_file),
+            "--log-file",
+            str(self._log_file),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            # nx-27017 otherwise resolves its default --db path against the cwd.
+            cwd=str(self._mongo_dir),
+            env=env,
+            # Tracebacks can hold long lines; never let readline() overrun.
+            limit=1 << 20,
+        )
+        self._process = process
+        tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+        try:
+            port = await asyncio.wait_for(self._read_port(process, tail), START_TIMEOUT)
+        except BaseException as exc:
+            await self._kill_after_failed_start()
+            if isinstance(exc, TimeoutError):
+                raise RuntimeError(
+                    f"embedded document server did not listen within {START_TIMEOUT:.0f} s; "
+                    f"last stderr lines:\n" + "\n".join(tail)
+                ) from None
+            raise
+
+        assert process.stderr is not None
+        self._drain_task = asyncio.create_task(self._drain(process.stderr))
+        self._uri = f"mongodb://127.0.0.1:{port}/"
+        return self._uri
+
+    async def stop(self) -> None:
+        """SIGTERM the child, SIGKILL it after STOP_TIMEOUT seconds, remove the pid file."""
+        process, self._process = self._process, None
+        self._uri = None
+        if process is not None:
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
+                except TimeoutError:
+                    with contextlib.suppress(ProcessLookupError):
+                        process.kill()
+                    await process.wait()
+            if self._drain_task is not None:
+                # The pipe reaches EOF once the child is gone; this only bounds a
+                # grandchild that might still hold it.
+                try:
+                    await asyncio.wait_for(self._drain_task, 1.0)
+                except TimeoutError:
+                    pass
+                self._drain_task = None
+        # nx-27017 removes it on SIGTERM, but not after SIGKILL or a failed start.
+        await asyncio.to_thread(self._pid_file.unlink, missing_ok=True)
+
+    async def _read_port(
+        self, process: asyncio.subprocess.Process, tail: collections.deque[str]
+    ) -> int:
+        assert process.stderr is not None
+        while True:
+            raw = await process.stderr.readline()
+            if not raw:
+                returncode = await process.wait()
+                raise RuntimeError(
+                    f"embedded document server exited with code {returncode} before "
+                    f"listening; last stderr lines:\n" + "\n".join(tail)
+                )
+            line = raw.decode(errors="replace").rstrip()
+            tail.append(line)
+            match = _LISTENING_RE.search(line)
+            if match and int(match["port"]) != 0:
+                return int(match["port"])
+
+    async def _kill_after_failed_start(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            # The pipe must be read to EOF, or the transport is left unclosed.
+            if process.stderr is not None:
+                await self._drain(process.stderr)
+            await process.wait()
+        await asyncio.to_thread(self._pid_file.unlink, missing_ok=True)
+
+    @staticmethod
+    async def _drain(stream: asyncio.StreamReader) -> None:
+        # The child logs every request to stderr (and to nx.log); unread, the pipe
+        # would fill and block the server.
+        while await stream.read(1 << 16):
+            pass
+
+    def _prepare_dir(self) -> None:
+        self._mongo_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            text = self._pid_file.read_text().strip()
+        except FileNotFoundError:
+            return
+        if text.isdigit() and _is_our_server(int(text), self._pid_file):
+            raise RuntimeError(
+                f"an embedded document server (pid {text}) is already running on {self._mongo_dir}"
+            )
+        # nx-27017 refuses to start while its pid file names a live process, and a
+        # SIGKILL leaves the file behind; the pid may since belong to anything.
+        self._pid_file.unlink(missing_ok=True)
+
+
+def _is_our_server(pid: int, pid_file: pathlib.Path) -> bool:
+    """True if ``pid`` is alive and is a server using ``pid_file``."""
+    if not pathlib.Path("/proc/self").exists():
+        # No procfs: "alive at all" is the best we can tell.
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    try:
+        cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    # A zombie's cmdline is empty, so it never counts as running.
+    return str(pid_file).encode() in cmdline.split(b"\0")

@@ -1,0 +1,33 @@
+"""In-process event bus: the core publishes what happened (module online/offline,
+run and step changes); the run tracker, notifier and dashboard subscribe.
+
+Callbacks are synchronous and must not block: they queue work, they don't do it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[str, dict[str, Any]], None]
+
+
+class EventBus:
+    """Publish/subscribe by event kind (`module.online`, `run.updated`, ...)."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def publish(self, kind: str, data: dict[str, Any]) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(kind, data)
+            except Exception:
+                log.exception("event listener failed on %s", kind)

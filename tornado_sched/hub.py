@@ -1,0 +1,194 @@
+"""Live module sessions: the only place that knows where a module's socket is.
+
+Online state and heartbeats change in memory first; a single flusher task writes
+the current state of every changed module in one bulk write, soon after a connect
+or disconnect and at most every `flush_seconds` for heartbeats. Writing the
+*current* state (not each event) makes out-of-order writes impossible and keeps the
+store at one write per module per interval however often pongs arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from .errors import Conflict
+from .events import EventBus
+from .logs import short_secret
+from .registry import ModuleRecord, ModuleRegistry
+from .tables import utcnow
+
+log = logging.getLogger(__name__)
+
+CLOSE_REPLACED = 4000
+CLOSE_SHUTDOWN = 1001
+
+
+class Connection(Protocol):
+    """What the hub needs of a socket (Tornado's WebSocketHandler fits)."""
+
+    def write_message(self, message: str | bytes | dict[str, Any], binary: bool = False) -> Any: ...
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None: ...
+
+
+@dataclass(eq=False)
+class ModuleSession:
+    """One open WebSocket of one module."""
+
+    module_hash: str
+    module_id: int
+    name: str
+    connection: Connection
+    remote_address: str | None
+    connected_at: datetime = field(default_factory=utcnow)
+    last_heartbeat: datetime = field(default_factory=utcnow)
+    session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "module_id": self.module_id,
+            "name": self.name,
+            "hash": self.module_hash,
+            "connected_at": self.connected_at,
+            "last_heartbeat": self.last_heartbeat,
+            "remote_address": self.remote_address,
+        }
+
+
+class ConnectionHub:
+    """Sessions by module hash, hot switch, sending, batched state writes."""
+
+    def __init__(self, registry: ModuleRegistry, events: EventBus, flush_seconds: float = 5.0) -> None:
+        self._registry = registry
+        self._events = events
+        self._flush_seconds = flush_seconds
+        self._sessions: dict[str, ModuleSession] = {}
+        self._dirty: set[str] = set()
+        self._urgent = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self.flush_failures = 0
+        self.last_flush_error: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        """At start-up every module is offline (the seed's `expire_modules`)."""
+        count = await self._registry.mark_all_offline()
+        if count:
+            log.info("marked %d module(s) offline at start-up", count)
+        self._flusher = asyncio.ensure_future(self._flush_loop())
+
+    async def close(self) -> None:
+        for session in list(self._sessions.values()):
+            session.connection.close(CLOSE_SHUTDOWN, "server shutting down")
+        for module_hash in list(self._sessions):
+            self._sessions.pop(module_hash, None)
+            self._dirty.add(module_hash)
+        if self._flusher is not None:
+            self._flusher.cancel()
+            try:
+                await self._flusher
+            except asyncio.CancelledError:
+                pass
+        await self.flush()
+
+    # -- sessions --------------------------------------------------------------------
+    def attach(self, module: ModuleRecord, connection: Connection, remote_address: str | None) -> ModuleSession:
+        """Make `connection` the module's session; an older one is closed as replaced.
+
+        Synchronous on purpose: two connections racing for one hash are ordered by
+        the event loop, and the later one always wins."""
+        session = ModuleSession(module.hash, module.module_id, module.name, connection, remote_address)
+        previous = self._sessions.get(module.hash)
+        self._sessions[module.hash] = session
+        if previous is not None:
+            log.info("module %r: new connection replaces the old one", module.name)
+            previous.connection.close(CLOSE_REPLACED, "replaced")
+        else:
+            log.info("module %r online from %s", module.name, remote_address)
+        self._mark_dirty(module.hash, urgent=True)
+        self._events.publish("module.online", {"hash": module.hash, "name": module.name, "module_id": module.module_id})
+        return session
+
+    def detach(self, session: ModuleSession) -> bool:
+        """Forget a closed session. Returns False for a replaced one (no state change)."""
+        if self._sessions.get(session.module_hash) is not session:
+            return False
+        del self._sessions[session.module_hash]
+        log.info("module %r offline", session.name)
+        self._mark_dirty(session.module_hash, urgent=True)
+        self._events.publish(
+            "module.offline", {"hash": session.module_hash, "name": session.name, "module_id": session.module_id}
+        )
+        return True
+
+    def heartbeat(self, session: ModuleSession) -> None:
+        """A pong (or an old client's heartbeat message) arrived."""
+        session.last_heartbeat = utcnow()
+        if self._sessions.get(session.module_hash) is session:
+            self._mark_dirty(session.module_hash, urgent=False)
+
+    def session(self, module_hash: str) -> ModuleSession | None:
+        return self._sessions.get(module_hash)
+
+    def is_online(self, module_hash: str) -> bool:
+        return module_hash in self._sessions
+
+    def sessions(self) -> list[ModuleSession]:
+        return list(self._sessions.values())
+
+    def send(self, module_hash: str, message: str | dict[str, Any]) -> None:
+        """Queue a message on the module's socket; Conflict if it is offline."""
+        session = self._sessions.get(module_hash)
+        if session is None:
+            raise Conflict(f"module {short_secret(module_hash)} is offline")
+        payload = message if isinstance(message, str) else json.dumps(message, ensure_ascii=False, default=str)
+        session.connection.write_message(payload)
+
+    # -- state persistence -----------------------------------------------------------
+    def _mark_dirty(self, module_hash: str, *, urgent: bool) -> None:
+        self._dirty.add(module_hash)
+        if urgent:
+            self._urgent.set()
+
+    def _state(self, module_hash: str) -> dict[str, Any]:
+        session = self._sessions.get(module_hash)
+        if session is None:
+            return {"online": False}
+        return {
+            "online": True,
+            "connected_at": session.connected_at,
+            "last_heartbeat": session.last_heartbeat,
+            "remote_address": session.remote_address,
+        }
+
+    async def flush(self) -> None:
+        """Write the current state of every changed module in one bulk write."""
+        if not self._dirty:
+            return
+        dirty, self._dirty = self._dirty, set()
+        try:
+            await self._registry.save_states({h: self._state(h) for h in dirty})
+            self.last_flush_error = None
+        except Exception as exc:
+            # Keep them dirty: the next flush retries with the then-current state.
+            self._dirty |= dirty
+            self.flush_failures += 1
+            self.last_flush_error = f"{type(exc).__name__}: {exc}"
+            log.warning("module state flush failed (%d pending): %s", len(dirty), self.last_flush_error)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._urgent.wait(), self._flush_seconds)
+                # Let a burst of connects coalesce into one write.
+                await asyncio.sleep(0.05)
+            except TimeoutError:
+                pass
+            self._urgent.clear()
+            await self.flush()

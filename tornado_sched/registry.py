@@ -1,0 +1,221 @@
+"""Modules: registration by name, hash authentication, stored online state.
+
+A module is identified by its name; registering again updates its description,
+data requirements and modelHash and keeps its hash and module_id. The hash is a
+server-generated secret, the module's only credential on the WebSocket.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pymongo import UpdateOne
+from pymongo.errors import DuplicateKeyError
+
+from .errors import Conflict, Invalid, NotFound
+from .logs import short_secret
+from .stores import DocumentStore
+from .tables import as_utc, utcnow
+
+log = logging.getLogger(__name__)
+
+MAX_REQUIREMENTS = 200
+
+
+@dataclass(frozen=True)
+class ModuleRecord:
+    """A registered module as stored (types normalised for both MongoDB servers)."""
+
+    module_id: int
+    name: str
+    hash: str
+    description: str
+    input_data: list[dict[str, Any]]
+    output_data: list[dict[str, Any]]
+    model_hash: str
+    online: bool
+    last_heartbeat: datetime | None
+    connected_at: datetime | None
+    remote_address: str | None
+    created_at: datetime | None
+    updated_at: datetime | None
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> ModuleRecord:
+        return cls(
+            module_id=int(doc["module_id"]),
+            name=str(doc["name"]),
+            hash=str(doc["hash"]),
+            description=str(doc.get("description") or ""),
+            input_data=list(doc.get("input_data") or []),
+            output_data=list(doc.get("output_data") or []),
+            model_hash=str(doc.get("modelHash") or ""),
+            online=bool(doc.get("online")),
+            last_heartbeat=_as_datetime(doc.get("last_heartbeat")),
+            connected_at=_as_datetime(doc.get("connected_at")),
+            remote_address=doc.get("remote_address"),
+            created_at=_as_datetime(doc.get("created_at")),
+            updated_at=_as_datetime(doc.get("updated_at")),
+        )
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "module_id": self.module_id,
+            "name": self.name,
+            "hash": self.hash,
+            "description": self.description,
+            "input_data": self.input_data,
+            "output_data": self.output_data,
+            "modelHash": self.model_hash,
+            "online": self.online,
+            "last_heartbeat": self.last_heartbeat,
+            "connected_at": self.connected_at,
+            "remote_address": self.remote_address,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+def _as_datetime(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return as_utc(value)
+    if isinstance(value, str) and value:
+        # The embedded server may hand back a datetime written by `$set` as text.
+        try:
+            return as_utc(datetime.fromisoformat(value))
+        except ValueError:
+            return None
+    return None
+
+
+def parse_requirements(field: str, raw: Any) -> list[dict[str, Any]]:
+    """input_data / output_data: JSON text (or an already-decoded list) of objects,
+    each with at least a string "name"."""
+    if raw is None or raw == "":
+        return []
+    value = raw
+    if isinstance(raw, str):
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            raise Invalid(f"{field}: malformed JSON", field=field) from None
+    if not isinstance(value, list):
+        raise Invalid(f"{field}: expected a JSON list of data requirements", field=field)
+    if len(value) > MAX_REQUIREMENTS:
+        raise Invalid(f"{field}: more than {MAX_REQUIREMENTS} entries", field=field)
+    for index, item in enumerate(value):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
+            raise Invalid(f"{field}[{index}]: expected an object with a string \"name\"", field=field)
+        if any(key.startswith("$") or "." in key for key in item):
+            raise Invalid(f"{field}[{index}]: keys must not start with '$' or contain '.'", field=field)
+    return value
+
+
+def validate_module_name(name: Any) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise Invalid("name: required", field="name")
+    name = name.strip()
+    if len(name) > 100:
+        raise Invalid("name: at most 100 characters", field="name")
+    return name
+
+
+def validate_hash(value: Any, field: str = "module_hash") -> str:
+    """Hashes reach queries: only plain short strings, never operator objects."""
+    if not isinstance(value, str) or not value or len(value) > 128:
+        raise Invalid(f"{field}: must be a module hash string", field=field)
+    return value
+
+
+class ModuleRegistry:
+    """Module documents in the `modules` collection."""
+
+    def __init__(self, docs: DocumentStore) -> None:
+        self._docs = docs
+
+    @property
+    def _col(self) -> Any:
+        return self._docs["modules"]
+
+    async def register(
+        self,
+        name: str,
+        description: str,
+        input_data: list[dict[str, Any]],
+        output_data: list[dict[str, Any]],
+        model_hash: str,
+    ) -> ModuleRecord:
+        name = validate_module_name(name)
+        fields = {
+            "description": description,
+            "input_data": input_data,
+            "output_data": output_data,
+            "modelHash": model_hash,
+            "updated_at": utcnow(),
+        }
+        for _attempt in range(3):
+            existing = await self._col.find_one({"name": name})
+            if existing is not None:
+                await self._col.update_one({"_id": existing["_id"]}, {"$set": fields})
+                existing.update(fields)
+                return ModuleRecord.from_doc(existing)
+            doc = {
+                "name": name,
+                # 160 random bits; never derived from public fields.
+                "hash": secrets.token_hex(20),
+                "module_id": await self._docs.next_id("modules"),
+                "online": False,
+                "last_heartbeat": None,
+                "connected_at": None,
+                "remote_address": None,
+                "created_at": utcnow(),
+                **fields,
+            }
+            try:
+                await self._col.insert_one(doc)
+            except DuplicateKeyError:
+                continue  # a concurrent registration of the same name won; update it
+            log.info("registered module %r (id %d)", name, doc["module_id"])
+            return ModuleRecord.from_doc(doc)
+        raise Conflict(f"module {name!r} is being registered concurrently; retry")
+
+    async def get(self, module_hash: str) -> ModuleRecord:
+        doc = await self._col.find_one({"hash": validate_hash(module_hash)})
+        if doc is None:
+            raise NotFound(f"module {short_secret(module_hash)} not found")
+        return ModuleRecord.from_doc(doc)
+
+    async def find(self, module_hash: str) -> ModuleRecord | None:
+        doc = await self._col.find_one({"hash": module_hash})
+        return None if doc is None else ModuleRecord.from_doc(doc)
+
+    async def list(self) -> list[ModuleRecord]:
+        return [ModuleRecord.from_doc(d) async for d in self._col.find({}).sort("module_id", 1)]
+
+    async def existing_hashes(self, hashes: list[str]) -> set[str]:
+        cursor = self._col.find({"hash": {"$in": hashes}}, {"hash": 1})
+        return {d["hash"] async for d in cursor}
+
+    async def delete(self, module_hash: str) -> ModuleRecord:
+        record = await self.get(module_hash)
+        users = await self._docs["workflows"].count_documents({"module_hashes": record.hash})
+        if users:
+            raise Conflict(f"module {record.name!r} is used by {users} workflow(s)")
+        await self._col.delete_one({"hash": record.hash})
+        return record
+
+    async def save_states(self, states: dict[str, dict[str, Any]]) -> None:
+        """One bulk write for many modules' online/heartbeat state."""
+        if not states:
+            return
+        ops = [UpdateOne({"hash": h}, {"$set": state}) for h, state in states.items()]
+        await self._col.bulk_write(ops, ordered=False)
+
+    async def mark_all_offline(self) -> int:
+        result = await self._col.update_many({"online": True}, {"$set": {"online": False}})
+        return result.modified_count

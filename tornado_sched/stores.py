@@ -1,0 +1,107 @@
+"""The two stores: MongoDB for business data, SQL for system data.
+
+Both are opened inside the running event loop and closed in reverse order. Nothing
+outside the core touches them directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from .tables import metadata
+
+log = logging.getLogger(__name__)
+
+
+class DocumentStore:
+    """Business data in MongoDB (`modules`, `workflows`, `runs`, `counters`).
+
+    Rules the embedded server forces on us (DESIGN.md): reference documents by string
+    ids, create unique things with `insert_one`, counters are the only upserts.
+    """
+
+    def __init__(self, uri: str, db_name: str, *, timeout_ms: int = 5000) -> None:
+        self.client: AsyncMongoClient = AsyncMongoClient(
+            uri,
+            tz_aware=True,
+            serverSelectionTimeoutMS=timeout_ms,
+            connectTimeoutMS=timeout_ms,
+            appname="tornado_sched",
+        )
+        self.db: AsyncDatabase = self.client[db_name]
+
+    def __getitem__(self, name: str) -> Any:
+        return self.db[name]
+
+    async def ensure_indexes(self) -> None:
+        await self.db.modules.create_index("name", unique=True)
+        await self.db.modules.create_index("hash", unique=True)
+        await self.db.modules.create_index("module_id", unique=True)
+        await self.db.workflows.create_index("workflow_id", unique=True)
+        await self.db.workflows.create_index("name", unique=True)
+        await self.db.runs.create_index("run_id", unique=True)
+        await self.db.runs.create_index([("workflow_id", ASCENDING), ("started_at", DESCENDING)])
+        await self.db.runs.create_index("status")
+
+    async def next_id(self, name: str) -> int:
+        """Sequential integer ids (the seed exposes module_id / workflow_id)."""
+        doc = await self.db.counters.find_one_and_update(
+            {"_id": name},
+            {"$inc": {"seq": 1}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
+        return int(doc["seq"])
+
+    async def ping(self) -> None:
+        await self.client.admin.command("ping")
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+class SqlStore:
+    """System data through SQLAlchemy Core's async engine (MySQL/aiomysql or SQLite)."""
+
+    def __init__(self, url: str) -> None:
+        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        if url.startswith("mysql"):
+            kwargs["pool_recycle"] = 3600
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        self.dialect = self.engine.dialect.name
+
+    async def create_schema(self) -> None:
+        async with self.engine.begin() as conn:
+            if self.dialect == "sqlite":
+                # WAL lets the dashboard read while the outbox writes.
+                await conn.execute(text("PRAGMA journal_mode=WAL"))
+            await conn.run_sync(metadata.create_all)
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+async def check_ready(docs: DocumentStore, sql: SqlStore, limit_seconds: float = 3.0) -> dict[str, str]:
+    """Ping both stores concurrently; returns {store: "ok" | error text}."""
+
+    async def probe(name: str, ping: Any) -> tuple[str, str]:
+        try:
+            await asyncio.wait_for(ping(), limit_seconds)
+            return name, "ok"
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+            log.warning("readiness: %s unreachable: %s", name, type(exc).__name__)
+            return name, f"unreachable ({type(exc).__name__})"
+
+    results = await asyncio.gather(probe("mongodb", docs.ping), probe("sql", sql.ping))
+    return dict(results)

@@ -1,0 +1,124 @@
+"""Relational schema (system data, as the seed kept in MySQL).
+
+Times are stored as naive UTC: `DateTime(timezone=True)` keeps no zone on MySQL or
+SQLite, so we strip it on the way in and add it back on the way out (`as_utc`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+operators = Table(
+    "operators",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("username", String(64), nullable=False, unique=True),
+    # scrypt$n$r$p$salt$hash; never plaintext.
+    Column("password_hash", String(255), nullable=False),
+    # MD5(username:realm:password) so Digest auth works without the password; it is
+    # as sensitive as a password for this realm and is treated as such.
+    Column("digest_ha1", String(64), nullable=False),
+    Column("role", String(16), nullable=False, default="admin"),
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    mysql_charset="utf8mb4",
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("username", String(64), nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("last_used_at", DateTime, nullable=True),
+    Column("revoked_at", DateTime, nullable=True),
+    mysql_charset="utf8mb4",
+)
+
+execution_log = Table(
+    "execution_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(100), nullable=False),
+    Column("workflow_id", Integer, nullable=False),
+    Column("run_id", String(40), nullable=True),
+    Column("trigger", String(16), nullable=False),
+    Column("nominal_time", DateTime, nullable=True),
+    Column("fired_at", DateTime, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("error", Text, nullable=True),
+    Index("ix_execution_log_fired_at", "fired_at"),
+    Index("ix_execution_log_workflow", "workflow_id", "fired_at"),
+    mysql_charset="utf8mb4",
+)
+
+notification_outbox = Table(
+    "notification_outbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("channel", String(16), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("workflow_id", Integer, nullable=True),
+    Column("subject", String(255), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", DateTime, nullable=False),
+    Column("next_attempt_at", DateTime, nullable=True),
+    Column("sent_at", DateTime, nullable=True),
+    Index("ix_outbox_due", "status", "next_attempt_at"),
+    mysql_charset="utf8mb4",
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime, nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("target", String(100), nullable=False),
+    Column("detail", Text, nullable=True),
+    Column("remote_ip", String(64), nullable=True),
+    Index("ix_audit_at", "at"),
+    mysql_charset="utf8mb4",
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def naive_utc(value: datetime | None) -> datetime | None:
+    """For writing: aware -> naive UTC (what the column really keeps)."""
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """For reading: naive UTC from the database -> aware UTC."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)

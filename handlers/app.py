@@ -11,13 +11,13 @@ import tornado.web
 from tornado_sched.context import AppContext
 from tornado_sched.logs import redact_url
 
-from . import health, modules, websocket
+from . import health, modules, scheduler, websocket, workflows
 from .base import AUTH_KINDS, NotFoundHandler
 
 ROOT = Path(__file__).resolve().parent.parent
 access_log = logging.getLogger("tornado.access")
 
-HANDLER_MODULES = [health, modules, websocket]
+HANDLER_MODULES = [health, modules, websocket, workflows, scheduler]
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:

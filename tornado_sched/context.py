@@ -18,7 +18,9 @@ from .events import EventBus
 from .hub import ConnectionHub
 from .registry import ModuleRegistry
 from .runs import RunTracker
+from .scheduler import WorkflowScheduler
 from .stores import DocumentStore, SqlStore
+from .workflows import WorkflowStore
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,9 @@ class AppContext:
     events: EventBus
     registry: ModuleRegistry
     hub: ConnectionHub
+    workflows: WorkflowStore
     runs: RunTracker
+    scheduler: WorkflowScheduler
     docserver: EmbeddedDocumentServer | None = None
     started_at: float = field(default_factory=time.time)
     generated_admin_password: str | None = None
@@ -82,7 +86,13 @@ async def open_context(settings: Settings) -> AppContext:
         hub = ConnectionHub(registry, events, settings.heartbeat_flush_seconds)
         await hub.start()
         closers.append(hub.close)
-        runs = RunTracker()
+        workflows = WorkflowStore(docs, registry, settings.time_zone)
+        runs = RunTracker(docs, registry, workflows, hub, events)
+        await runs.start()
+        closers.append(runs.close)
+        scheduler = WorkflowScheduler(docs, sql, workflows, runs, settings.time_zone, settings.run_retention_days)
+        await scheduler.start()
+        closers.append(scheduler.close)
     except BaseException:
         for closer in reversed(closers):
             try:
@@ -98,7 +108,9 @@ async def open_context(settings: Settings) -> AppContext:
         events=events,
         registry=registry,
         hub=hub,
+        workflows=workflows,
         runs=runs,
+        scheduler=scheduler,
         docserver=docserver,
         generated_admin_password=generated,
     )

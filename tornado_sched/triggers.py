@@ -226,7 +226,7 @@ class _Line:
     def first_after(self, wall: datetime) -> datetime | None:
         """Earliest tick strictly after ``wall`` (None if there is none)."""
         # Ticks are whole minutes, so flooring loses nothing, and it keeps croniter's
-        # float timestamps exact (microseconds would round at 2e9 s).
+        # float timestamps exact (a float near 1.7e9 s cannot hold every microsecond).
         floor = wall.replace(second=0, microsecond=0)
         try:
             return self._iter.get_next(datetime, start_time=floor)
@@ -411,7 +411,8 @@ class ShiftedCronSchedule:
         """First instant in (instant, limit] whose offset differs from ``offset``."""
         probe = instant
         while probe < limit:
-            nxt = min(probe + _PROBE_STEP, limit)
+            # Written so as not to overflow near datetime.max.
+            nxt = limit if limit - probe <= _PROBE_STEP else probe + _PROBE_STEP
             if self._offset(nxt) != offset:
                 return self._bisect(probe, nxt, offset)
             probe = nxt

@@ -24,7 +24,15 @@ METHODS = ("get", "post", "put", "delete")
 
 def _sample_path(pattern: str) -> str:
     """Fill each regex group of a route with a plausible value."""
-    path = re.sub(r"\((?:[^()]|\([^()]*\))*\)", lambda m: "1" if r"\d" in m.group(0) else "abc", pattern)
+    def sample(group: str) -> str:
+        body = group[1:-1]
+        if r"\d" in body:
+            return "1"
+        if "|" in body and re.fullmatch(r"[\w|]+", body):
+            return body.split("|")[0]
+        return "abc"
+
+    path = re.sub(r"\((?:[^()]|\([^()]*\))*\)", lambda m: sample(m.group(0)), pattern)
     return path.rstrip("$").replace("\\", "")
 
 

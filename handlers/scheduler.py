@@ -1,0 +1,29 @@
+"""The seed's scheduler API: list jobs, reload them from the store."""
+
+from __future__ import annotations
+
+from .base import ApiHandler
+
+
+class JobsHandler(ApiHandler):
+    """`GET /scheduler/jobs`."""
+
+    auth = "operator"
+
+    def get(self) -> None:
+        self.write_envelope(self.ctx.scheduler.jobs())
+
+
+class ReloadHandler(ApiHandler):
+    """`POST /scheduler/reload` -> removed_count, current_count, enabled_workflows, message."""
+
+    auth = "operator"
+
+    async def post(self) -> None:
+        self.write_envelope(await self.ctx.scheduler.reload())
+
+
+default_handlers = [
+    (r"/scheduler/jobs", JobsHandler),
+    (r"/scheduler/reload", ReloadHandler),
+]

@@ -1,0 +1,146 @@
+"""The seed's workflow API (create, list, execute) plus detail, update, enable,
+disable, delete and run history. Every change reaches the scheduler at once."""
+
+from __future__ import annotations
+
+from tornado_sched.errors import Invalid
+from tornado_sched.tables import utcnow
+
+from .base import ApiHandler
+
+
+def _page_args(handler: ApiHandler) -> tuple[int, int]:
+    try:
+        page = int(handler.get_query_argument("page", "1"))
+        size = int(handler.get_query_argument("page_size", "20"))
+    except ValueError:
+        raise Invalid("page / page_size: expected integers", field="page") from None
+    if page < 1 or not 1 <= size <= 200:
+        raise Invalid("page must be >= 1 and page_size 1-200", field="page")
+    return page, size
+
+
+class WorkflowCreateHandler(ApiHandler):
+    """`POST /workflow/create` -> {id, workflow_id, name}."""
+
+    auth = "operator"
+
+    async def post(self) -> None:
+        workflow = await self.ctx.workflows.create(self.body())
+        self.ctx.scheduler.sync(workflow)
+        self.write_envelope({"id": workflow.id, "workflow_id": workflow.workflow_id, "name": workflow.name})
+
+
+class WorkflowListHandler(ApiHandler):
+    """`GET /workflow/list`."""
+
+    auth = "operator"
+
+    async def get(self) -> None:
+        result = []
+        for workflow in await self.ctx.workflows.list():
+            item = workflow.public()
+            item["next_run_time"] = self.ctx.scheduler.next_run_time(workflow.workflow_id)
+            result.append(item)
+        self.write_envelope(result)
+
+
+class WorkflowDetailHandler(ApiHandler):
+    """`GET|PUT|DELETE /workflow/<id>`."""
+
+    auth = "operator"
+
+    async def get(self, workflow_id: str) -> None:
+        workflow = await self.ctx.workflows.get(int(workflow_id))
+        item = workflow.public()
+        item["next_run_time"] = self.ctx.scheduler.next_run_time(workflow.workflow_id)
+        try:
+            item["upcoming"] = [f for f, _ in workflow.trigger().schedule.upcoming(utcnow(), 5)] if workflow.execute_cron_list else []
+        except ValueError:
+            item["upcoming"] = []
+        self.write_envelope(item)
+
+    async def put(self, workflow_id: str) -> None:
+        workflow = await self.ctx.workflows.update(int(workflow_id), self.body())
+        self.ctx.scheduler.sync(workflow)
+        self.write_envelope(workflow.public())
+
+    async def delete(self, workflow_id: str) -> None:
+        workflow = await self.ctx.workflows.delete(int(workflow_id))
+        self.ctx.scheduler.sync(None, workflow.workflow_id)
+        self.write_envelope({"workflow_id": workflow.workflow_id, "name": workflow.name, "deleted": True})
+
+
+class WorkflowEnableHandler(ApiHandler):
+    """`POST /workflow/<id>/enable` and `/disable`."""
+
+    auth = "operator"
+
+    async def post(self, workflow_id: str, action: str) -> None:
+        workflow = await self.ctx.workflows.set_enabled(int(workflow_id), action == "enable")
+        self.ctx.scheduler.sync(workflow)
+        self.write_envelope(workflow.public())
+
+
+class WorkflowExecuteHandler(ApiHandler):
+    """`POST /workflow/<id>/execute`: run now, even when disabled."""
+
+    auth = "operator"
+
+    async def post(self, workflow_id: str) -> None:
+        workflow = await self.ctx.workflows.get(int(workflow_id))
+        run_id = await self.ctx.scheduler.fire(workflow, "manual", utcnow())
+        self.write_envelope({
+            "workflow_id": workflow.workflow_id,
+            "workflow_name": workflow.name,
+            "run_id": run_id,
+            "message": "工作流执行已启动",
+        })
+
+
+class WorkflowRunsHandler(ApiHandler):
+    """`GET /workflow/<id>/runs`: newest first, paginated."""
+
+    auth = "operator"
+
+    async def get(self, workflow_id: str) -> None:
+        workflow = await self.ctx.workflows.get(int(workflow_id))
+        page, size = _page_args(self)
+        runs, total = await self.ctx.runs.list(workflow.workflow_id, page=page, page_size=size)
+        self.write_envelope({"total": total, "page": page, "page_size": size, "runs": [r.public() for r in runs]})
+
+
+class RunListHandler(ApiHandler):
+    """`GET /runs?workflow_id=&status=`: every run, filterable."""
+
+    auth = "operator"
+
+    async def get(self) -> None:
+        page, size = _page_args(self)
+        raw_id = self.get_query_argument("workflow_id", "")
+        if raw_id and not raw_id.isdigit():
+            raise Invalid("workflow_id: expected an integer", field="workflow_id")
+        status = self.get_query_argument("status", "") or None
+        runs, total = await self.ctx.runs.list(int(raw_id) if raw_id else None, status, page=page, page_size=size)
+        self.write_envelope({"total": total, "page": page, "page_size": size, "runs": [r.public() for r in runs]})
+
+
+class RunDetailHandler(ApiHandler):
+    """`GET /runs/<run_id>`."""
+
+    auth = "operator"
+
+    async def get(self, run_id: str) -> None:
+        self.write_envelope((await self.ctx.runs.get(run_id)).public())
+
+
+default_handlers = [
+    (r"/workflow/create", WorkflowCreateHandler),
+    (r"/workflow/list", WorkflowListHandler),
+    (r"/workflow/(\d{1,18})", WorkflowDetailHandler),
+    (r"/workflow/(\d{1,18})/(enable|disable)", WorkflowEnableHandler),
+    (r"/workflow/(\d{1,18})/execute", WorkflowExecuteHandler),
+    (r"/workflow/(\d{1,18})/runs", WorkflowRunsHandler),
+    (r"/runs", RunListHandler),
+    (r"/runs/([0-9a-f]{1,64})", RunDetailHandler),
+]

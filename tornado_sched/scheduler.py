@@ -1,0 +1,241 @@
+"""APScheduler 3 `TornadoScheduler` wiring: one job per enabled workflow.
+
+Jobs are rebuilt from MongoDB at start and on reload (the workflow documents are the
+source of truth, so no APScheduler job store is needed). Each firing writes an
+execution-log row to the relational store. Downtime is detected from a liveness mark
+the scheduler refreshes every 30 s: ticks missed while the server was down are
+skipped, or run once within the grace period, per the workflow's `misfire` setting.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from apscheduler.schedulers.tornado import TornadoScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import delete, insert
+
+from .runs import RunTracker
+from .stores import DocumentStore, SqlStore
+from .tables import execution_log, naive_utc, utcnow
+from .workflows import Workflow, WorkflowStore
+
+log = logging.getLogger(__name__)
+
+JOB_PREFIX = "workflow-"
+ALIVE_SECONDS = 30
+# A tick is late, not missed, within this window (loop stalls, GC, a slow store).
+LATE_GRACE_SECONDS = 60
+
+
+def job_id(workflow_id: int) -> str:
+    return f"{JOB_PREFIX}{workflow_id}"
+
+
+class WorkflowScheduler:
+    """Keeps one APScheduler job per enabled workflow in step with the store."""
+
+    def __init__(
+        self,
+        docs: DocumentStore,
+        sql: SqlStore,
+        workflows: WorkflowStore,
+        runs: RunTracker,
+        time_zone: str,
+        retention_days: int,
+    ) -> None:
+        self._docs = docs
+        self._sql = sql
+        self._workflows = workflows
+        self._runs = runs
+        self._time_zone = time_zone
+        self._retention_days = retention_days
+        self._scheduler: TornadoScheduler | None = None
+        self.log_failures = 0
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        """Build the scheduler inside the running loop (one built earlier never fires)."""
+        self._scheduler = TornadoScheduler(
+            timezone="UTC",
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": LATE_GRACE_SECONDS},
+        )
+        self._scheduler.start()
+        down_since = await self._last_alive()
+        await self.reload()
+        self._scheduler.add_job(
+            self._cleanup, CronTrigger(day_of_week="mon", hour=3, timezone=self._time_zone),
+            id="system-cleanup", name="delete old runs and log rows",
+        )
+        self._scheduler.add_job(
+            self._mark_alive, IntervalTrigger(seconds=ALIVE_SECONDS), id="system-alive", name="scheduler liveness mark",
+        )
+        await self._mark_alive()
+        if down_since is not None:
+            await self._handle_misfires(down_since, utcnow())
+
+    async def close(self) -> None:
+        if self._scheduler is not None and self._scheduler.running:
+            await self._mark_alive()
+            self._scheduler.shutdown(wait=False)
+        self._scheduler = None
+
+    # -- jobs ------------------------------------------------------------------------
+    def sync(self, workflow: Workflow | None, workflow_id: int | None = None) -> None:
+        """Make the scheduler match one workflow (created, changed, enabled, disabled, deleted)."""
+        assert self._scheduler is not None
+        wid = workflow.workflow_id if workflow is not None else workflow_id
+        assert wid is not None
+        if self._scheduler.get_job(job_id(wid)) is not None:
+            self._scheduler.remove_job(job_id(wid))
+        if workflow is not None and workflow.schedulable:
+            self._scheduler.add_job(
+                self._fire, workflow.trigger(), args=[workflow.workflow_id],
+                id=job_id(workflow.workflow_id), name=workflow.name,
+            )
+
+    async def reload(self) -> dict[str, Any]:
+        """Rebuild every workflow job from the store (the seed's /scheduler/reload)."""
+        assert self._scheduler is not None
+        removed = 0
+        for job in self._scheduler.get_jobs():
+            if job.id.startswith(JOB_PREFIX):
+                job.remove()
+                removed += 1
+        enabled = []
+        for workflow in await self._workflows.list(enabled_only=True):
+            try:
+                self.sync(workflow)
+            except ValueError as exc:
+                log.error("workflow %d not scheduled: %s", workflow.workflow_id, exc)
+                continue
+            enabled.append({"workflow_id": workflow.workflow_id, "name": workflow.name})
+        return {
+            "removed_count": removed,
+            "current_count": len(enabled),
+            "enabled_workflows": enabled,
+            "message": f"已重新加载 {len(enabled)} 个工作流任务",
+        }
+
+    def jobs(self) -> list[dict[str, Any]]:
+        assert self._scheduler is not None
+        result = []
+        for job in self._scheduler.get_jobs():
+            workflow_id = int(job.id[len(JOB_PREFIX):]) if job.id.startswith(JOB_PREFIX) else None
+            result.append({
+                "id": job.id,
+                "name": job.name,
+                "workflow_id": workflow_id,
+                "trigger": str(job.trigger),
+                "next_run_time": job.next_run_time,
+            })
+        return result
+
+    def next_run_time(self, workflow_id: int) -> datetime | None:
+        if self._scheduler is None:
+            return None
+        job = self._scheduler.get_job(job_id(workflow_id))
+        return None if job is None else job.next_run_time
+
+    # -- firing ----------------------------------------------------------------------
+    async def _fire(self, workflow_id: int) -> None:
+        now = utcnow()
+        workflow = await self._workflows.find(workflow_id)
+        if workflow is None or not workflow.schedulable:
+            return
+        trigger = workflow.trigger()
+        # APScheduler does not hand the job its scheduled time: it is the latest fire
+        # time at or before now (coalesce=True runs one job for a burst).
+        fire_time = _latest_fire(trigger, now)
+        tick = trigger.nominal_tick(fire_time) if fire_time else now
+        await self.fire(workflow, "schedule", tick, fire_time)
+
+    async def fire(
+        self, workflow: Workflow, trigger: str, nominal: datetime, scheduled_for: datetime | None = None
+    ) -> str | None:
+        """Start a run and write the execution-log row; returns the run id."""
+        fired_at = utcnow()
+        run_id, outcome, error = None, "started", None
+        try:
+            run = await self._runs.start_run(workflow, trigger, nominal)
+            run_id = run.run_id
+            outcome = "skipped" if run.status == "skipped" else "started"
+            if run.status == "skipped":
+                error = run.reason
+        except Exception as exc:
+            outcome, error = "error", f"{type(exc).__name__}: {exc}"
+            log.exception("workflow %d firing failed", workflow.workflow_id)
+        await self._log(job_id(workflow.workflow_id), workflow.workflow_id, run_id, trigger, nominal, fired_at, outcome, error)
+        if outcome == "error":
+            raise RuntimeError(error)
+        return run_id
+
+    async def _log(self, job: str, workflow_id: int, run_id: str | None, trigger: str,
+                   nominal: datetime | None, fired_at: datetime, outcome: str, error: str | None) -> None:
+        try:
+            async with self._sql.engine.begin() as conn:
+                await conn.execute(insert(execution_log).values(
+                    job_id=job, workflow_id=workflow_id, run_id=run_id, trigger=trigger,
+                    nominal_time=naive_utc(nominal), fired_at=naive_utc(fired_at), outcome=outcome, error=error,
+                ))
+        except Exception as exc:
+            # The run itself is in MongoDB; a lost log row is counted and logged.
+            self.log_failures += 1
+            log.error("execution log write failed for workflow %d: %s", workflow_id, type(exc).__name__)
+
+    # -- downtime --------------------------------------------------------------------
+    async def _last_alive(self) -> datetime | None:
+        doc = await self._docs["scheduler_state"].find_one({"_id": "alive"})
+        value = doc.get("at") if doc else None
+        return value if isinstance(value, datetime) else None
+
+    async def _mark_alive(self) -> None:
+        state = self._docs["scheduler_state"]
+        now = utcnow()
+        if await state.find_one({"_id": "alive"}) is None:
+            await state.insert_one({"_id": "alive", "at": now})
+        else:
+            await state.update_one({"_id": "alive"}, {"$set": {"at": now}})
+
+    async def _handle_misfires(self, down_since: datetime, now: datetime) -> None:
+        for workflow in await self._workflows.list(enabled_only=True):
+            try:
+                trigger = workflow.trigger()
+            except ValueError:
+                continue
+            missed = []
+            item = trigger.schedule.next_fire(down_since)
+            while item is not None and item[0] <= now and len(missed) < 10_000:
+                missed.append(item)
+                item = trigger.schedule.next_fire(item[0])
+            if not missed:
+                continue
+            fire_time, tick = missed[-1]
+            recent = (now - fire_time).total_seconds() <= workflow.misfire_grace_seconds
+            if workflow.misfire == "run_once" and recent:
+                log.warning("workflow %d: %d tick(s) missed while down; running once", workflow.workflow_id, len(missed))
+                await self.fire(workflow, "misfire", tick, fire_time)
+            else:
+                log.warning("workflow %d: %d tick(s) missed while down; skipped", workflow.workflow_id, len(missed))
+                await self._log(job_id(workflow.workflow_id), workflow.workflow_id, None, "misfire", tick, now,
+                                "missed", f"{len(missed)} tick(s) missed while the server was down")
+
+    # -- housekeeping ----------------------------------------------------------------
+    async def _cleanup(self) -> None:
+        cutoff = utcnow() - timedelta(days=self._retention_days)
+        runs = await self._runs.delete_older_than(cutoff)
+        async with self._sql.engine.begin() as conn:
+            rows = (await conn.execute(delete(execution_log).where(execution_log.c.fired_at < naive_utc(cutoff)))).rowcount
+        log.info("retention: deleted %d run(s) and %d execution-log row(s) older than %s", runs, rows, cutoff)
+
+
+def _latest_fire(trigger: Any, now: datetime) -> datetime | None:
+    item = trigger.schedule.next_fire(now - timedelta(seconds=LATE_GRACE_SECONDS + 1))
+    latest = None
+    while item is not None and item[0] <= now:
+        latest = item[0]
+        item = trigger.schedule.next_fire(item[0])
+    return latest

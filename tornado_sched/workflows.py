@@ -1,0 +1,327 @@
+"""Workflows: validation and storage.
+
+A workflow is a list of modules with per-module args, fired at the union of several
+crontab lines moved by a shift, in a time zone, or run on demand. Every user value
+is checked for type before it reaches a query, so operator objects (`{"$ne": ...}`)
+never do.
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from .errors import Conflict, Invalid, NotFound
+from .registry import ModuleRegistry
+from .stores import DocumentStore
+from .tables import utcnow
+from .triggers import ShiftedCronTrigger, parse_shift, validate_crontab
+
+OVERLAP = ("forbid", "allow")
+MISFIRE = ("skip", "run_once")
+MAX_MODULES = 5000
+MAX_CRON_LINES = 50
+
+
+@dataclass
+class Workflow:
+    """A stored workflow, types normalised for both MongoDB servers."""
+
+    id: str
+    workflow_id: int
+    name: str
+    description: str
+    enable: bool
+    execute_cron_list: list[str]
+    execute_shift_time: int
+    execute_shift_unit: str
+    execute_modules: list[dict[str, Any]]
+    timezone: str
+    timeout_seconds: int
+    overlap: str
+    misfire: str
+    misfire_grace_seconds: int
+    retries: int
+    retry_delay_seconds: int
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    last_run: dict[str, Any] | None = field(default=None)
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> Workflow:
+        return cls(
+            id=str(doc["_id"]),
+            workflow_id=int(doc["workflow_id"]),
+            name=str(doc["name"]),
+            description=str(doc.get("description") or ""),
+            enable=bool(doc.get("enable")),
+            execute_cron_list=list(doc.get("execute_cron_list") or []),
+            execute_shift_time=int(doc.get("execute_shift_time") or 0),
+            execute_shift_unit=str(doc.get("execute_shift_unit") or "s"),
+            execute_modules=list(doc.get("execute_modules") or []),
+            timezone=str(doc.get("timezone") or "Asia/Shanghai"),
+            timeout_seconds=int(doc.get("timeout_seconds") or 600),
+            overlap=str(doc.get("overlap") or "forbid"),
+            misfire=str(doc.get("misfire") or "skip"),
+            misfire_grace_seconds=int(doc.get("misfire_grace_seconds") or 300),
+            retries=int(doc.get("retries") or 0),
+            retry_delay_seconds=int(doc.get("retry_delay_seconds") or 10),
+            created_at=doc.get("created_at"),
+            updated_at=doc.get("updated_at"),
+            last_run=doc.get("last_run"),
+        )
+
+    def trigger(self) -> ShiftedCronTrigger:
+        return ShiftedCronTrigger.from_workflow(
+            self.execute_cron_list, self.execute_shift_time, self.execute_shift_unit, self.timezone
+        )
+
+    @property
+    def schedulable(self) -> bool:
+        return self.enable and bool(self.execute_cron_list)
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "workflow_id": self.workflow_id,
+            "name": self.name,
+            "description": self.description,
+            "enable": self.enable,
+            "execute_cron_list": self.execute_cron_list,
+            "execute_shift_time": self.execute_shift_time,
+            "execute_shift_unit": self.execute_shift_unit,
+            "execute_modules": self.execute_modules,
+            "timezone": self.timezone,
+            "timeout_seconds": self.timeout_seconds,
+            "overlap": self.overlap,
+            "misfire": self.misfire,
+            "misfire_grace_seconds": self.misfire_grace_seconds,
+            "retries": self.retries,
+            "retry_delay_seconds": self.retry_delay_seconds,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "last_run": self.last_run,
+        }
+
+
+def _int(body: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:
+    value = body.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        else:
+            raise Invalid(f"{name}: expected an integer", field=name)
+    if not lo <= value <= hi:
+        raise Invalid(f"{name}: must be between {lo} and {hi}", field=name)
+    return value
+
+
+def _choice(body: dict[str, Any], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = body.get(name, default)
+    if value not in choices:
+        raise Invalid(f"{name}: must be one of {', '.join(choices)}", field=name)
+    return value
+
+
+def _check_keys(value: Any, path: str) -> None:
+    """Args are stored as given; keys that MongoDB would treat as operators are refused."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str) or key.startswith("$") or "." in key or "\0" in key:
+                raise Invalid(f"{path}: key {key!r} must not start with '$' or contain '.'", field=path)
+            _check_keys(item, path)
+    elif isinstance(value, list):
+        for item in value:
+            _check_keys(item, path)
+
+
+def validate_workflow(body: dict[str, Any], default_tz: str) -> dict[str, Any]:
+    """The seed's create body (plus our optional fields) -> document fields."""
+    name = body.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise Invalid("name: required string", field="name")
+    if len(name.strip()) > 100:
+        raise Invalid("name: at most 100 characters", field="name")
+    description = body.get("description", "")
+    if description is None:
+        description = ""
+    if not isinstance(description, str) or len(description) > 2000:
+        raise Invalid("description: expected a string of at most 2000 characters", field="description")
+    enable = body.get("enable", True)
+    if isinstance(enable, str) and enable.lower() in ("true", "false"):
+        enable = enable.lower() == "true"
+    if not isinstance(enable, bool):
+        raise Invalid("enable: expected true or false", field="enable")
+
+    cron_list = body.get("execute_cron_list", [])
+    if isinstance(cron_list, str):
+        cron_list = [cron_list]
+    if not isinstance(cron_list, list) or len(cron_list) > MAX_CRON_LINES:
+        raise Invalid(f"execute_cron_list: expected a list of at most {MAX_CRON_LINES} crontab lines", field="execute_cron_list")
+    crons = []
+    for index, line in enumerate(cron_list):
+        if not isinstance(line, str):
+            raise Invalid(f"execute_cron_list[{index}]: expected a crontab string", field="execute_cron_list")
+        try:
+            crons.append(validate_crontab(line))
+        except ValueError as exc:
+            raise Invalid(f"execute_cron_list[{index}]: {exc}", field="execute_cron_list") from None
+    if enable and not crons:
+        # An enabled workflow with no schedule would silently never fire.
+        raise Invalid("execute_cron_list: an enabled workflow needs at least one crontab line", field="execute_cron_list")
+
+    shift_time = body.get("execute_shift_time", 0)
+    if isinstance(shift_time, str) and shift_time.strip().lstrip("-").isdigit():
+        shift_time = int(shift_time)
+    shift_unit = body.get("execute_shift_unit", "s")
+    if isinstance(shift_time, bool) or not isinstance(shift_time, int):
+        raise Invalid("execute_shift_time: expected an integer", field="execute_shift_time")
+    if shift_unit not in ("s", "m", "h"):
+        raise Invalid("execute_shift_unit: must be one of s, m, h", field="execute_shift_unit")
+    try:
+        parse_shift(shift_time, shift_unit)
+    except ValueError as exc:
+        raise Invalid(f"execute_shift_time: {exc}", field="execute_shift_time") from None
+
+    timezone = body.get("timezone") or default_tz
+    try:
+        if not isinstance(timezone, str):
+            raise ValueError
+        zoneinfo.ZoneInfo(timezone)
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+        raise Invalid("timezone: unknown time zone", field="timezone") from None
+
+    modules = body.get("execute_modules", [])
+    if not isinstance(modules, list) or len(modules) > MAX_MODULES:
+        raise Invalid(f"execute_modules: expected a list of at most {MAX_MODULES} modules", field="execute_modules")
+    steps = []
+    for index, item in enumerate(modules):
+        where = f"execute_modules[{index}]"
+        if not isinstance(item, dict):
+            raise Invalid(f"{where}: expected an object with module_hash and args", field="execute_modules")
+        module_hash = item.get("module_hash")
+        if not isinstance(module_hash, str) or not module_hash or len(module_hash) > 128:
+            raise Invalid(f"{where}.module_hash: expected a module hash string", field="execute_modules")
+        args = item.get("args", {})
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            raise Invalid(f"{where}.args: expected an object", field="execute_modules")
+        _check_keys(args, f"{where}.args")
+        steps.append({"module_hash": module_hash, "args": args})
+
+    return {
+        "name": name.strip(),
+        "description": description,
+        "enable": enable,
+        "execute_cron_list": crons,
+        "execute_shift_time": shift_time,
+        "execute_shift_unit": shift_unit,
+        "execute_modules": steps,
+        "module_hashes": sorted({s["module_hash"] for s in steps}),
+        "timezone": timezone,
+        "timeout_seconds": _int(body, "timeout_seconds", 600, 1, 7 * 86400),
+        "overlap": _choice(body, "overlap", "forbid", OVERLAP),
+        "misfire": _choice(body, "misfire", "skip", MISFIRE),
+        "misfire_grace_seconds": _int(body, "misfire_grace_seconds", 300, 1, 7 * 86400),
+        "retries": _int(body, "retries", 0, 0, 10),
+        "retry_delay_seconds": _int(body, "retry_delay_seconds", 10, 0, 86400),
+    }
+
+
+class WorkflowStore:
+    """Workflow documents in the `workflows` collection."""
+
+    def __init__(self, docs: DocumentStore, registry: ModuleRegistry, default_tz: str) -> None:
+        self._docs = docs
+        self._registry = registry
+        self._default_tz = default_tz
+
+    @property
+    def _col(self) -> Any:
+        return self._docs["workflows"]
+
+    async def _validated(self, body: dict[str, Any]) -> dict[str, Any]:
+        fields = validate_workflow(body, self._default_tz)
+        hashes = fields["module_hashes"]
+        known = await self._registry.existing_hashes(hashes) if hashes else set()
+        for index, step in enumerate(fields["execute_modules"]):
+            if step["module_hash"] not in known:
+                raise Invalid(f"execute_modules[{index}].module_hash: unknown module", field="execute_modules")
+        return fields
+
+    async def create(self, body: dict[str, Any]) -> Workflow:
+        fields = await self._validated(body)
+        if await self._col.find_one({"name": fields["name"]}, {"_id": 1}):
+            raise Invalid(f"name: a workflow named {fields['name']!r} already exists", field="name")
+        now = utcnow()
+        doc = {
+            **fields,
+            "workflow_id": await self._docs.next_id("workflows"),
+            "created_at": now,
+            "updated_at": now,
+            "last_run": None,
+        }
+        try:
+            await self._col.insert_one(doc)
+        except DuplicateKeyError:
+            raise Invalid(f"name: a workflow named {fields['name']!r} already exists", field="name") from None
+        return Workflow.from_doc(doc)
+
+    async def update(self, workflow_id: int, body: dict[str, Any]) -> Workflow:
+        current = await self.get(workflow_id)
+        merged = {**current.public(), **body}
+        fields = await self._validated(merged)
+        if fields["name"] != current.name and await self._col.find_one({"name": fields["name"]}, {"_id": 1}):
+            raise Invalid(f"name: a workflow named {fields['name']!r} already exists", field="name")
+        fields["updated_at"] = utcnow()
+        doc = await self._col.find_one_and_update(
+            {"workflow_id": workflow_id}, {"$set": fields}, return_document=ReturnDocument.AFTER
+        )
+        if doc is None:
+            raise Conflict("workflow changed concurrently; retry")
+        return Workflow.from_doc(doc)
+
+    async def set_enabled(self, workflow_id: int, enable: bool) -> Workflow:
+        current = await self.get(workflow_id)
+        if enable and not current.execute_cron_list:
+            raise Invalid("enable: the workflow has no crontab lines to run on", field="enable")
+        await self._col.update_one(
+            {"workflow_id": workflow_id}, {"$set": {"enable": enable, "updated_at": utcnow()}}
+        )
+        return await self.get(workflow_id)
+
+    async def delete(self, workflow_id: int) -> Workflow:
+        current = await self.get(workflow_id)
+        await self._col.delete_one({"workflow_id": workflow_id})
+        return current
+
+    async def get(self, workflow_id: int) -> Workflow:
+        doc = await self._col.find_one({"workflow_id": int(workflow_id)})
+        if doc is None:
+            raise NotFound(f"workflow {workflow_id} not found")
+        return Workflow.from_doc(doc)
+
+    async def find(self, workflow_id: int) -> Workflow | None:
+        doc = await self._col.find_one({"workflow_id": int(workflow_id)})
+        return None if doc is None else Workflow.from_doc(doc)
+
+    async def get_by_object_id(self, oid: str) -> Workflow | None:
+        if not ObjectId.is_valid(oid):
+            return None
+        doc = await self._col.find_one({"_id": ObjectId(oid)})
+        return None if doc is None else Workflow.from_doc(doc)
+
+    async def list(self, *, enabled_only: bool = False) -> list[Workflow]:
+        # Filtered in Python: a bool written by an unpatched server may read back as 1.
+        result = [Workflow.from_doc(d) async for d in self._col.find({}).sort("workflow_id", 1)]
+        return [w for w in result if w.enable] if enabled_only else result
+
+    async def set_last_run(self, workflow_id: int, summary: dict[str, Any]) -> None:
+        await self._col.update_one({"workflow_id": workflow_id}, {"$set": {"last_run": summary}})

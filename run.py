@@ -5,6 +5,7 @@
     python run.py create-user NAME [--role admin|viewer]   (password read from stdin/prompt)
     python run.py set-password NAME
     python run.py list-users
+    python run.py create-token NAME --name "what it is for"
 
 Start-up order: settings -> stores -> services -> Application -> listen. Shutdown on
 SIGTERM/SIGINT runs the same steps backwards.
@@ -95,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     setpw = sub.add_parser("set-password", help="change an operator's password (from stdin)")
     setpw.add_argument("username")
     sub.add_parser("list-users", help="list operators")
+    token = sub.add_parser("create-token", help="create an API token for scripts (printed once)")
+    token.add_argument("username")
+    token.add_argument("--name", required=True, help="what the token is for")
     args = parser.parse_args(argv)
 
     try:
@@ -138,6 +142,14 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{op.username}\t{op.role}")
 
             asyncio.run(with_context(settings, list_users))
+        elif command == "create-token":
+
+            async def create_token(ctx: AppContext) -> None:
+                record, secret = await ctx.tokens.create(args.username, args.name)
+                await ctx.audit.record("cli", "create", f"token:{record.id}", {"name": record.name})
+                print(f"token {record.id} for {args.username!r} (shown once): {secret}")
+
+            asyncio.run(with_context(settings, create_token))
     except DomainError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1

@@ -11,13 +11,13 @@ import tornado.web
 from tornado_sched.context import AppContext
 from tornado_sched.logs import redact_url
 
-from . import health, modules, scheduler, websocket, workflows
+from . import admin, health, modules, scheduler, websocket, workflows
 from .base import AUTH_KINDS, NotFoundHandler
 
 ROOT = Path(__file__).resolve().parent.parent
 access_log = logging.getLogger("tornado.access")
 
-HANDLER_MODULES = [health, modules, websocket, workflows, scheduler]
+HANDLER_MODULES = [health, modules, websocket, workflows, scheduler, admin]
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:
@@ -54,6 +54,8 @@ def make_app(ctx: AppContext) -> tornado.web.Application:
         template_path=str(ROOT / "templates"),
         static_path=static_path,
         cookie_secret=settings.secret_key,
+        xsrf_cookies=True,
+        xsrf_cookie_kwargs={"httponly": False, "samesite": "Strict"},
         log_function=_log_request,
         websocket_ping_interval=settings.websocket_ping_interval,
         websocket_ping_timeout=settings.websocket_ping_timeout,

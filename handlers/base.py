@@ -6,6 +6,7 @@ Every handler class must state `auth` explicitly ("public" or "operator");
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -17,7 +18,7 @@ from bson import ObjectId
 
 from tornado_sched.auth import Operator
 from tornado_sched.context import AppContext
-from tornado_sched.errors import DomainError, Invalid
+from tornado_sched.errors import DomainError, Forbidden, Invalid, TooManyRequests
 
 from .httpauth import BASIC_CHALLENGE, DigestVerifier, parse_basic
 
@@ -25,8 +26,32 @@ log = logging.getLogger(__name__)
 
 SUCCESS_CODE = "2000"
 SUCCESS_MESSAGE = "成功!"
+# "operator": any operator (viewers only read); "admin": admins only;
 # "module": the WebSocket, where the module hash is the credential.
-AUTH_KINDS = ("public", "operator", "module")
+AUTH_KINDS = ("public", "operator", "admin", "module")
+SESSION_COOKIE = "tsched_session"
+READ_METHODS = ("GET", "HEAD", "OPTIONS")
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
+
+
+def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
+    """Django-style ALLOWED_HOSTS: exact names, `.example.com` for subdomains, `*`."""
+    name = host.rsplit(":", 1)[0].strip("[]").lower() if host.count(":") <= 1 else host.lower()
+    for pattern in allowed:
+        pattern = pattern.lower()
+        if pattern == "*" or name == pattern:
+            return True
+        if pattern.startswith(".") and (name.endswith(pattern) or name == pattern[1:]):
+            return True
+    return False
 
 
 def _json_default(value: Any) -> Any:
@@ -48,7 +73,11 @@ class BaseHandler(tornado.web.RequestHandler):
     """Owns the context, authentication and the JSON envelope."""
 
     auth: ClassVar[str | None] = None
+    # Pages set a signed session cookie after HTTP auth so browsers are not
+    # challenged on every request.
+    sets_session: ClassVar[bool] = False
     ctx: AppContext
+    auth_method: str | None = None
 
     def initialize(self, ctx: AppContext) -> None:
         self.ctx = ctx
@@ -57,27 +86,59 @@ class BaseHandler(tornado.web.RequestHandler):
     def operator(self) -> Operator | None:
         return self.current_user
 
+    def set_default_headers(self) -> None:
+        for name, value in SECURITY_HEADERS.items():
+            self.set_header(name, value)
+
     # -- authentication --------------------------------------------------------------
     async def prepare(self) -> None:
+        settings = self.ctx.settings
+        if not settings.debug and not host_allowed(self.request.host, settings.allowed_hosts):
+            raise Invalid("Host header not in ALLOWED_HOSTS")
         if self.auth == "public":
             return
-        if self.auth != "operator":  # make_app checks this too; belt and braces
+        if self.auth not in ("operator", "admin"):  # make_app checks this too
             raise tornado.web.HTTPError(500, reason="route has no auth decision")
-        self.current_user = await self.authenticate()
-        if self.current_user is None:
+        throttle = self.ctx.throttle
+        address = self.request.remote_ip or ""
+        if throttle.blocked(address):
+            raise TooManyRequests("too many failed logins from this address; try again later")
+        operator = await self.authenticate()
+        if operator is None:
+            if self.auth_method in ("basic", "digest", "bearer"):
+                throttle.failure(address)
+                delay = throttle.delay(address)
+                if delay:
+                    await asyncio.sleep(delay)
             self.send_challenge()
+            return
+        if self.auth_method != "cookie":
+            throttle.success(address)
+        self.current_user = operator
+        if self.sets_session and self.auth_method in ("basic", "digest"):
+            self.set_signed_cookie(
+                SESSION_COOKIE, json.dumps({"u": operator.username}), expires_days=None,
+                httponly=True, samesite="Lax", secure=self.request.protocol == "https",
+            )
+        if self.auth == "admin" and not operator.is_admin:
+            raise Forbidden("admin role required")
+        if self.request.method not in READ_METHODS and operator.role == "viewer":
+            raise Forbidden("the viewer role can only read")
 
     async def authenticate(self) -> Operator | None:
-        """Basic or Digest credentials from the Authorization header, or None."""
+        """Basic, Digest or Bearer credentials from the Authorization header; without
+        one, the signed session cookie. Sets `auth_method`."""
         header = self.request.headers.get("Authorization", "")
         scheme = header[:7].lower()
         accounts = self.ctx.accounts
         if scheme.startswith("basic "):
+            self.auth_method = "basic"
             creds = parse_basic(header)
             if creds is None:
                 return None
             return await accounts.verify_password(creds.username, creds.password)
         if scheme == "digest ":
+            self.auth_method = "digest"
             verifier = self._digest_verifier()
             digest = verifier.parse(header)
             if digest is None:
@@ -86,7 +147,35 @@ class BaseHandler(tornado.web.RequestHandler):
             if found is None or not verifier.matches(digest, found[1]):
                 return None
             return found[0]
-        return None
+        if scheme == "bearer ":
+            self.auth_method = "bearer"
+            return await self.ctx.tokens.verify(header[7:].strip())
+        if header:
+            self.auth_method = "unknown"
+            return None
+        return await self.session_operator()
+
+    async def session_operator(self) -> Operator | None:
+        raw = self.get_signed_cookie(SESSION_COOKIE, max_age_days=1)
+        if raw is None:
+            return None
+        try:
+            username = json.loads(raw)["u"]
+        except (ValueError, KeyError, TypeError):
+            return None
+        self.auth_method = "cookie"
+        return await self.ctx.accounts.get(username) if isinstance(username, str) else None
+
+    def check_xsrf_cookie(self) -> None:
+        # Scripts authenticate with a header and cannot be driven cross-site; only a
+        # cookie-carrying browser request needs the XSRF token.
+        if self.request.headers.get("Authorization") or not self.get_cookie(SESSION_COOKIE):
+            return
+        super().check_xsrf_cookie()
+
+    async def audit(self, action: str, target: str, detail: dict[str, Any] | None = None) -> None:
+        actor = self.current_user.username if self.current_user else "-"
+        await self.ctx.audit.record(actor, action, target, detail, self.request.remote_ip)
 
     def _digest_verifier(self) -> DigestVerifier:
         key = hashlib.sha256(b"digest-opaque:" + self.ctx.settings.secret_key.encode()).digest()

@@ -76,11 +76,27 @@ class SendMessageHandler(ApiHandler):
         message: Any = self.param("message")
         if message is None or message == "":
             raise Invalid("message: required", field="message")
+        if _has_operator_keys(message):
+            # Not a query today, but results and messages are kept in MongoDB
+            # documents later on, where such keys are operators or refused outright.
+            raise Invalid("message: object keys must not start with '$'", field="message")
         await self.ctx.registry.get(module_hash)  # 404 for an unknown module
         if not isinstance(message, str):
             message = json.dumps(message, ensure_ascii=False)
         self.ctx.hub.send(module_hash, message)  # 409 when offline
         self.write_envelope({"message": "消息已发送"})
+
+
+def _has_operator_keys(value: Any, depth: int = 0) -> bool:
+    if depth > 32:
+        return True  # deeper than any real message; refuse rather than recurse on
+    if isinstance(value, dict):
+        return any(
+            (isinstance(k, str) and k.startswith("$")) or _has_operator_keys(v, depth + 1) for k, v in value.items()
+        )
+    if isinstance(value, list):
+        return any(_has_operator_keys(v, depth + 1) for v in value)
+    return False
 
 
 class ModuleListHandler(ApiHandler):
@@ -116,6 +132,7 @@ class ModuleDetailHandler(ApiHandler):
 
     async def delete(self, module_hash: str) -> None:
         record = await self.ctx.registry.delete(module_hash)
+        await self.audit("delete", f"module:{record.module_id}", {"name": record.name})
         session = self.ctx.hub.session(record.hash)
         if session is not None:
             session.connection.close(4404, "module deleted")

@@ -20,7 +20,9 @@ class ReloadHandler(ApiHandler):
     auth = "operator"
 
     async def post(self) -> None:
-        self.write_envelope(await self.ctx.scheduler.reload())
+        result = await self.ctx.scheduler.reload()
+        await self.audit("reload", "scheduler", {"current_count": result["current_count"]})
+        self.write_envelope(result)
 
 
 default_handlers = [

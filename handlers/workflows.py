@@ -28,6 +28,7 @@ class WorkflowCreateHandler(ApiHandler):
     async def post(self) -> None:
         workflow = await self.ctx.workflows.create(self.body())
         self.ctx.scheduler.sync(workflow)
+        await self.audit("create", f"workflow:{workflow.workflow_id}", {"name": workflow.name})
         self.write_envelope({"id": workflow.id, "workflow_id": workflow.workflow_id, "name": workflow.name})
 
 
@@ -63,11 +64,13 @@ class WorkflowDetailHandler(ApiHandler):
     async def put(self, workflow_id: str) -> None:
         workflow = await self.ctx.workflows.update(int(workflow_id), self.body())
         self.ctx.scheduler.sync(workflow)
+        await self.audit("update", f"workflow:{workflow.workflow_id}", {"fields": sorted(self.body())})
         self.write_envelope(workflow.public())
 
     async def delete(self, workflow_id: str) -> None:
         workflow = await self.ctx.workflows.delete(int(workflow_id))
         self.ctx.scheduler.sync(None, workflow.workflow_id)
+        await self.audit("delete", f"workflow:{workflow.workflow_id}", {"name": workflow.name})
         self.write_envelope({"workflow_id": workflow.workflow_id, "name": workflow.name, "deleted": True})
 
 
@@ -79,6 +82,7 @@ class WorkflowEnableHandler(ApiHandler):
     async def post(self, workflow_id: str, action: str) -> None:
         workflow = await self.ctx.workflows.set_enabled(int(workflow_id), action == "enable")
         self.ctx.scheduler.sync(workflow)
+        await self.audit(action, f"workflow:{workflow.workflow_id}")
         self.write_envelope(workflow.public())
 
 
@@ -90,6 +94,7 @@ class WorkflowExecuteHandler(ApiHandler):
     async def post(self, workflow_id: str) -> None:
         workflow = await self.ctx.workflows.get(int(workflow_id))
         run_id = await self.ctx.scheduler.fire(workflow, "manual", utcnow())
+        await self.audit("run", f"workflow:{workflow.workflow_id}", {"run_id": run_id})
         self.write_envelope({
             "workflow_id": workflow.workflow_id,
             "workflow_name": workflow.name,

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -21,7 +22,7 @@ from sqlalchemy import insert, select, update
 
 from .errors import Conflict, Invalid, NotFound
 from .stores import SqlStore
-from .tables import as_utc, operators, utcnow
+from .tables import api_tokens, as_utc, operators, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -197,3 +198,149 @@ class OperatorAccounts:
 
 
 _DUMMY_HASH = hash_password(secrets.token_urlsafe(8))
+
+
+TOKEN_PREFIX = "tsk_"
+
+
+def _token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """A script's credential: stored as a SHA-256 digest, shown in full only once."""
+
+    id: int
+    name: str
+    username: str
+    prefix: str
+    created_at: datetime | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    def public(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "username": self.username,
+            "prefix": self.prefix,
+            "created_at": self.created_at,
+            "last_used_at": self.last_used_at,
+            "revoked": self.revoked_at is not None,
+            "revoked_at": self.revoked_at,
+        }
+
+
+class ApiTokens:
+    """Bearer tokens for scripts. High-entropy random tokens need no slow hash: a
+    SHA-256 digest lookup is constant work and reveals nothing usable.
+
+    `last_used_at` is kept in memory and written at most once a minute per token, so
+    a busy script does not cost a write per request."""
+
+    _TOUCH_EVERY = 60.0
+
+    def __init__(self, sql: SqlStore, accounts: OperatorAccounts) -> None:
+        self._sql = sql
+        self._accounts = accounts
+        self._last_touch: dict[int, float] = {}
+
+    async def create(self, username: str, name: str) -> tuple[ApiToken, str]:
+        if not isinstance(name, str) or not 1 <= len(name.strip()) <= 100:
+            raise Invalid("name: required, at most 100 characters", field="name")
+        if await self._accounts.get(username) is None:
+            raise NotFound(f"operator {username!r} not found")
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        now = utcnow().replace(tzinfo=None)
+        async with self._sql.engine.begin() as conn:
+            result = await conn.execute(
+                insert(api_tokens).values(
+                    token_hash=_token_digest(token), prefix=token[:10], name=name.strip(),
+                    username=username, created_at=now,
+                )
+            )
+            token_id = result.inserted_primary_key[0]
+        return ApiToken(token_id, name.strip(), username, token[:10], as_utc(now), None, None), token
+
+    async def list(self) -> list[ApiToken]:
+        async with self._sql.engine.connect() as conn:
+            rows = (await conn.execute(select(api_tokens).order_by(api_tokens.c.id))).all()
+        return [self._from_row(r) for r in rows]
+
+    @staticmethod
+    def _from_row(r) -> ApiToken:  # noqa: ANN001
+        return ApiToken(r.id, r.name, r.username, r.prefix, as_utc(r.created_at),
+                        as_utc(r.last_used_at), as_utc(r.revoked_at))
+
+    async def revoke(self, token_id: int) -> ApiToken:
+        async with self._sql.engine.begin() as conn:
+            result = await conn.execute(
+                update(api_tokens).where(api_tokens.c.id == token_id, api_tokens.c.revoked_at.is_(None))
+                .values(revoked_at=utcnow().replace(tzinfo=None))
+            )
+            row = (await conn.execute(select(api_tokens).where(api_tokens.c.id == token_id))).first()
+        if row is None:
+            raise NotFound(f"token {token_id} not found")
+        if result.rowcount == 0:
+            raise Conflict(f"token {token_id} is already revoked")
+        return self._from_row(row)
+
+    async def verify(self, token: str) -> Operator | None:
+        if not token.startswith(TOKEN_PREFIX) or len(token) > 100:
+            return None
+        async with self._sql.engine.connect() as conn:
+            row = (await conn.execute(
+                select(api_tokens).where(api_tokens.c.token_hash == _token_digest(token))
+            )).first()
+        if row is None or row.revoked_at is not None:
+            return None
+        operator = await self._accounts.get(row.username)
+        if operator is None:
+            return None
+        now = time.monotonic()
+        if now - self._last_touch.get(row.id, -1e9) >= self._TOUCH_EVERY:
+            self._last_touch[row.id] = now
+            async with self._sql.engine.begin() as conn:
+                await conn.execute(
+                    update(api_tokens).where(api_tokens.c.id == row.id)
+                    .values(last_used_at=utcnow().replace(tzinfo=None))
+                )
+        return operator
+
+
+class LoginThrottle:
+    """Failed logins per client address: after `slow_after` failures each attempt is
+    delayed, after `block_after` the address is refused (429) for `block_seconds`.
+    A success resets the count. In memory: one process holds every connection."""
+
+    def __init__(self, slow_after: int = 5, block_after: int = 10, block_seconds: float = 600,
+                 window_seconds: float = 900) -> None:
+        self.slow_after, self.block_after = slow_after, block_after
+        self.block_seconds, self.window_seconds = block_seconds, window_seconds
+        self._failures: dict[str, tuple[int, float]] = {}
+
+    def _count(self, address: str) -> int:
+        count, first = self._failures.get(address, (0, 0.0))
+        if count and time.monotonic() - first > max(self.window_seconds, self.block_seconds):
+            self._failures.pop(address, None)
+            return 0
+        return count
+
+    def blocked(self, address: str) -> bool:
+        return self._count(address) >= self.block_after
+
+    def delay(self, address: str) -> float:
+        """Seconds to wait before answering this address's next attempt."""
+        excess = self._count(address) - self.slow_after
+        return 0.0 if excess < 0 else min(0.25 * 2**excess, 4.0)
+
+    def failure(self, address: str) -> None:
+        count = self._count(address)
+        first = self._failures.get(address, (0, time.monotonic()))[1] if count else time.monotonic()
+        if len(self._failures) > 100_000:
+            self._failures.clear()  # bounded memory under a spray of addresses
+        self._failures[address] = (count + 1, first)
+
+    def success(self, address: str) -> None:
+        self._failures.pop(address, None)

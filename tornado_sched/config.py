@@ -62,6 +62,9 @@ class Settings:
     run_retention_days: int = 90
     notify_aggregate_seconds: float = 60.0
     email_timeout_seconds: float = 10.0
+    login_slow_after: int = 5
+    login_block_after: int = 10
+    login_block_seconds: float = 600.0
     sql_url_override: str = field(default="", repr=False)
 
     @property
@@ -194,6 +197,9 @@ class Settings:
             heartbeat_flush_seconds=number("HEARTBEAT_FLUSH_SECONDS", 5.0, lo=0.05, hi=3600, integer=False),
             run_retention_days=int(number("RUN_RETENTION_DAYS", 90, lo=1, hi=36500, integer=True)),
             notify_aggregate_seconds=number("NOTIFY_AGGREGATE_SECONDS", 60.0, lo=0, hi=86400, integer=False),
+            login_slow_after=int(number("LOGIN_SLOW_AFTER", 5, lo=1, hi=1_000_000, integer=True)),
+            login_block_after=int(number("LOGIN_BLOCK_AFTER", 10, lo=1, hi=1_000_000, integer=True)),
+            login_block_seconds=number("LOGIN_BLOCK_SECONDS", 600, lo=1, hi=86400, integer=False),
             email_timeout_seconds=number("EMAIL_TIMEOUT_SECONDS", 10.0, lo=0.1, hi=600, integer=False),
         )
         if not settings.mongodb_name.replace("_", "").replace("-", "").isalnum():

@@ -11,7 +11,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from .auth import OperatorAccounts
+from .audit import AuditLog
+from .auth import ApiTokens, LoginThrottle, OperatorAccounts
 from .config import Settings
 from .docserver import EmbeddedDocumentServer
 from .events import EventBus
@@ -33,6 +34,9 @@ class AppContext:
     docs: DocumentStore
     sql: SqlStore
     accounts: OperatorAccounts
+    tokens: ApiTokens
+    throttle: LoginThrottle
+    audit: AuditLog
     events: EventBus
     registry: ModuleRegistry
     hub: ConnectionHub
@@ -81,6 +85,11 @@ async def open_context(settings: Settings) -> AppContext:
         accounts = OperatorAccounts(sql, settings.secret_key)
         generated = await accounts.ensure_admin(settings.admin_username, settings.admin_password)
 
+        tokens = ApiTokens(sql, accounts)
+        throttle = LoginThrottle(
+            settings.login_slow_after, settings.login_block_after, settings.login_block_seconds
+        )
+        audit = AuditLog(sql)
         events = EventBus()
         registry = ModuleRegistry(docs)
         hub = ConnectionHub(registry, events, settings.heartbeat_flush_seconds)
@@ -105,6 +114,9 @@ async def open_context(settings: Settings) -> AppContext:
         docs=docs,
         sql=sql,
         accounts=accounts,
+        tokens=tokens,
+        throttle=throttle,
+        audit=audit,
         events=events,
         registry=registry,
         hub=hub,

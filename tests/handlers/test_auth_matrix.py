@@ -14,6 +14,7 @@ import re
 import pytest
 
 from handlers.app import collect_routes
+from handlers.base import AUTH_KINDS
 from tests.conftest import ADMIN, RunningServer, basic_auth
 from tests.support.httpauth import digest_header
 from tests.support.rawhttp import raw_request
@@ -62,7 +63,7 @@ MALFORMED = {
 
 def test_every_route_has_an_auth_decision() -> None:
     for pattern, handler in collect_routes():
-        assert getattr(handler, "auth", None) in ("public", "operator", "module"), pattern
+        assert getattr(handler, "auth", None) in AUTH_KINDS, pattern
     assert PROTECTED, "no protected routes found: the walk is broken"
 
 

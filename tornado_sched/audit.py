@@ -1,0 +1,53 @@
+"""Audit log: who created, changed, deleted, enabled, ran or reloaded what, when,
+from which address. Rows go to the relational store."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from sqlalchemy import func, insert, select
+
+from .stores import SqlStore
+from .tables import as_utc, audit_log, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class AuditLog:
+    """Append-only record of operator actions."""
+
+    def __init__(self, sql: SqlStore) -> None:
+        self._sql = sql
+        self.write_failures = 0
+
+    async def record(
+        self, actor: str, action: str, target: str, detail: dict[str, Any] | None = None,
+        remote_ip: str | None = None,
+    ) -> None:
+        try:
+            async with self._sql.engine.begin() as conn:
+                await conn.execute(insert(audit_log).values(
+                    at=utcnow().replace(tzinfo=None), actor=actor[:64], action=action[:32], target=target[:100],
+                    detail=json.dumps(detail, ensure_ascii=False, default=str) if detail else None,
+                    remote_ip=(remote_ip or "")[:64],
+                ))
+        except Exception as exc:
+            # The action itself already happened; losing its audit row must be visible.
+            self.write_failures += 1
+            log.error("audit write failed (%s %s %s): %s", actor, action, target, type(exc).__name__)
+
+    async def list(self, page: int = 1, page_size: int = 50) -> tuple[list[dict[str, Any]], int]:
+        async with self._sql.engine.connect() as conn:
+            total = (await conn.execute(select(func.count()).select_from(audit_log))).scalar_one()
+            rows = (await conn.execute(
+                select(audit_log).order_by(audit_log.c.id.desc()).offset((page - 1) * page_size).limit(page_size)
+            )).all()
+        return [
+            {
+                "id": r.id, "at": as_utc(r.at), "actor": r.actor, "action": r.action, "target": r.target,
+                "detail": json.loads(r.detail) if r.detail else None, "remote_ip": r.remote_ip,
+            }
+            for r in rows
+        ], total

@@ -11,13 +11,13 @@ import tornado.web
 from tornado_sched.context import AppContext
 from tornado_sched.logs import redact_url
 
-from . import admin, health, modules, scheduler, websocket, workflows
+from . import admin, health, modules, notifications, scheduler, websocket, workflows
 from .base import AUTH_KINDS, NotFoundHandler
 
 ROOT = Path(__file__).resolve().parent.parent
 access_log = logging.getLogger("tornado.access")
 
-HANDLER_MODULES = [health, modules, websocket, workflows, scheduler, admin]
+HANDLER_MODULES = [health, modules, websocket, workflows, scheduler, notifications, admin]
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:

@@ -17,6 +17,7 @@ from .config import Settings
 from .docserver import EmbeddedDocumentServer
 from .events import EventBus
 from .hub import ConnectionHub
+from .notify import Notifier
 from .registry import ModuleRegistry
 from .runs import RunTracker
 from .scheduler import WorkflowScheduler
@@ -43,6 +44,7 @@ class AppContext:
     workflows: WorkflowStore
     runs: RunTracker
     scheduler: WorkflowScheduler
+    notifier: Notifier
     docserver: EmbeddedDocumentServer | None = None
     started_at: float = field(default_factory=time.time)
     generated_admin_password: str | None = None
@@ -96,6 +98,9 @@ async def open_context(settings: Settings) -> AppContext:
         await hub.start()
         closers.append(hub.close)
         workflows = WorkflowStore(docs, registry, settings.time_zone)
+        notifier = Notifier(sql, events, workflows, settings)
+        await notifier.start()
+        closers.append(notifier.close)
         runs = RunTracker(docs, registry, workflows, hub, events)
         await runs.start()
         closers.append(runs.close)
@@ -123,6 +128,7 @@ async def open_context(settings: Settings) -> AppContext:
         workflows=workflows,
         runs=runs,
         scheduler=scheduler,
+        notifier=notifier,
         docserver=docserver,
         generated_admin_password=generated,
     )

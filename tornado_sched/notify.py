@@ -1,0 +1,353 @@
+"""Failure notifications through an outbox that never loses a row.
+
+A failed step becomes an outbox row *before* anything is sent: one row per channel
+(email, webhook) and workflow, held open for NOTIFY_AGGREGATE_SECONDS so that a
+burst of failures goes out as one message. A background sender delivers due rows
+over HTTP, marks them sent only on a 2xx, and otherwise retries with exponential
+backoff, across restarts. Rows are rendered when sent, so one that waited through a
+restart still carries every failure it collected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+
+from .config import Settings
+from .events import EventBus
+from .runs import Run, Step
+from .stores import SqlStore
+from .tables import as_utc, naive_utc, notification_outbox, utcnow
+from .workflows import WorkflowStore
+
+log = logging.getLogger(__name__)
+
+CHANNELS = ("email", "webhook")
+STATUSES = ("pending", "retrying", "sent", "not_configured")
+FAILED_RUN = ("failure", "partial", "interrupted")
+MAX_BACKOFF = 3600.0
+BASE_BACKOFF = 5.0
+POLL_SECONDS = 5.0
+
+
+def backoff_seconds(attempts: int) -> float:
+    return min(BASE_BACKOFF * 2 ** max(attempts - 1, 0), MAX_BACKOFF)
+
+
+class Notifier:
+    """Turns failed steps and recoveries into outbox rows and delivers them."""
+
+    def __init__(self, sql: SqlStore, events: EventBus, workflows: WorkflowStore, settings: Settings) -> None:
+        self._sql = sql
+        self._workflows = workflows
+        self._settings = settings
+        self._open_rows: dict[tuple[int, str], tuple[int, datetime]] = {}
+        self._failing: set[int] = set()
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._sender: asyncio.Task[None] | None = None
+        self._http = AsyncHTTPClient()
+        self._unsubscribe = events.subscribe(self._on_event)
+        self.write_failures = 0
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        settings = self._settings
+        if not settings.email_configured:
+            log.warning(
+                "NOTIFICATION_EMAIL / EMAIL_API_URL not set: failure emails are kept in the "
+                "outbox as not_configured and not sent"
+            )
+        for workflow in await self._workflows.list():
+            if workflow.last_run and workflow.last_run.get("status") in FAILED_RUN:
+                self._failing.add(workflow.workflow_id)
+        self._sender = asyncio.ensure_future(self._send_loop())
+
+    async def close(self) -> None:
+        self._unsubscribe()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._sender is not None:
+            self._sender.cancel()
+            try:
+                await self._sender
+            except asyncio.CancelledError:
+                pass
+
+    def _channels(self) -> list[tuple[str, bool]]:
+        """(channel, configured) for every channel that should get a row."""
+        result = [("email", self._settings.email_configured)]
+        if self._settings.webhook_url:
+            result.append(("webhook", True))
+        return result
+
+    # -- events ----------------------------------------------------------------------
+    def _on_event(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "step.failed":
+            self._spawn(self._step_failed(data["run"], data["step"]))
+        elif kind == "run.finished":
+            run: Run = data["run"]
+            if run.status in FAILED_RUN:
+                self._failing.add(run.workflow_id)
+            elif run.status == "success" and run.workflow_id in self._failing:
+                self._failing.discard(run.workflow_id)
+                self._spawn(self._recovered(run))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _step_failed(self, run: Run, step: Step) -> None:
+        fact = {
+            "run_id": run.run_id,
+            "workflow_id": run.workflow_id,
+            "workflow_name": run.workflow_name,
+            "module_name": step.module_name,
+            "module_hash_prefix": step.module_hash[:8],
+            "status": step.status,
+            "execution_time": run.execution_time,
+            "timezone": run.timezone,
+            "error": step.error,
+            "message": step.message,
+            "at": utcnow().isoformat(),
+        }
+        async with self._lock:
+            for channel, configured in self._channels():
+                await self._add_fact(run, channel, configured, fact)
+        self._wake.set()
+
+    async def _add_fact(self, run: Run, channel: str, configured: bool, fact: dict[str, Any]) -> None:
+        now = utcnow()
+        key = (run.workflow_id, channel)
+        held = self._open_rows.get(key)
+        try:
+            if held is not None and held[1] > now:
+                async with self._sql.engine.begin() as conn:
+                    row = (await conn.execute(
+                        select(notification_outbox.c.payload, notification_outbox.c.status)
+                        .where(notification_outbox.c.id == held[0])
+                    )).first()
+                    if row is not None and row.status in ("pending", "not_configured"):
+                        payload = json.loads(row.payload)
+                        payload["failures"].append(fact)
+                        await conn.execute(
+                            update(notification_outbox).where(notification_outbox.c.id == held[0])
+                            .values(payload=json.dumps(payload, ensure_ascii=False),
+                                    subject=_subject(payload))
+                        )
+                        return
+            payload = {"kind": "failure", "workflow_id": run.workflow_id, "workflow_name": run.workflow_name,
+                       "failures": [fact]}
+            due = now + timedelta(seconds=self._settings.notify_aggregate_seconds)
+            row_id = await self._insert(channel, "failure", run.workflow_id, payload, configured, due)
+            self._open_rows[key] = (row_id, due)
+        except Exception as exc:
+            self.write_failures += 1
+            log.error("could not write a %s notification for workflow %d: %s", channel, run.workflow_id, exc)
+
+    async def _recovered(self, run: Run) -> None:
+        payload = {
+            "kind": "recovery", "workflow_id": run.workflow_id, "workflow_name": run.workflow_name,
+            "run_id": run.run_id, "execution_time": run.execution_time, "timezone": run.timezone,
+        }
+        async with self._lock:
+            for channel, configured in self._channels():
+                try:
+                    await self._insert(channel, "recovery", run.workflow_id, payload, configured, utcnow())
+                except Exception as exc:
+                    self.write_failures += 1
+                    log.error("could not write a recovery notice for workflow %d: %s", run.workflow_id, exc)
+                self._open_rows.pop((run.workflow_id, channel), None)
+        self._wake.set()
+
+    async def _insert(self, channel: str, kind: str, workflow_id: int, payload: dict[str, Any],
+                      configured: bool, due: datetime) -> int:
+        async with self._sql.engine.begin() as conn:
+            result = await conn.execute(insert(notification_outbox).values(
+                channel=channel, kind=kind, workflow_id=workflow_id, subject=_subject(payload),
+                payload=json.dumps(payload, ensure_ascii=False),
+                status="pending" if configured else "not_configured", attempts=0,
+                created_at=naive_utc(utcnow()), next_attempt_at=naive_utc(due),
+            ))
+        return int(result.inserted_primary_key[0])
+
+    # -- sending ---------------------------------------------------------------------
+    async def _send_loop(self) -> None:
+        while True:
+            try:
+                delay = await self.send_due()
+            except Exception as exc:  # the store is down: try again later
+                log.warning("outbox poll failed: %s", type(exc).__name__)
+                delay = POLL_SECONDS
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except TimeoutError:
+                pass
+
+    async def send_due(self) -> float:
+        """Send every due row; returns seconds until the next one is due (capped)."""
+        now = utcnow()
+        async with self._sql.engine.connect() as conn:
+            rows = (await conn.execute(
+                select(notification_outbox)
+                .where(notification_outbox.c.status.in_(("pending", "retrying")),
+                       notification_outbox.c.next_attempt_at <= naive_utc(now))
+                .order_by(notification_outbox.c.id).limit(100)
+            )).all()
+            upcoming = (await conn.execute(
+                select(func.min(notification_outbox.c.next_attempt_at))
+                .where(notification_outbox.c.status.in_(("pending", "retrying")),
+                       notification_outbox.c.next_attempt_at > naive_utc(now))
+            )).scalar()
+        if rows:
+            await asyncio.gather(*(self._deliver(row) for row in rows))
+            return 0.0 if len(rows) == 100 else min(POLL_SECONDS, self._until(upcoming))
+        return min(POLL_SECONDS, self._until(upcoming))
+
+    @staticmethod
+    def _until(when: datetime | None) -> float:
+        if when is None:
+            return POLL_SECONDS
+        return max(0.05, ((as_utc(when) or utcnow()) - utcnow()).total_seconds())
+
+    async def _deliver(self, row: Any) -> None:
+        payload = json.loads(row.payload)
+        url, body = self._request(row.channel, payload)
+        error = None
+        try:
+            response = await self._http.fetch(
+                url, method="POST", body=json.dumps(body, ensure_ascii=False),
+                headers={"Content-Type": "application/json; charset=UTF-8"},
+                request_timeout=self._settings.email_timeout_seconds,
+                connect_timeout=self._settings.email_timeout_seconds, raise_error=False,
+            )
+            if not 200 <= response.code < 300:
+                error = f"HTTP {response.code}" if response.code != 599 else f"no response: {_reason(response.error)}"
+        except (TimeoutError, HTTPClientError, OSError) as exc:
+            error = _reason(exc)
+        attempts = row.attempts + 1
+        values: dict[str, Any] = {"attempts": attempts}
+        if error is None:
+            values.update(status="sent", sent_at=naive_utc(utcnow()), last_error=None)
+            self._open_rows = {k: v for k, v in self._open_rows.items() if v[0] != row.id}
+            log.info("notification %d (%s) sent", row.id, row.channel)
+        else:
+            wait = backoff_seconds(attempts)
+            values.update(status="retrying", last_error=error[:500],
+                          next_attempt_at=naive_utc(utcnow() + timedelta(seconds=wait)))
+            log.warning("notification %d (%s) attempt %d failed: %s; retry in %.0fs",
+                        row.id, row.channel, attempts, error, wait)
+        async with self._sql.engine.begin() as conn:
+            await conn.execute(update(notification_outbox).where(notification_outbox.c.id == row.id).values(**values))
+
+    def _request(self, channel: str, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        if channel == "webhook":
+            return self._settings.webhook_url, {**payload, "text": _plain_text(payload, self._settings.public_url),
+                                                "subject": _subject(payload)}
+        return self._settings.email_api_url, {
+            "to": list(self._settings.notification_email),
+            "subject": _subject(payload),
+            "content": render_email(payload, self._settings.public_url),
+        }
+
+    # -- queries ---------------------------------------------------------------------
+    async def list(self, page: int = 1, page_size: int = 50, status: str | None = None) -> tuple[list[dict[str, Any]], int]:
+        query = select(notification_outbox)
+        count = select(func.count()).select_from(notification_outbox)
+        if status:
+            query = query.where(notification_outbox.c.status == status)
+            count = count.where(notification_outbox.c.status == status)
+        async with self._sql.engine.connect() as conn:
+            total = (await conn.execute(count)).scalar_one()
+            rows = (await conn.execute(
+                query.order_by(notification_outbox.c.id.desc()).offset((page - 1) * page_size).limit(page_size)
+            )).all()
+        return [
+            {
+                "id": r.id, "channel": r.channel, "kind": r.kind, "workflow_id": r.workflow_id, "subject": r.subject,
+                "status": r.status, "attempts": r.attempts, "last_error": r.last_error,
+                "failures": len(json.loads(r.payload).get("failures", [])) if r.kind == "failure" else 0,
+                "created_at": as_utc(r.created_at), "next_attempt_at": as_utc(r.next_attempt_at),
+                "sent_at": as_utc(r.sent_at),
+            }
+            for r in rows
+        ], total
+
+
+def _reason(exc: BaseException | None) -> str:
+    """An error description without the URL (it may carry credentials)."""
+    if exc is None:
+        return "unknown error"
+    if isinstance(exc, HTTPClientError):
+        return f"HTTP {exc.code}" if exc.code != 599 else (exc.message or "connection failed")
+    return f"{type(exc).__name__}: {exc.strerror or exc}" if isinstance(exc, OSError) else type(exc).__name__
+
+
+def _subject(payload: dict[str, Any]) -> str:
+    name = payload.get("workflow_name", "?")
+    if payload.get("kind") == "recovery":
+        return f"[tornado_sched] 工作流 {name} 已恢复 / workflow recovered"
+    count = len(payload.get("failures", []))
+    return f"[tornado_sched] 工作流 {name} 执行失败 / {count} failed step(s)"
+
+
+def _run_link(public_url: str, run_id: str) -> str:
+    return f"{public_url}/runs/{run_id}" if public_url else f"/runs/{run_id}"
+
+
+def render_email(payload: dict[str, Any], public_url: str) -> str:
+    """HTML content: every value escaped, one table row per failed step."""
+    e = html.escape
+    name = e(str(payload.get("workflow_name", "")))
+    if payload.get("kind") == "recovery":
+        link = _run_link(public_url, payload["run_id"])
+        return (
+            f"<p>工作流 <b>{name}</b> (#{payload['workflow_id']}) 已恢复：运行 "
+            f"<a href=\"{e(link)}\">{e(payload['run_id'])}</a> "
+            f"({e(payload.get('execution_time', ''))} {e(payload.get('timezone', ''))}) 成功。</p>"
+            f"<p>Workflow <b>{name}</b> recovered: the latest run succeeded.</p>"
+        )
+    rows = []
+    for f in payload.get("failures", []):
+        link = _run_link(public_url, f["run_id"])
+        rows.append(
+            "<tr>"
+            f"<td>{e(str(f.get('module_name', '')))}</td>"
+            f"<td><a href=\"{e(link)}\">{e(f['run_id'][:12])}</a></td>"
+            f"<td>{e(str(f.get('execution_time', '')))} {e(str(f.get('timezone', '')))}</td>"
+            f"<td>{e(str(f.get('status', '')))}</td>"
+            f"<td>{e(str(f.get('error') or ''))}</td>"
+            f"<td>{e(str(f.get('message') or ''))}</td>"
+            "</tr>"
+        )
+    return (
+        f"<p>工作流 <b>{name}</b> (#{payload.get('workflow_id')}) 有模块执行失败 / "
+        f"module step(s) failed.</p>"
+        "<table border=\"1\" cellpadding=\"4\" cellspacing=\"0\">"
+        "<tr><th>模块 Module</th><th>运行 Run</th><th>计划时间 Nominal time</th><th>状态 Status</th>"
+        "<th>错误 Error</th><th>消息 Message</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
+def _plain_text(payload: dict[str, Any], public_url: str) -> str:
+    if payload.get("kind") == "recovery":
+        return f"{_subject(payload)}\n{_run_link(public_url, payload['run_id'])}"
+    lines = [_subject(payload)]
+    for f in payload.get("failures", []):
+        lines.append(
+            f"- {f.get('module_name')} [{f.get('status')}] {f.get('execution_time')} {f.get('timezone')}: "
+            f"{f.get('error') or ''} {_run_link(public_url, f['run_id'])}"
+        )
+    return "\n".join(lines)

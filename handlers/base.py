@@ -15,10 +15,12 @@ from typing import Any, ClassVar
 
 import tornado.web
 from bson import ObjectId
+from pymongo.errors import ConnectionFailure
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from tornado_sched.auth import Operator
 from tornado_sched.context import AppContext
-from tornado_sched.errors import DomainError, Forbidden, Invalid, TooManyRequests
+from tornado_sched.errors import DomainError, Forbidden, Invalid, TooManyRequests, Unavailable
 
 from .httpauth import BASIC_CHALLENGE, DigestVerifier, parse_basic
 
@@ -219,6 +221,11 @@ class BaseHandler(tornado.web.RequestHandler):
         super().log_exception(typ, value, tb)
 
     def _handle_request_exception(self, e: BaseException) -> None:
+        if isinstance(e, ConnectionFailure | OperationalError | InterfaceError):
+            # A store that cannot be reached is a 503 naming it, not a 500.
+            store = "mongodb" if isinstance(e, ConnectionFailure) else "sql"
+            log.error("%s %s: %s unavailable: %s", self.request.method, self.request.path, store, type(e).__name__)
+            e = Unavailable(f"store unavailable: {store}")
         if isinstance(e, DomainError):
             if self._finished:
                 return

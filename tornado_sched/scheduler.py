@@ -18,6 +18,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import delete, insert
 
+from .errors import Unavailable
 from .runs import RunTracker
 from .stores import DocumentStore, SqlStore
 from .tables import execution_log, naive_utc, utcnow
@@ -170,7 +171,7 @@ class WorkflowScheduler:
             log.exception("workflow %d firing failed", workflow.workflow_id)
         await self._log(job_id(workflow.workflow_id), workflow.workflow_id, run_id, trigger, nominal, fired_at, outcome, error)
         if outcome == "error":
-            raise RuntimeError(error)
+            raise Unavailable("could not start the run: a store is unavailable")
         return run_id
 
     async def _log(self, job: str, workflow_id: int, run_id: str | None, trigger: str,

@@ -252,9 +252,9 @@ class ApiHandler(BaseHandler):
             try:
                 parsed = json.loads(self.request.body or b"{}")
             except (ValueError, UnicodeDecodeError):
-                raise Invalid("body: malformed JSON") from None
+                raise Invalid("body: malformed JSON", field="body") from None
             if not isinstance(parsed, dict):
-                raise Invalid("body: expected a JSON object")
+                raise Invalid("body: expected a JSON object", field="body")
             data = parsed
         else:
             data = {

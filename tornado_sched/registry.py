@@ -197,6 +197,11 @@ class ModuleRegistry:
     async def list(self) -> list[ModuleRecord]:
         return [ModuleRecord.from_doc(d) async for d in self._col.find({}).sort("module_id", 1)]
 
+    async def names(self, hashes: list[str]) -> dict[str, str]:
+        """hash -> module name for the given hashes (unknown ones are absent)."""
+        cursor = self._col.find({"hash": {"$in": hashes}}, {"hash": 1, "name": 1})
+        return {d["hash"]: d["name"] async for d in cursor}
+
     async def existing_hashes(self, hashes: list[str]) -> set[str]:
         cursor = self._col.find({"hash": {"$in": hashes}}, {"hash": 1})
         return {d["hash"] async for d in cursor}

@@ -209,6 +209,7 @@ class RunTracker:
         self._dirty: set[str] = set()
         self._waiters: list[asyncio.Future[None]] = []
         self._finished: list[Run] = []
+        self._retry_timers: set[asyncio.TimerHandle] = set()
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._unsubscribe = events.subscribe(self._on_event)
@@ -245,9 +246,10 @@ class RunTracker:
 
     async def close(self) -> None:
         self._unsubscribe()
-        for timer in self._timers.values():
+        for timer in [*self._timers.values(), *self._retry_timers]:
             timer.cancel()
         self._timers.clear()
+        self._retry_timers.clear()
         if self._flusher is not None:
             self._flusher.cancel()
             try:
@@ -264,12 +266,12 @@ class RunTracker:
         """Create the run and dispatch every step. With overlap=forbid and a run still
         open, the firing is recorded as a skipped run."""
         now = utcnow()
-        records = {m.hash: m for m in await self._registry.list()}
+        records = await self._registry.names(list({m["module_hash"] for m in workflow.execute_modules}))
         steps = [
             Step(
                 index=i,
                 module_hash=item["module_hash"],
-                module_name=records[item["module_hash"]].name if item["module_hash"] in records else "?",
+                module_name=records.get(item["module_hash"], "?"),
                 args=item.get("args") or {},
             )
             for i, item in enumerate(workflow.execute_modules)
@@ -378,12 +380,14 @@ class RunTracker:
             delay = run.retry_delay_seconds
             log.info("run %s step %d (%s) failed (%s); retry %d in %ss", run.run_id[:8], step.index,
                      step.module_name, status, step.attempts, delay)
-            asyncio.get_running_loop().call_later(delay, self._retry, run.run_id, step.index)
+            handle = asyncio.get_running_loop().call_later(delay, self._retry, run.run_id, step.index)
+            self._retry_timers.add(handle)
             return
         step.status, step.ended_at = status, utcnow()
         self._events.publish("step.failed", {"run": run, "step": step})
 
     def _retry(self, run_id: str, index: int) -> None:
+        self._retry_timers = {h for h in self._retry_timers if not h.cancelled() and h.when() > asyncio.get_running_loop().time()}
         run = self._open.get(run_id)
         if run is None or run.steps[index].status != "pending":
             return

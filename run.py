@@ -20,16 +20,29 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
+from tornado_sched.audit import AuditLog
+from tornado_sched.auth import ApiTokens, OperatorAccounts
 from tornado_sched.config import ConfigError, Settings, load_or_create_secret
-from tornado_sched.context import AppContext, open_context
+from tornado_sched.context import open_context
+from tornado_sched.docserver import EmbeddedDocumentServer
 from tornado_sched.errors import DomainError
 from tornado_sched.logs import configure_logging
+from tornado_sched.registry import ModuleRegistry
+from tornado_sched.stores import DocumentStore, SqlStore
 
 log = logging.getLogger("tornado_sched")
+
+
+@dataclass(frozen=True)
+class Accounts:
+    operators: OperatorAccounts
+    tokens: ApiTokens
+    audit: AuditLog
 
 
 async def serve(settings: Settings) -> None:
@@ -68,12 +81,37 @@ async def serve(settings: Settings) -> None:
         log.info("stopped")
 
 
-async def with_context(settings: Settings, action: Callable[[AppContext], Awaitable[None]]) -> None:
-    ctx = await open_context(settings)
+async def with_accounts(settings: Settings, action: Callable[[Accounts], Awaitable[None]]) -> None:
+    """Operators and tokens live in the relational store only: CLI commands on them
+    open nothing else, so they work while the server is running."""
+    sql = SqlStore(settings.sql_url)
     try:
-        await action(ctx)
+        await sql.create_schema()
+        accounts = OperatorAccounts(sql, settings.secret_key)
+        await action(Accounts(accounts, ApiTokens(sql, accounts), AuditLog(sql)))
     finally:
-        await ctx.close()
+        await sql.close()
+
+
+async def expire_modules(settings: Settings) -> None:
+    docserver = None
+    uri = settings.mongodb_host
+    if settings.uses_embedded_mongo:
+        docserver = EmbeddedDocumentServer(settings.data_dir)
+        try:
+            uri = await docserver.start()
+        except RuntimeError:
+            print("the embedded document server is in use: the running server owns DATA_DIR "
+                  "(it marks every module offline itself when it starts)", file=sys.stderr)
+            raise SystemExit(1) from None
+    docs = DocumentStore(uri, settings.mongodb_name)
+    try:
+        count = await ModuleRegistry(docs).mark_all_offline()
+        print(f"{count} module(s) marked offline")
+    finally:
+        await docs.close()
+        if docserver is not None:
+            await docserver.stop()
 
 
 def _read_password(prompt: str) -> str:
@@ -113,43 +151,40 @@ def main(argv: list[str] | None = None) -> int:
         if command == "serve":
             asyncio.run(serve(settings))
         elif command == "expire-modules":
-
-            async def expire(ctx: AppContext) -> None:
-                count = await ctx.registry.mark_all_offline()
-                print(f"{count} module(s) marked offline")
-
-            asyncio.run(with_context(settings, expire))
+            asyncio.run(expire_modules(settings))
         elif command == "create-user":
             password = _read_password("password: ")
 
-            async def create_user(ctx: AppContext) -> None:
-                await ctx.accounts.create(args.username, password, args.role)
+            async def create_user(acc: Accounts) -> None:
+                await acc.operators.create(args.username, password, args.role)
+                await acc.audit.record("cli", "create", f"operator:{args.username}", {"role": args.role})
                 print(f"created {args.role} {args.username!r}")
 
-            asyncio.run(with_context(settings, create_user))
+            asyncio.run(with_accounts(settings, create_user))
         elif command == "set-password":
             password = _read_password("new password: ")
 
-            async def set_password(ctx: AppContext) -> None:
-                await ctx.accounts.set_password(args.username, password)
+            async def set_password(acc: Accounts) -> None:
+                await acc.operators.set_password(args.username, password)
+                await acc.audit.record("cli", "set-password", f"operator:{args.username}")
                 print(f"password changed for {args.username!r}")
 
-            asyncio.run(with_context(settings, set_password))
+            asyncio.run(with_accounts(settings, set_password))
         elif command == "list-users":
 
-            async def list_users(ctx: AppContext) -> None:
-                for op in await ctx.accounts.list():
+            async def list_users(acc: Accounts) -> None:
+                for op in await acc.operators.list():
                     print(f"{op.username}\t{op.role}")
 
-            asyncio.run(with_context(settings, list_users))
+            asyncio.run(with_accounts(settings, list_users))
         elif command == "create-token":
 
-            async def create_token(ctx: AppContext) -> None:
-                record, secret = await ctx.tokens.create(args.username, args.name)
-                await ctx.audit.record("cli", "create", f"token:{record.id}", {"name": record.name})
+            async def create_token(acc: Accounts) -> None:
+                record, secret = await acc.tokens.create(args.username, args.name)
+                await acc.audit.record("cli", "create", f"token:{record.id}", {"name": record.name})
                 print(f"token {record.id} for {args.username!r} (shown once): {secret}")
 
-            asyncio.run(with_context(settings, create_token))
+            asyncio.run(with_accounts(settings, create_token))
     except DomainError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1

@@ -449,7 +449,8 @@ class RunTracker:
         self._wake.set()
         await future
 
-    async def _flush_once(self) -> None:
+    async def _flush_once(self) -> bool:
+        """Write every changed run; False if the store refused (all kept for a retry)."""
         dirty, self._dirty = self._dirty, set()
         waiters, self._waiters = self._waiters, []
         finished, self._finished = self._finished, []
@@ -469,19 +470,19 @@ class RunTracker:
             self._dirty |= set(runs)
             self._finished = finished + self._finished
             self._waiters = waiters + self._waiters
-            return
+            return False
         for future in waiters:
             if not future.done():
                 future.set_result(None)
+        return True
 
     async def _flush_loop(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            await self._flush_once()
-            if self._dirty or self._waiters:
-                # A failed flush: back off a little before retrying.
-                await asyncio.sleep(1.0 if self.flush_failures else 0)
+            if not await self._flush_once():
+                # The store refused: back off before retrying what is still pending.
+                await asyncio.sleep(1.0)
                 self._wake.set()
 
     # -- queries ---------------------------------------------------------------------

@@ -26,7 +26,7 @@ from tornado_sched.protocol import (
 )
 from tornado_sched.registry import ModuleRecord
 
-from .base import to_json
+from .base import host_allowed, to_json
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,10 @@ class ModuleSocketHandler(tornado.websocket.WebSocketHandler):
         self.finish(to_json({"code": code, "message": message, "result": None}))
 
     async def prepare(self) -> None:
+        settings = self.ctx.settings
+        if not settings.debug and not host_allowed(self.request.host, settings.allowed_hosts):
+            self._refuse(400, "4000", "Host header not in ALLOWED_HOSTS")
+            return
         module_hash = self.get_query_argument("hash", "")
         if not module_hash or len(module_hash) > 128:
             self._refuse(401, "4010", "hash: required")
@@ -72,8 +76,12 @@ class ModuleSocketHandler(tornado.websocket.WebSocketHandler):
     async def on_message(self, message: str | bytes) -> None:
         if self.session is None:
             return
-        if len(message) > self.ctx.settings.websocket_max_message_size:
-            self._reply(error_reply(f"message larger than {self.ctx.settings.websocket_max_message_size} bytes"))
+        limit = self.ctx.settings.websocket_max_message_size
+        # The limit is in bytes, as on the wire: a text frame's len() counts characters,
+        # and CJK text is three bytes per character.
+        size = len(message) if isinstance(message, bytes) else len(message.encode("utf-8"))
+        if size > limit:
+            self._reply(error_reply(f"message larger than {limit} bytes"))
             return
         try:
             parsed = parse_module_message(message)
@@ -88,9 +96,11 @@ class ModuleSocketHandler(tornado.websocket.WebSocketHandler):
 
     def _reply(self, text: str) -> None:
         try:
-            self.write_message(text)
+            written = self.write_message(text)
         except tornado.websocket.WebSocketClosedError:
-            pass
+            return
+        # The peer may vanish before the write completes; nobody else awaits it.
+        written.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     def on_pong(self, data: bytes) -> None:
         if self.session is not None:

@@ -61,6 +61,11 @@ class ModuleSession:
         }
 
 
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class ConnectionHub:
     """Sessions by module hash, hot switch, sending, batched state writes."""
 
@@ -148,7 +153,16 @@ class ConnectionHub:
         if session is None:
             raise Conflict(f"module {short_secret(module_hash)} is offline")
         payload = message if isinstance(message, str) else json.dumps(message, ensure_ascii=False, default=str)
-        session.connection.write_message(payload)
+        try:
+            written = session.connection.write_message(payload)
+        except Exception as exc:
+            # The socket is closing (ping timeout, replaced, peer gone) but on_close has
+            # not run yet: to the caller that is "offline", not a server error.
+            raise Conflict(f"module {short_secret(module_hash)} is offline ({type(exc).__name__})") from None
+        if isinstance(written, asyncio.Future):
+            # A write that fails later is reported by the close; retrieve it so the
+            # loop does not log "exception was never retrieved".
+            written.add_done_callback(_retrieve)
 
     # -- state persistence -----------------------------------------------------------
     def _mark_dirty(self, module_hash: str, *, urgent: bool) -> None:
@@ -175,6 +189,10 @@ class ConnectionHub:
         try:
             await self._registry.save_states({h: self._state(h) for h in dirty})
             self.last_flush_error = None
+        except asyncio.CancelledError:
+            # close() cancels the flusher mid-write; its final flush must still see these.
+            self._dirty |= dirty
+            raise
         except Exception as exc:
             # Keep them dirty: the next flush retries with the then-current state.
             self._dirty |= dirty

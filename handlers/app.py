@@ -6,18 +6,19 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import tornado.locale
 import tornado.web
 
 from tornado_sched.context import AppContext
 from tornado_sched.logs import redact_url
 
-from . import admin, health, modules, notifications, scheduler, websocket, workflows
+from . import admin, health, live, modules, notifications, pages, scheduler, websocket, workflows
 from .base import AUTH_KINDS, NotFoundHandler
 
 ROOT = Path(__file__).resolve().parent.parent
 access_log = logging.getLogger("tornado.access")
 
-HANDLER_MODULES = [health, modules, websocket, workflows, scheduler, notifications, admin]
+HANDLER_MODULES = [health, modules, websocket, workflows, scheduler, notifications, admin, pages, live]
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:
@@ -49,9 +50,11 @@ def make_app(ctx: AppContext) -> tornado.web.Application:
     routes = [(pattern, handler, {"ctx": ctx}) for pattern, handler in collect_routes()]
     routes.append((r".*", NotFoundHandler, {"ctx": ctx}))
     static_path = settings.static_root or str(ROOT / "static")
+    tornado.locale.load_translations(str(ROOT / "locale"))
     return tornado.web.Application(
         routes,
         template_path=str(ROOT / "templates"),
+        ui_modules=pages.UI_MODULES,
         static_path=static_path,
         cookie_secret=settings.secret_key,
         xsrf_cookies=True,

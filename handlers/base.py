@@ -12,15 +12,18 @@ import json
 import logging
 from datetime import date, datetime
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import tornado.web
 from bson import ObjectId
 from pymongo.errors import ConnectionFailure
 from sqlalchemy.exc import InterfaceError, OperationalError
+from tornado.log import app_log
 
 from tornado_sched.auth import Operator
 from tornado_sched.context import AppContext
 from tornado_sched.errors import DomainError, Forbidden, Invalid, TooManyRequests, Unavailable
+from tornado_sched.logs import redact_url
 
 from .httpauth import BASIC_CHALLENGE, DigestVerifier, parse_basic
 
@@ -45,11 +48,16 @@ SECURITY_HEADERS = {
 
 
 def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
-    """Django-style ALLOWED_HOSTS: exact names, `.example.com` for subdomains, `*`."""
-    name = host.rsplit(":", 1)[0].strip("[]").lower() if host.count(":") <= 1 else host.lower()
+    """Django-style ALLOWED_HOSTS: exact names, `.example.com` for subdomains, `*`.
+    IPv6 literals match with or without brackets (`[::1]:8080` matches `::1`)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        name = host[1:host.find("]")] if "]" in host else host
+    else:
+        name = host.rsplit(":", 1)[0]
     for pattern in allowed:
         pattern = pattern.lower()
-        if pattern == "*" or name == pattern:
+        if pattern == "*" or name == pattern or (pattern.startswith("[") and name == pattern.strip("[]")):
             return True
         if pattern.startswith(".") and (name.endswith(pattern) or name == pattern[1:]):
             return True
@@ -71,15 +79,72 @@ def to_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=_json_default)
 
 
-class BaseHandler(tornado.web.RequestHandler):
+class OperatorAuthMixin:
+    """Operator authentication shared by request and WebSocket handlers: Basic,
+    Digest or Bearer from the Authorization header, else the signed session cookie."""
+
+    ctx: AppContext
+    auth_method: str | None = None
+    request: Any
+
+    async def authenticate(self) -> Operator | None:
+        """Basic, Digest or Bearer credentials from the Authorization header; without
+        one, the signed session cookie. Sets `auth_method`."""
+        header = self.request.headers.get("Authorization", "")
+        scheme = header[:7].lower()
+        accounts = self.ctx.accounts
+        if scheme.startswith("basic "):
+            self.auth_method = "basic"
+            creds = parse_basic(header)
+            if creds is None:
+                return None
+            return await accounts.verify_password(creds.username, creds.password)
+        if scheme == "digest ":
+            self.auth_method = "digest"
+            verifier = self._digest_verifier()
+            digest = verifier.parse(header)
+            if digest is None:
+                return None
+            found = await accounts.digest_credentials(digest.username)
+            if found is None or not verifier.matches(digest, found[1]):
+                return None
+            return found[0]
+        if scheme == "bearer ":
+            self.auth_method = "bearer"
+            return await self.ctx.tokens.verify(header[7:].strip())
+        if header:
+            self.auth_method = "unknown"
+            return None
+        return await self.session_operator()
+
+    async def session_operator(self) -> Operator | None:
+        raw = self.get_signed_cookie(SESSION_COOKIE, max_age_days=1)
+        if raw is None:
+            return None
+        try:
+            username = json.loads(raw)["u"]
+        except (ValueError, KeyError, TypeError):
+            return None
+        self.auth_method = "cookie"
+        return await self.ctx.accounts.get(username) if isinstance(username, str) else None
+
+    def _digest_verifier(self) -> DigestVerifier:
+        key = hashlib.sha256(b"digest-opaque:" + self.ctx.settings.secret_key.encode()).digest()
+        return DigestVerifier(self.request, key)
+
+    def _add_challenges(self) -> None:
+        # After send_error's clear(): both schemes are offered on every 401.
+        self.add_header("WWW-Authenticate", self._digest_verifier().challenge())
+        self.add_header("WWW-Authenticate", BASIC_CHALLENGE)
+
+
+class BaseHandler(OperatorAuthMixin, tornado.web.RequestHandler):
     """Owns the context, authentication and the JSON envelope."""
 
     auth: ClassVar[str | None] = None
     # Pages set a signed session cookie after HTTP auth so browsers are not
     # challenged on every request.
     sets_session: ClassVar[bool] = False
-    ctx: AppContext
-    auth_method: str | None = None
 
     def initialize(self, ctx: AppContext) -> None:
         self.ctx = ctx
@@ -127,69 +192,37 @@ class BaseHandler(tornado.web.RequestHandler):
         if self.request.method not in READ_METHODS and operator.role == "viewer":
             raise Forbidden("the viewer role can only read")
 
-    async def authenticate(self) -> Operator | None:
-        """Basic, Digest or Bearer credentials from the Authorization header; without
-        one, the signed session cookie. Sets `auth_method`."""
-        header = self.request.headers.get("Authorization", "")
-        scheme = header[:7].lower()
-        accounts = self.ctx.accounts
-        if scheme.startswith("basic "):
-            self.auth_method = "basic"
-            creds = parse_basic(header)
-            if creds is None:
-                return None
-            return await accounts.verify_password(creds.username, creds.password)
-        if scheme == "digest ":
-            self.auth_method = "digest"
-            verifier = self._digest_verifier()
-            digest = verifier.parse(header)
-            if digest is None:
-                return None
-            found = await accounts.digest_credentials(digest.username)
-            if found is None or not verifier.matches(digest, found[1]):
-                return None
-            return found[0]
-        if scheme == "bearer ":
-            self.auth_method = "bearer"
-            return await self.ctx.tokens.verify(header[7:].strip())
-        if header:
-            self.auth_method = "unknown"
-            return None
-        return await self.session_operator()
-
-    async def session_operator(self) -> Operator | None:
-        raw = self.get_signed_cookie(SESSION_COOKIE, max_age_days=1)
-        if raw is None:
-            return None
-        try:
-            username = json.loads(raw)["u"]
-        except (ValueError, KeyError, TypeError):
-            return None
-        self.auth_method = "cookie"
-        return await self.ctx.accounts.get(username) if isinstance(username, str) else None
-
     def check_xsrf_cookie(self) -> None:
         # Scripts authenticate with a header and cannot be driven cross-site; only a
-        # cookie-carrying browser request needs the XSRF token.
-        if self.request.headers.get("Authorization") or not self.get_cookie(SESSION_COOKIE):
+        # cookie-carrying browser request needs the XSRF token. But a browser resends
+        # cached Basic/Digest credentials on a cross-site form post too, so those are
+        # exempt only when the request does not come from a foreign page.
+        header = self.request.headers.get("Authorization", "")
+        if header[:7].lower() == "bearer ":
+            return  # a page cannot make a browser attach a token by itself
+        if header and not self._cross_site():
+            return
+        if not header and not self.get_cookie(SESSION_COOKIE):
             return
         super().check_xsrf_cookie()
+
+    def _cross_site(self) -> bool:
+        """Whether a browser says this request was started by another site's page.
+        Scripts send neither header."""
+        fetch_site = self.request.headers.get("Sec-Fetch-Site")
+        if fetch_site is not None:
+            return fetch_site.lower() not in ("same-origin", "none")
+        origin = self.request.headers.get("Origin")
+        if origin is None:
+            return False
+        return urlsplit(origin).netloc.lower() != self.request.host.lower()  # "null" too
 
     async def audit(self, action: str, target: str, detail: dict[str, Any] | None = None) -> None:
         actor = self.current_user.username if self.current_user else "-"
         await self.ctx.audit.record(actor, action, target, detail, self.request.remote_ip)
 
-    def _digest_verifier(self) -> DigestVerifier:
-        key = hashlib.sha256(b"digest-opaque:" + self.ctx.settings.secret_key.encode()).digest()
-        return DigestVerifier(self.request, key)
-
     def send_challenge(self) -> None:
         self.send_error(401, reason="authentication required")
-
-    def _add_challenges(self) -> None:
-        # After send_error's clear(): both schemes are offered on every 401.
-        self.add_header("WWW-Authenticate", self._digest_verifier().challenge())
-        self.add_header("WWW-Authenticate", BASIC_CHALLENGE)
 
     # -- output ----------------------------------------------------------------------
     def write_envelope(
@@ -216,15 +249,23 @@ class BaseHandler(tornado.web.RequestHandler):
     def log_exception(self, typ, value, tb) -> None:  # noqa: ANN001
         # Domain errors are the client's mistake, not ours: no traceback in the log.
         if isinstance(value, DomainError):
-            log.info("%s %s -> %s %s", self.request.method, self.request.path, value.status, value.message)
+            log.info("%s %s -> %s %s", self.request.method, redact_url(self.request.path), value.status, value.message)
+            return
+        if not isinstance(value, tornado.web.HTTPError):
+            # Tornado's own line adds `repr(self.request)`, with the unredacted URI.
+            app_log.error("Uncaught exception %s", self._request_summary(), exc_info=(typ, value, tb))
             return
         super().log_exception(typ, value, tb)
+
+    def _request_summary(self) -> str:
+        # Tornado logs this for HTTP errors (a failed XSRF check, ...): no secrets.
+        return f"{self.request.method} {redact_url(self.request.uri or '')} ({self.request.remote_ip})"
 
     def _handle_request_exception(self, e: BaseException) -> None:
         if isinstance(e, ConnectionFailure | OperationalError | InterfaceError):
             # A store that cannot be reached is a 503 naming it, not a 500.
             store = "mongodb" if isinstance(e, ConnectionFailure) else "sql"
-            log.error("%s %s: %s unavailable: %s", self.request.method, self.request.path, store, type(e).__name__)
+            log.error("%s %s: %s unavailable: %s", self.request.method, redact_url(self.request.path), store, type(e).__name__)
             e = Unavailable(f"store unavailable: {store}")
         if isinstance(e, DomainError):
             if self._finished:

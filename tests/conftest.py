@@ -147,6 +147,7 @@ class RunningServer:
         body: str | bytes | None = None,
         auth: tuple[str, str] | None = ADMIN,
         headers: dict[str, str] | None = None,
+        follow_redirects: bool = True,
     ) -> HTTPResponse:
         hdrs = dict(headers or {})
         if auth is not None:
@@ -163,6 +164,7 @@ class RunningServer:
             headers=hdrs,
             raise_error=False,
             allow_nonstandard_methods=True,
+            follow_redirects=follow_redirects,
             request_timeout=20,
         )
 

@@ -1,0 +1,194 @@
+// Dashboard live updates over /dashboard/live (handlers/live.py). The server pushes
+// module and run events; this file only finds the marked elements and updates them.
+// No polling: when the socket drops it reconnects with a growing delay.
+(function () {
+  "use strict";
+
+  var body = document.body;
+  var path = body && body.getAttribute("data-live");
+  if (!path || !("WebSocket" in window)) {
+    return;
+  }
+  var stateEl = document.getElementById("live-state");
+  var delay = 1000;
+  var everOpened = false;
+
+  function setState(state) {
+    if (!stateEl) return;
+    stateEl.setAttribute("data-state", state);
+    var text = stateEl.querySelector(".live-text");
+    if (text && text.getAttribute("data-" + state)) {
+      text.textContent = text.getAttribute("data-" + state);
+    }
+  }
+
+  function each(selector, fn, root) {
+    Array.prototype.forEach.call((root || document).querySelectorAll(selector), fn);
+  }
+
+  function flash(el) {
+    el.classList.remove("flash");
+    void el.offsetWidth; // restart the animation
+    el.classList.add("flash");
+  }
+
+  function badge(status) {
+    var span = document.createElement("span");
+    span.className = "badge badge--" + status.tone;
+    span.setAttribute("data-status", status.key);
+    span.textContent = status.label;
+    return span;
+  }
+
+  function setBadge(cell, status) {
+    if (!cell) return;
+    var current = cell.querySelector(".badge");
+    if (current && current.getAttribute("data-status") === status.key) return;
+    cell.replaceChildren(badge(status));
+    flash(cell);
+  }
+
+  function setText(cell, text, empty) {
+    if (!cell) return;
+    var value = text || (empty === undefined ? "—" : empty);
+    if (cell.textContent.trim() === value) return;
+    cell.textContent = value;
+    flash(cell);
+  }
+
+  function cell(text) {
+    var td = document.createElement("td");
+    if (text instanceof Node) td.appendChild(text); else td.textContent = text || "—";
+    return td;
+  }
+
+  function link(href, text) {
+    var a = document.createElement("a");
+    a.href = href;
+    a.textContent = text;
+    return a;
+  }
+
+  // -- modules ----------------------------------------------------------------------
+  function onModule(msg) {
+    var id = String(msg.module_id);
+    var found = document.querySelectorAll('[data-module="' + id + '"]');
+    each('[data-module="' + id + '"]', function (row) {
+      setBadge(row.querySelector(".js-status"), msg.status);
+      if (msg.online) {
+        setText(row.querySelector(".js-connected"), msg.connected_at);
+        setText(row.querySelector(".js-heartbeat"), msg.last_heartbeat);
+        setText(row.querySelector(".js-address"), msg.remote_address);
+      }
+    });
+    var table = document.querySelector("[data-modules-table] tbody");
+    if (table && found.length === 0) {
+      // A module registered after this page was rendered.
+      var empty = table.querySelector(".empty");
+      if (empty) empty.remove();
+      var tr = document.createElement("tr");
+      tr.setAttribute("data-module", id);
+      var status = cell(badge(msg.status));
+      status.className = "js-status";
+      var connected = cell(msg.connected_at); connected.className = "js-connected";
+      var heartbeat = cell(msg.last_heartbeat); heartbeat.className = "js-heartbeat";
+      var address = cell(msg.remote_address); address.className = "js-address";
+      tr.append(cell(id), cell(link("/modules/" + id, msg.name)), status, connected, heartbeat,
+        address, cell(""), cell(""));
+      table.appendChild(tr);
+      flash(tr);
+    }
+    var summary = document.querySelector("[data-module-ids]");
+    if (summary) {
+      var ids = summary.getAttribute("data-module-ids").split(",").filter(Boolean);
+      if (ids.indexOf(id) < 0) {
+        ids.push(id);
+        summary.setAttribute("data-module-ids", ids.join(","));
+      }
+      setText(summary.querySelector('[data-count="online"]'), String(msg.online_count));
+      setText(summary.querySelector('[data-count="offline"]'), String(Math.max(0, ids.length - msg.online_count)));
+    }
+  }
+
+  // -- runs -------------------------------------------------------------------------
+  function runRow(run) {
+    var tr = document.createElement("tr");
+    tr.setAttribute("data-run", run.run_id);
+    var name = document.createElement("span");
+    name.append(link(run.url, run.workflow_name), " ");
+    var id = document.createElement("span");
+    id.className = "muted";
+    id.textContent = "#" + run.workflow_id;
+    name.appendChild(id);
+    var status = cell(badge(run.status)); status.className = "js-status";
+    var ended = cell(run.ended_at); ended.className = "js-ended";
+    tr.append(cell(name), status, cell(run.trigger), cell(run.execution_time), cell(run.started_at), ended);
+    return tr;
+  }
+
+  function onRun(msg) {
+    var run = msg.run;
+    var containers = document.querySelectorAll('[data-run="' + run.run_id + '"]');
+    Array.prototype.forEach.call(containers, function (box) {
+      setBadge(box.querySelector(".js-status"), run.status);
+      if (run.ended_at) setText(box.querySelector(".js-ended"), run.ended_at);
+      var reason = box.querySelector(".js-reason");
+      if (reason && run.reason) {
+        reason.textContent = run.reason;
+        reason.classList.remove("hidden");
+      }
+      run.steps.forEach(function (step) {
+        var row = box.querySelector('[data-step="' + step.index + '"]');
+        if (!row) return;
+        setBadge(row.querySelector(".js-status"), step.status);
+        setText(row.querySelector(".js-attempts"), String(step.attempts));
+        setText(row.querySelector(".js-sent"), step.sent_at);
+        setText(row.querySelector(".js-ended"), step.ended_at);
+        setText(row.querySelector(".js-message"), step.message, "");
+        setText(row.querySelector(".js-error"), step.error, "");
+      });
+    });
+    if (containers.length === 0 && msg.event === "run.started") {
+      each("[data-prepend-runs] tbody", function (tbody) {
+        var empty = tbody.querySelector(".empty");
+        if (empty) empty.remove();
+        var tr = runRow(run);
+        tbody.insertBefore(tr, tbody.firstChild);
+        flash(tr);
+      });
+    }
+    each('[data-last-run-for="' + run.workflow_id + '"]', function (box) {
+      setBadge(box.querySelector(".js-status"), run.status);
+      var a = box.querySelector(".js-link");
+      if (a) {
+        a.href = run.url;
+        a.classList.remove("hidden");
+      }
+    });
+  }
+
+  function connect() {
+    var scheme = location.protocol === "https:" ? "wss://" : "ws://";
+    var socket = new WebSocket(scheme + location.host + path);
+    socket.onopen = function () {
+      delay = 1000;
+      everOpened = true;
+      setState("open");
+    };
+    socket.onmessage = function (event) {
+      var msg;
+      try { msg = JSON.parse(event.data); } catch (e) { return; }
+      if (msg.type === "module") onModule(msg);
+      else if (msg.type === "run") onRun(msg);
+      else if (msg.type === "resync") location.reload();
+    };
+    socket.onclose = function () {
+      setState(everOpened ? "closed" : "connecting");
+      window.setTimeout(connect, delay);
+      delay = Math.min(delay * 2, 30000);
+    };
+  }
+
+  setState("connecting");
+  connect();
+}());

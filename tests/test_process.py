@@ -44,13 +44,17 @@ def _alive(pid: int) -> bool:
 
 
 class ServerProcess:
-    def __init__(self, data_dir: Path, extra_env: dict[str, str] | None = None) -> None:
+    """`python run.py` started from `workdir` on the embedded defaults, exactly as the
+    README's run command does (DATA_DIR and LOG_DIR default to ./data and ./logs)."""
+
+    def __init__(self, workdir: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("MYSQL_", "MONGODB_", "ADMIN_"))
+            k: v for k, v in os.environ.items()
+            if not k.startswith(("MYSQL_", "MONGODB_", "ADMIN_", "DATA_DIR", "LOG_DIR"))
         }
-        self.env.update(
-            DATA_DIR=str(data_dir), LOG_DIR=str(data_dir / "logs"), SERVER_PORT="0", SERVER_HOST="127.0.0.1"
-        )
+        self.env.update(SERVER_PORT="0", SERVER_HOST="127.0.0.1")
         self.env.update(extra_env or {})
         self.proc: asyncio.subprocess.Process | None = None
         self.port = 0
@@ -58,7 +62,7 @@ class ServerProcess:
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "run.py", cwd=ROOT, env=self.env,
+            sys.executable, str(ROOT / "run.py"), cwd=self.workdir, env=self.env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )
         async def read_until_listening() -> None:
@@ -111,6 +115,7 @@ async def test_embedded_defaults_restart_and_clean_sigterm(tmp_path: Path) -> No
     assert children, "the embedded document server should be a child process"
     assert await server.stop() == 0
     assert not any(_alive(pid) for pid in children), "a child outlived SIGTERM"
+    assert (tmp_path / "data" / "data" / "mongo").is_dir() and (tmp_path / "data" / "data" / "system.sqlite3").is_file()
     log_text = (tmp_path / "data" / "logs" / "tornado_sched.log").read_text()
     assert password not in log_text, "the generated password reached the log file"
     assert "stopped" in log_text
@@ -134,7 +139,7 @@ async def test_embedded_defaults_restart_and_clean_sigterm(tmp_path: Path) -> No
 async def test_bad_configuration_stops_with_one_line(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "data", {"SERVER_PORT": "not-a-port"})
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "run.py", cwd=ROOT, env=server.env,
+        sys.executable, str(ROOT / "run.py"), cwd=server.workdir, env=server.env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 20)

@@ -39,7 +39,8 @@ class EmbeddedDocumentServer:
     """
 
     def __init__(self, data_dir: pathlib.Path) -> None:
-        self._mongo_dir = pathlib.Path(data_dir) / "mongo"
+        # Absolute: the child runs with its working directory inside this folder.
+        self._mongo_dir = pathlib.Path(data_dir).resolve() / "mongo"
         self._pid_file = self._mongo_dir / "nx.pid"
         self._log_file = self._mongo_dir / "nx.log"
         self._process: asyncio.subprocess.Process | None = None

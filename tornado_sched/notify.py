@@ -17,7 +17,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import exists, func, insert, or_, select, update
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from .config import Settings
@@ -31,14 +31,15 @@ log = logging.getLogger(__name__)
 
 CHANNELS = ("email", "webhook")
 STATUSES = ("pending", "retrying", "sent", "not_configured")
+UNSENT = ("pending", "retrying")
 FAILED_RUN = ("failure", "partial", "interrupted")
 MAX_BACKOFF = 3600.0
 BASE_BACKOFF = 5.0
 POLL_SECONDS = 5.0
 
 
-def backoff_seconds(attempts: int) -> float:
-    return min(BASE_BACKOFF * 2 ** max(attempts - 1, 0), MAX_BACKOFF)
+def backoff_seconds(attempts: int, base: float = BASE_BACKOFF) -> float:
+    return min(base * 2 ** max(attempts - 1, 0), MAX_BACKOFF)
 
 
 class Notifier:
@@ -57,6 +58,10 @@ class Notifier:
         self._http = AsyncHTTPClient()
         self._unsubscribe = events.subscribe(self._on_event)
         self.write_failures = 0
+        self._closing = False
+        # Retry and poll intervals; tests shorten them on a running notifier.
+        self.base_backoff = BASE_BACKOFF
+        self.poll_seconds = POLL_SECONDS
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -76,11 +81,19 @@ class Notifier:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._sender is not None:
-            self._sender.cancel()
+            # Let a send in flight finish and be marked (bounded by the HTTP timeout):
+            # cancelling it after delivery would send the same message again after
+            # the restart.
+            self._closing = True
+            self._wake.set()
             try:
-                await self._sender
-            except asyncio.CancelledError:
-                pass
+                await asyncio.wait_for(asyncio.shield(self._sender), self._settings.email_timeout_seconds + 2)
+            except TimeoutError:
+                self._sender.cancel()
+                try:
+                    await self._sender
+                except asyncio.CancelledError:
+                    pass
 
     def _channels(self) -> list[tuple[str, bool]]:
         """(channel, configured) for every channel that should get a row."""
@@ -133,10 +146,14 @@ class Notifier:
             if held is not None and held[1] > now:
                 async with self._sql.engine.begin() as conn:
                     row = (await conn.execute(
-                        select(notification_outbox.c.payload, notification_outbox.c.status)
+                        select(notification_outbox.c.payload, notification_outbox.c.status,
+                               notification_outbox.c.next_attempt_at)
                         .where(notification_outbox.c.id == held[0])
                     )).first()
-                    if row is not None and row.status in ("pending", "not_configured"):
+                    # The stored due time decides, not `held`: MySQL keeps whole seconds,
+                    # so the sender may already have picked the row up (see send_due).
+                    if (row is not None and row.status in ("pending", "not_configured")
+                            and (as_utc(row.next_attempt_at) or now) > now):
                         payload = json.loads(row.payload)
                         payload["failures"].append(fact)
                         await conn.execute(
@@ -182,13 +199,16 @@ class Notifier:
 
     # -- sending ---------------------------------------------------------------------
     async def _send_loop(self) -> None:
-        while True:
+        while not self._closing:
+            # Cleared before the poll, so a row written during it wakes the next wait.
+            self._wake.clear()
             try:
                 delay = await self.send_due()
             except Exception as exc:  # the store is down: try again later
                 log.warning("outbox poll failed: %s", type(exc).__name__)
-                delay = POLL_SECONDS
-            self._wake.clear()
+                delay = self.poll_seconds
+            if self._closing:
+                return
             try:
                 await asyncio.wait_for(self._wake.wait(), delay)
             except TimeoutError:
@@ -196,13 +216,23 @@ class Notifier:
 
     async def send_due(self) -> float:
         """Send every due row; returns seconds until the next one is due (capped)."""
-        now = utcnow()
-        async with self._sql.engine.connect() as conn:
+        # Under the lock that appends take: a row is read either before an append
+        # starts (then it is already due, so the append opens a new row) or after
+        # the append committed, never in between (a fact would be marked sent unsent).
+        # A recovery notice waits while an earlier failure message of its workflow and
+        # channel is unsent, so it never reaches anyone before the failure it ends.
+        outbox, earlier = notification_outbox, notification_outbox.alias("earlier")
+        overtakes = exists().where(
+            earlier.c.workflow_id == outbox.c.workflow_id, earlier.c.channel == outbox.c.channel,
+            earlier.c.kind == "failure", earlier.c.status.in_(UNSENT), earlier.c.id < outbox.c.id,
+        )
+        async with self._lock, self._sql.engine.connect() as conn:
+            now = utcnow()
             rows = (await conn.execute(
-                select(notification_outbox)
-                .where(notification_outbox.c.status.in_(("pending", "retrying")),
-                       notification_outbox.c.next_attempt_at <= naive_utc(now))
-                .order_by(notification_outbox.c.id).limit(100)
+                select(outbox)
+                .where(outbox.c.status.in_(UNSENT), outbox.c.next_attempt_at <= naive_utc(now),
+                       or_(outbox.c.kind != "recovery", ~overtakes))
+                .order_by(outbox.c.id).limit(100)
             )).all()
             upcoming = (await conn.execute(
                 select(func.min(notification_outbox.c.next_attempt_at))
@@ -210,17 +240,18 @@ class Notifier:
                        notification_outbox.c.next_attempt_at > naive_utc(now))
             )).scalar()
         if rows:
-            await asyncio.gather(*(self._deliver(row) for row in rows))
-            return 0.0 if len(rows) == 100 else min(POLL_SECONDS, self._until(upcoming))
-        return min(POLL_SECONDS, self._until(upcoming))
+            sent = await asyncio.gather(*(self._deliver(row) for row in rows))
+            # Poll again at once after a send: it may have released a recovery notice.
+            return 0.0 if len(rows) == 100 or any(sent) else min(self.poll_seconds, self._until(upcoming))
+        return min(self.poll_seconds, self._until(upcoming))
 
-    @staticmethod
-    def _until(when: datetime | None) -> float:
+    def _until(self, when: datetime | None) -> float:
         if when is None:
-            return POLL_SECONDS
+            return self.poll_seconds
         return max(0.05, ((as_utc(when) or utcnow()) - utcnow()).total_seconds())
 
-    async def _deliver(self, row: Any) -> None:
+    async def _deliver(self, row: Any) -> bool:
+        """One attempt at one row; True when it was sent."""
         payload = json.loads(row.payload)
         url, body = self._request(row.channel, payload)
         error = None
@@ -233,7 +264,7 @@ class Notifier:
             )
             if not 200 <= response.code < 300:
                 error = f"HTTP {response.code}" if response.code != 599 else f"no response: {_reason(response.error)}"
-        except (TimeoutError, HTTPClientError, OSError) as exc:
+        except Exception as exc:  # any failure is a failed attempt, recorded on the row
             error = _reason(exc)
         attempts = row.attempts + 1
         values: dict[str, Any] = {"attempts": attempts}
@@ -242,13 +273,14 @@ class Notifier:
             self._open_rows = {k: v for k, v in self._open_rows.items() if v[0] != row.id}
             log.info("notification %d (%s) sent", row.id, row.channel)
         else:
-            wait = backoff_seconds(attempts)
+            wait = backoff_seconds(attempts, self.base_backoff)
             values.update(status="retrying", last_error=error[:500],
                           next_attempt_at=naive_utc(utcnow() + timedelta(seconds=wait)))
             log.warning("notification %d (%s) attempt %d failed: %s; retry in %.0fs",
                         row.id, row.channel, attempts, error, wait)
         async with self._sql.engine.begin() as conn:
             await conn.execute(update(notification_outbox).where(notification_outbox.c.id == row.id).values(**values))
+        return error is None
 
     def _request(self, channel: str, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         if channel == "webhook":

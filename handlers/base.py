@@ -145,6 +145,8 @@ class BaseHandler(OperatorAuthMixin, tornado.web.RequestHandler):
     # Pages set a signed session cookie after HTTP auth so browsers are not
     # challenged on every request.
     sets_session: ClassVar[bool] = False
+    # A viewer may only read; a handler whose POST changes nothing (logout) says so.
+    viewer_may_post: ClassVar[bool] = False
 
     def initialize(self, ctx: AppContext) -> None:
         self.ctx = ctx
@@ -189,7 +191,7 @@ class BaseHandler(OperatorAuthMixin, tornado.web.RequestHandler):
             )
         if self.auth == "admin" and not operator.is_admin:
             raise Forbidden("admin role required")
-        if self.request.method not in READ_METHODS and operator.role == "viewer":
+        if self.request.method not in READ_METHODS and operator.role == "viewer" and not self.viewer_may_post:
             raise Forbidden("the viewer role can only read")
 
     def check_xsrf_cookie(self) -> None:

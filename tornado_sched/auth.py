@@ -2,8 +2,10 @@
 
 scrypt is deliberately slow (~50 ms), so it runs in a worker thread and successful
 verifications are remembered (keyed by an HMAC of the credentials, never the
-password itself) until the account changes; a script polling with Basic auth then
-costs one HMAC per request, not one scrypt.
+password itself) together with the stored hash they were checked against; a script
+polling with Basic auth then costs one HMAC and one indexed read per request, not
+one scrypt. The read is what makes a password changed by another process (`run.py
+set-password` while the server runs) take effect at once.
 """
 
 from __future__ import annotations
@@ -97,7 +99,8 @@ class OperatorAccounts:
     def __init__(self, sql: SqlStore, secret_key: str) -> None:
         self._sql = sql
         self._cache_key = hashlib.sha256(b"verify-cache:" + secret_key.encode()).digest()
-        self._verified: dict[bytes, Operator] = {}
+        # fingerprint -> the password_hash it was verified against
+        self._verified: dict[bytes, str] = {}
 
     def _fingerprint(self, username: str, password: str) -> bytes:
         return hmac.new(self._cache_key, f"{username}\0{password}".encode(), "sha256").digest()
@@ -161,21 +164,20 @@ class OperatorAccounts:
     async def verify_password(self, username: str, password: str) -> Operator | None:
         """Basic auth: the operator if the password is right, else None."""
         key = self._fingerprint(username, password)
-        cached = self._verified.get(key)
-        if cached is not None:
-            return cached
         row = await self._row(username)
+        if row is not None and self._verified.get(key) == row.password_hash:
+            return Operator(row.username, row.role, as_utc(row.created_at))
+        self._verified.pop(key, None)
         if row is None:
             # Same cost as a real check, so timing does not reveal which names exist.
             await asyncio.to_thread(check_password, password, _DUMMY_HASH)
             return None
         if not await asyncio.to_thread(check_password, password, row.password_hash):
             return None
-        operator = Operator(row.username, row.role, as_utc(row.created_at))
         if len(self._verified) > 1024:
             self._verified.clear()
-        self._verified[key] = operator
-        return operator
+        self._verified[key] = row.password_hash
+        return Operator(row.username, row.role, as_utc(row.created_at))
 
     async def digest_credentials(self, username: str) -> tuple[Operator, str] | None:
         """Digest auth: (operator, HA1) for a known username."""
@@ -318,17 +320,27 @@ class LoginThrottle:
                  window_seconds: float = 900) -> None:
         self.slow_after, self.block_after = slow_after, block_after
         self.block_seconds, self.window_seconds = block_seconds, window_seconds
-        self._failures: dict[str, tuple[int, float]] = {}
+        # address -> (failures, first failure, blocked until); monotonic times.
+        self._failures: dict[str, tuple[int, float, float]] = {}
+
+    def _entry(self, address: str) -> tuple[int, float, float]:
+        entry = self._failures.get(address)
+        if entry is None:
+            return 0, 0.0, 0.0
+        now = time.monotonic()
+        # A block lasts block_seconds from the failure that started it; the counting
+        # window (from the first failure) only forgets failures that never led to one.
+        expired = now >= entry[2] if entry[2] else now - entry[1] > self.window_seconds
+        if expired:
+            self._failures.pop(address, None)
+            return 0, 0.0, 0.0
+        return entry
 
     def _count(self, address: str) -> int:
-        count, first = self._failures.get(address, (0, 0.0))
-        if count and time.monotonic() - first > max(self.window_seconds, self.block_seconds):
-            self._failures.pop(address, None)
-            return 0
-        return count
+        return self._entry(address)[0]
 
     def blocked(self, address: str) -> bool:
-        return self._count(address) >= self.block_after
+        return bool(self._entry(address)[2])
 
     def delay(self, address: str) -> float:
         """Seconds to wait before answering this address's next attempt."""
@@ -336,11 +348,14 @@ class LoginThrottle:
         return 0.0 if excess < 0 else min(0.25 * 2**excess, 4.0)
 
     def failure(self, address: str) -> None:
-        count = self._count(address)
-        first = self._failures.get(address, (0, time.monotonic()))[1] if count else time.monotonic()
+        count, first, until = self._entry(address)
+        now = time.monotonic()
+        count, first = count + 1, first if count else now
+        if count >= self.block_after and not until:
+            until = now + self.block_seconds
         if len(self._failures) > 100_000:
             self._failures.clear()  # bounded memory under a spray of addresses
-        self._failures[address] = (count + 1, first)
+        self._failures[address] = (count, first, until)
 
     def success(self, address: str) -> None:
         self._failures.pop(address, None)

@@ -15,12 +15,18 @@ from pathlib import Path
 _SENSITIVE_PARAMS = re.compile(
     r"(?i)([?&](?:hash|module_hash|token|password|secret|api_key|_xsrf)=)([^&#]*)"
 )
+# `/module/<hash>` (detail, delete) carries the hash in the path itself.
+_MODULE_PATH = re.compile(r"(/module/)(?!(?:register|online|send_message|list)(?:[/?#]|$))([^/?#]+)")
+_API_TOKEN = re.compile(r"tsk_[A-Za-z0-9_\-]{7,}")
 _FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"
 
 
 def redact_url(url: str) -> str:
-    """Replace sensitive query values with a short prefix and an ellipsis."""
-    return _SENSITIVE_PARAMS.sub(lambda m: m.group(1) + short_secret(m.group(2)), url)
+    """Replace sensitive query values, module hashes in paths and API tokens anywhere
+    with a short prefix and an ellipsis."""
+    url = _SENSITIVE_PARAMS.sub(lambda m: m.group(1) + short_secret(m.group(2)), url)
+    url = _MODULE_PATH.sub(lambda m: m.group(1) + short_secret(m.group(2)), url)
+    return _API_TOKEN.sub(lambda m: short_secret(m.group(0)), url)
 
 
 def short_secret(value: str) -> str:

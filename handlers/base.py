@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import logging
 from datetime import date, datetime
@@ -23,7 +24,7 @@ from tornado.log import app_log
 from tornado_sched.auth import Operator
 from tornado_sched.context import AppContext
 from tornado_sched.errors import DomainError, Forbidden, Invalid, TooManyRequests, Unavailable
-from tornado_sched.logs import redact_url
+from tornado_sched.logs import redact_url, short_secret
 
 from .httpauth import BASIC_CHALLENGE, DigestVerifier, parse_basic
 
@@ -79,6 +80,23 @@ def to_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=_json_default)
 
 
+_SECRET_KEYS = frozenset({"hash", "module_hash"})
+
+
+def mask_secrets(value: Any) -> Any:
+    """Module hashes are WebSocket credentials: viewers see only a short prefix."""
+    if isinstance(value, dict):
+        return {
+            k: (short_secret(v) if k in _SECRET_KEYS and isinstance(v, str) else
+                [short_secret(h) for h in v] if k == "module_hashes" and isinstance(v, list) else
+                mask_secrets(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [mask_secrets(v) for v in value]
+    return value
+
+
 class OperatorAuthMixin:
     """Operator authentication shared by request and WebSocket handlers: Basic,
     Digest or Bearer from the Authorization header, else the signed session cookie."""
@@ -122,11 +140,17 @@ class OperatorAuthMixin:
         if raw is None:
             return None
         try:
-            username = json.loads(raw)["u"]
+            data = json.loads(raw)
+            username, version = data["u"], data["v"]
         except (ValueError, KeyError, TypeError):
             return None
+        if not isinstance(username, str) or not isinstance(version, str):
+            return None
         self.auth_method = "cookie"
-        return await self.ctx.accounts.get(username) if isinstance(username, str) else None
+        operator = await self.ctx.accounts.get(username)
+        if operator is None or not hmac.compare_digest(operator.session_version, version):
+            return None
+        return operator
 
     def _digest_verifier(self) -> DigestVerifier:
         key = hashlib.sha256(b"digest-opaque:" + self.ctx.settings.secret_key.encode()).digest()
@@ -186,7 +210,7 @@ class BaseHandler(OperatorAuthMixin, tornado.web.RequestHandler):
         self.current_user = operator
         if self.sets_session and self.auth_method in ("basic", "digest"):
             self.set_signed_cookie(
-                SESSION_COOKIE, json.dumps({"u": operator.username}), expires_days=None,
+                SESSION_COOKIE, json.dumps({"u": operator.username, "v": operator.session_version}), expires_days=None,
                 httponly=True, samesite="Lax", secure=self.request.protocol == "https",
             )
         if self.auth == "admin" and not operator.is_admin:
@@ -231,6 +255,8 @@ class BaseHandler(OperatorAuthMixin, tornado.web.RequestHandler):
         self, result: Any = None, *, code: str = SUCCESS_CODE, message: str = SUCCESS_MESSAGE
     ) -> None:
         self.set_header("Content-Type", "application/json; charset=UTF-8")
+        if self.current_user is not None and not self.current_user.is_admin:
+            result = mask_secrets(result)
         self.finish(to_json({"code": code, "message": message, "result": result}))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:

@@ -6,7 +6,7 @@ import hmac
 import json
 from typing import Any
 
-from tornado_sched.errors import Invalid
+from tornado_sched.errors import Forbidden, Invalid, TooManyRequests
 from tornado_sched.registry import parse_requirements, validate_hash
 
 from .base import ApiHandler
@@ -21,9 +21,18 @@ class RegisterHandler(ApiHandler):
     async def prepare(self) -> None:
         token = self.request.headers.get("X-Registration-Token") or self._token_param()
         expected = self.ctx.settings.registration_token
-        if token and expected and hmac.compare_digest(token.encode(), expected.encode()):
-            return
+        address = self.request.remote_ip or ""
+        if token:
+            if self.ctx.throttle.blocked(address):
+                raise TooManyRequests("too many failed attempts from this address; try again later")
+            if expected and hmac.compare_digest(token.encode(), expected.encode()):
+                return
+            self.ctx.throttle.failure(address)  # token guesses count like password guesses
         await super().prepare()
+        # Registering returns a module's hash, its WebSocket credential: even by GET
+        # it is a write, which the viewer role may not do.
+        if self.current_user is not None and not self.current_user.is_admin:
+            raise Forbidden("registering a module needs the admin role or the registration token")
 
     def _token_param(self) -> str:
         try:
@@ -46,6 +55,9 @@ class RegisterHandler(ApiHandler):
             output_data=parse_requirements("output_data", self.param("output_data")),
             model_hash=self.text_param("modelHash", required=False, max_len=200),
         )
+        session = self.ctx.hub.session(record.hash)
+        if session is not None:
+            session.description = record.description
         self.write_envelope({"hash": record.hash, "module_id": record.module_id})
 
 
@@ -55,15 +67,9 @@ class OnlineHandler(ApiHandler):
     auth = "operator"
 
     async def get(self) -> None:
-        sessions = self.ctx.hub.sessions()
-        records = {m.hash: m for m in await self.ctx.registry.list()}
-        result = []
-        for session in sorted(sessions, key=lambda s: s.module_id):
-            item = session.public()
-            record = records.get(session.module_hash)
-            item["description"] = record.description if record else ""
-            result.append(item)
-        self.write_envelope(result)
+        # Served from memory: the hub holds every live session.
+        sessions = sorted(self.ctx.hub.sessions(), key=lambda s: s.module_id)
+        self.write_envelope([session.public() for session in sessions])
 
 
 class SendMessageHandler(ApiHandler):
@@ -80,7 +86,8 @@ class SendMessageHandler(ApiHandler):
             # Not a query today, but results and messages are kept in MongoDB
             # documents later on, where such keys are operators or refused outright.
             raise Invalid("message: object keys must not start with '$'", field="message")
-        await self.ctx.registry.get(module_hash)  # 404 for an unknown module
+        if not self.ctx.hub.is_online(module_hash):
+            await self.ctx.registry.get(module_hash)  # 404 for an unknown module, else 409 below
         if not isinstance(message, str):
             message = json.dumps(message, ensure_ascii=False)
         self.ctx.hub.send(module_hash, message)  # 409 when offline

@@ -675,6 +675,8 @@ class LanguagePage(PageHandler):
 class LogoutPage(PageHandler):
     """`POST /logout`: forget the session cookie, then show the logged-out page."""
 
+    viewer_may_post = True
+
     def post(self) -> None:
         self.clear_cookie(SESSION_COOKIE)
         self.redirect("/logged-out", status=303)

@@ -43,7 +43,7 @@ class Server:
     """`python run.py` (serve) with the CLI's environment, on a free port."""
 
     def __init__(self, cli: Cli) -> None:
-        self.env = {**cli.env, "SERVER_PORT": "0", "SERVER_HOST": "127.0.0.1"}
+        self.env = {**cli.env, "SERVER_PORT": "0", "SERVER_HOST": "127.0.0.1", "AUTH_CACHE_SECONDS": "0.5"}
         self.output: list[str] = []
         self.port = 0
 
@@ -147,10 +147,11 @@ async def test_cli_accounts_work_on_a_server_with_the_same_data_dir(tmp_path: Pa
         assert response.code == 403 and json.loads(response.body)["code"] == "4030"
         assert (await _get(port, "/scheduler/reload", "POST", Authorization=alice)).code == 200
 
-        # A password changed with the CLI while the server runs takes effect at once,
-        # even though the server remembered the old one as verified.
+        # A password changed with the CLI while the server runs takes effect once the
+        # server's memory of the verified password expires (AUTH_CACHE_SECONDS).
         code, out, err = await cli("set-password", ALICE[0], stdin="alice-password-2\n")
         assert code == 0 and out.strip() == "password changed for 'alice'", (out, err)
+        await asyncio.sleep(0.6)
         assert (await _get(port, "/module/list", Authorization=alice)).code == 401
         alice = basic_auth(ALICE[0], "alice-password-2")
         assert (await _get(port, "/module/list", Authorization=alice)).code == 200

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 REALM = "tornado_sched"
 ROLES = ("admin", "viewer")
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+_VERIFY_TTL = 30.0  # default of AUTH_CACHE_SECONDS
 
 
 @dataclass(frozen=True)
@@ -40,10 +41,18 @@ class Operator:
     username: str
     role: str
     created_at: datetime | None = None
+    # Changes with the password: a browser session signed before a password change
+    # is refused after it.
+    session_version: str = ""
 
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+
+def _operator(row) -> Operator:  # noqa: ANN001 - SQLAlchemy Row of `operators`
+    version = hashlib.sha256(row.password_hash.encode()).hexdigest()[:16]
+    return Operator(row.username, row.role, as_utc(row.created_at), version)
 
 
 def hash_password(password: str) -> str:
@@ -96,18 +105,19 @@ def validate_password(password: object) -> str:
 class OperatorAccounts:
     """Accounts in the relational store, with a verification cache."""
 
-    def __init__(self, sql: SqlStore, secret_key: str) -> None:
+    def __init__(self, sql: SqlStore, secret_key: str, cache_seconds: float = _VERIFY_TTL) -> None:
+        self._cache_seconds = cache_seconds
         self._sql = sql
         self._cache_key = hashlib.sha256(b"verify-cache:" + secret_key.encode()).digest()
         # fingerprint -> the password_hash it was verified against
-        self._verified: dict[bytes, str] = {}
+        self._verified: dict[bytes, tuple[Operator, str, float]] = {}
 
     def _fingerprint(self, username: str, password: str) -> bytes:
         return hmac.new(self._cache_key, f"{username}\0{password}".encode(), "sha256").digest()
 
     async def get(self, username: str) -> Operator | None:
         row = await self._row(username)
-        return None if row is None else Operator(row.username, row.role, as_utc(row.created_at))
+        return None if row is None else _operator(row)
 
     async def _row(self, username: str):  # noqa: ANN202 - SQLAlchemy Row
         async with self._sql.engine.connect() as conn:
@@ -117,7 +127,7 @@ class OperatorAccounts:
     async def list(self) -> list[Operator]:
         async with self._sql.engine.connect() as conn:
             rows = (await conn.execute(select(operators).order_by(operators.c.username))).all()
-        return [Operator(r.username, r.role, as_utc(r.created_at)) for r in rows]
+        return [_operator(r) for r in rows]
 
     async def count(self) -> int:
         return len(await self.list())
@@ -162,11 +172,22 @@ class OperatorAccounts:
         self._verified.clear()
 
     async def verify_password(self, username: str, password: str) -> Operator | None:
-        """Basic auth: the operator if the password is right, else None."""
+        """Basic auth: the operator if the password is right, else None.
+
+        A verified password is trusted from memory for AUTH_CACHE_SECONDS, then
+        re-checked against the stored hash (one indexed read, no scrypt): a change
+        made by another process (`run.py set-password`) takes effect within that time,
+        one made through this process at once."""
         key = self._fingerprint(username, password)
+        cached = self._verified.get(key)
+        now = time.monotonic()
+        if cached is not None and now - cached[2] < self._cache_seconds:
+            return cached[0]
         row = await self._row(username)
-        if row is not None and self._verified.get(key) == row.password_hash:
-            return Operator(row.username, row.role, as_utc(row.created_at))
+        if row is not None and cached is not None and cached[1] == row.password_hash:
+            operator = _operator(row)
+            self._verified[key] = (operator, row.password_hash, now)
+            return operator
         self._verified.pop(key, None)
         if row is None:
             # Same cost as a real check, so timing does not reveal which names exist.
@@ -176,15 +197,16 @@ class OperatorAccounts:
             return None
         if len(self._verified) > 1024:
             self._verified.clear()
-        self._verified[key] = row.password_hash
-        return Operator(row.username, row.role, as_utc(row.created_at))
+        operator = _operator(row)
+        self._verified[key] = (operator, row.password_hash, now)
+        return operator
 
     async def digest_credentials(self, username: str) -> tuple[Operator, str] | None:
         """Digest auth: (operator, HA1) for a known username."""
         row = await self._row(username)
         if row is None:
             return None
-        return Operator(row.username, row.role, as_utc(row.created_at)), row.digest_ha1
+        return _operator(row), row.digest_ha1
 
     async def ensure_admin(self, username: str, password: str) -> str | None:
         """First start: create the admin. Returns a generated password to print once,

@@ -338,7 +338,8 @@ class ModuleClient:
     async def _sleep(self, delay: float) -> None:
         """Sleep, but wake at once when stop() is called."""
         try:
-            await asyncio.wait_for(self._wake.wait(), delay)
+            async with asyncio.timeout(delay):  # wait_for may swallow a cancel on 3.11
+                await self._wake.wait()
         except TimeoutError:
             pass
 

@@ -84,7 +84,7 @@ async def open_context(settings: Settings) -> AppContext:
         await sql.create_schema()
         log.info("system data in %s", settings.sql_label)
 
-        accounts = OperatorAccounts(sql, settings.secret_key)
+        accounts = OperatorAccounts(sql, settings.secret_key, settings.auth_cache_seconds)
         generated = await accounts.ensure_admin(settings.admin_username, settings.admin_password)
 
         tokens = ApiTokens(sql, accounts)
@@ -94,7 +94,9 @@ async def open_context(settings: Settings) -> AppContext:
         audit = AuditLog(sql)
         events = EventBus()
         registry = ModuleRegistry(docs)
-        hub = ConnectionHub(registry, events, settings.heartbeat_flush_seconds)
+        hub = ConnectionHub(
+            registry, events, settings.heartbeat_flush_seconds, settings.heartbeat_store_seconds
+        )
         await hub.start()
         closers.append(hub.close)
         workflows = WorkflowStore(docs, registry, settings.time_zone)

@@ -46,8 +46,12 @@ class ModuleSession:
     name: str
     connection: Connection
     remote_address: str | None
+    description: str = ""
     connected_at: datetime = field(default_factory=utcnow)
     last_heartbeat: datetime = field(default_factory=utcnow)
+    # The heartbeat last written to the store; in-memory heartbeats are the truth
+    # while the module is online, so the store only needs an occasional copy.
+    stored_heartbeat: datetime = field(default_factory=utcnow)
     session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def public(self) -> dict[str, Any]:
@@ -55,6 +59,7 @@ class ModuleSession:
             "module_id": self.module_id,
             "name": self.name,
             "hash": self.module_hash,
+            "description": self.description,
             "connected_at": self.connected_at,
             "last_heartbeat": self.last_heartbeat,
             "remote_address": self.remote_address,
@@ -69,11 +74,16 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 class ConnectionHub:
     """Sessions by module hash, hot switch, sending, batched state writes."""
 
-    def __init__(self, registry: ModuleRegistry, events: EventBus, flush_seconds: float = 5.0) -> None:
+    def __init__(
+        self, registry: ModuleRegistry, events: EventBus, flush_seconds: float = 5.0,
+        heartbeat_store_seconds: float = 60.0,
+    ) -> None:
         self._registry = registry
         self._events = events
         self._flush_seconds = flush_seconds
+        self._heartbeat_store_seconds = heartbeat_store_seconds
         self._sessions: dict[str, ModuleSession] = {}
+        self._doc_ids: dict[str, Any] = {}
         self._dirty: set[str] = set()
         self._urgent = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
@@ -91,16 +101,22 @@ class ConnectionHub:
     async def close(self) -> None:
         for session in list(self._sessions.values()):
             session.connection.close(CLOSE_SHUTDOWN, "server shutting down")
-        for module_hash in list(self._sessions):
-            self._sessions.pop(module_hash, None)
-            self._dirty.add(module_hash)
         if self._flusher is not None:
             self._flusher.cancel()
             try:
                 await self._flusher
             except asyncio.CancelledError:
                 pass
+        # Write pending heartbeats, then every module offline in one statement
+        # (not one write per module: shutdown stays fast with 10,000 sockets).
         await self.flush()
+        self._sessions.clear()
+        self._dirty.clear()
+        try:
+            await self._registry.mark_all_offline()
+        except Exception as exc:
+            # The next start marks every module offline anyway.
+            log.warning("could not mark modules offline at shutdown: %s", type(exc).__name__)
 
     # -- sessions --------------------------------------------------------------------
     def attach(self, module: ModuleRecord, connection: Connection, remote_address: str | None) -> ModuleSession:
@@ -108,7 +124,10 @@ class ConnectionHub:
 
         Synchronous on purpose: two connections racing for one hash are ordered by
         the event loop, and the later one always wins."""
-        session = ModuleSession(module.hash, module.module_id, module.name, connection, remote_address)
+        session = ModuleSession(
+            module.hash, module.module_id, module.name, connection, remote_address, module.description
+        )
+        self._doc_ids[module.hash] = module.doc_id
         previous = self._sessions.get(module.hash)
         self._sessions[module.hash] = session
         if previous is not None:
@@ -133,9 +152,11 @@ class ConnectionHub:
         return True
 
     def heartbeat(self, session: ModuleSession) -> None:
-        """A pong (or an old client's heartbeat message) arrived."""
+        """A pong (or an old client's heartbeat message) arrived. Kept in memory; the
+        store gets a copy at most every `heartbeat_store_seconds` per module."""
         session.last_heartbeat = utcnow()
-        if self._sessions.get(session.module_hash) is session:
+        stale = (session.last_heartbeat - session.stored_heartbeat).total_seconds() >= self._heartbeat_store_seconds
+        if stale and self._sessions.get(session.module_hash) is session:
             self._mark_dirty(session.module_hash, urgent=False)
 
     def session(self, module_hash: str) -> ModuleSession | None:
@@ -174,6 +195,7 @@ class ConnectionHub:
         session = self._sessions.get(module_hash)
         if session is None:
             return {"online": False}
+        session.stored_heartbeat = session.last_heartbeat
         return {
             "online": True,
             "connected_at": session.connected_at,
@@ -187,7 +209,7 @@ class ConnectionHub:
             return
         dirty, self._dirty = self._dirty, set()
         try:
-            await self._registry.save_states({h: self._state(h) for h in dirty})
+            await self._registry.save_states({self._doc_ids[h]: self._state(h) for h in dirty if h in self._doc_ids})
             self.last_flush_error = None
         except asyncio.CancelledError:
             # close() cancels the flusher mid-write; its final flush must still see these.
@@ -203,7 +225,10 @@ class ConnectionHub:
     async def _flush_loop(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._urgent.wait(), self._flush_seconds)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the
+                # cancellation close() sends when the event fires at the same moment.
+                async with asyncio.timeout(self._flush_seconds):
+                    await self._urgent.wait()
                 # Let a burst of connects coalesce into one write.
                 await asyncio.sleep(0.05)
             except TimeoutError:

@@ -210,7 +210,9 @@ class Notifier:
             if self._closing:
                 return
             try:
-                await asyncio.wait_for(self._wake.wait(), delay)
+                # asyncio.timeout, not wait_for: see ConnectionHub._flush_loop.
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 

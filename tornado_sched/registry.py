@@ -34,6 +34,7 @@ class ModuleRecord:
     module_id: int
     name: str
     hash: str
+    doc_id: Any
     description: str
     input_data: list[dict[str, Any]]
     output_data: list[dict[str, Any]]
@@ -51,6 +52,7 @@ class ModuleRecord:
             module_id=int(doc["module_id"]),
             name=str(doc["name"]),
             hash=str(doc["hash"]),
+            doc_id=doc["_id"],
             description=str(doc.get("description") or ""),
             input_data=list(doc.get("input_data") or []),
             output_data=list(doc.get("output_data") or []),
@@ -214,12 +216,13 @@ class ModuleRegistry:
         await self._col.delete_one({"hash": record.hash})
         return record
 
-    async def save_states(self, states: dict[str, dict[str, Any]]) -> None:
-        """One bulk write for many modules' online/heartbeat state."""
-        if not states:
-            return
-        ops = [UpdateOne({"hash": h}, {"$set": state}) for h, state in states.items()]
-        await self._col.bulk_write(ops, ordered=False)
+    async def save_states(self, states: dict[Any, dict[str, Any]]) -> None:
+        """Bulk writes of many modules' online/heartbeat state, keyed by `_id`: the
+        embedded server scans the collection for an update by any other field."""
+        items = list(states.items())
+        for start in range(0, len(items), 1000):
+            ops = [UpdateOne({"_id": doc_id}, {"$set": state}) for doc_id, state in items[start:start + 1000]]
+            await self._col.bulk_write(ops, ordered=False)
 
     async def mark_all_offline(self) -> int:
         result = await self._col.update_many({"online": True}, {"$set": {"online": False}})

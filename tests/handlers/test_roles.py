@@ -51,6 +51,8 @@ API_PATHS = {
     _sample_path(pattern) for pattern, handler in collect_routes() if issubclass(handler, ApiHandler)
 }
 ADMIN_ONLY = {"/tokens", "/tokens/1", "/audit"}
+# Registering hands out a module's hash (its WebSocket credential): a write even by GET.
+WRITES_BY_GET = {"/module/register"}
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +90,7 @@ def test_the_walk_covers_reads_writes_and_admin_routes() -> None:
 @pytest.mark.parametrize(("method", "path", "kind", "viewer_may_post"), ROLE_CASES)
 async def test_role_matrix(shared: RunningServer, method: str, path: str, kind: str, viewer_may_post: bool) -> None:
     viewer = await _fetch(shared, path, method, VIEWER)
-    if kind == "admin" or (method != "GET" and not viewer_may_post):
+    if kind == "admin" or path in WRITES_BY_GET or (method != "GET" and not viewer_may_post):
         assert viewer.code == 403, (method, path, viewer.code, viewer.body)
         assert _code(viewer) in ("4030", None), viewer.body  # API: the envelope; pages: HTML
     else:
@@ -97,6 +99,16 @@ async def test_role_matrix(shared: RunningServer, method: str, path: str, kind: 
     assert admin.code not in (401, 403) and admin.code < 500, (method, path, admin.code, admin.body)
     if path in API_PATHS:
         assert _code(viewer) and _code(admin), "API routes always answer with the envelope"
+
+
+async def test_viewer_sees_module_hashes_only_shortened(shared: RunningServer) -> None:
+    status, env = await shared.api("/module/register?name=hashcheck")
+    full = env["result"]["hash"]
+    for path in ("/module/list", f"/module/{full}"):
+        _, as_admin = await shared.api(path)
+        _, as_viewer = await shared.api(path, auth=VIEWER)
+        assert full in json.dumps(as_admin), path
+        assert full not in json.dumps(as_viewer) and full[:6] in json.dumps(as_viewer), path
 
 
 async def test_viewer_writes_change_nothing(shared: RunningServer) -> None:
@@ -128,7 +140,8 @@ async def test_viewer_role_holds_for_a_session_cookie(shared: RunningServer) -> 
     """However the viewer authenticates (here: a valid session cookie with the XSRF
     token), writes stay refused."""
     secret = shared.ctx.settings.secret_key
-    session = create_signed_value(secret, SESSION_COOKIE, json.dumps({"u": VIEWER[0]})).decode()
+    version = (await shared.ctx.accounts.get(VIEWER[0])).session_version
+    session = create_signed_value(secret, SESSION_COOKIE, json.dumps({"u": VIEWER[0], "v": version})).decode()
     xsrf = "2|00000000|" + "0" * 32 + "|1"
     cookie = f"{SESSION_COOKIE}={session}; _xsrf={xsrf}"
     read = await shared.fetch("/module/list", auth=None, headers={"Cookie": cookie})

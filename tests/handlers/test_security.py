@@ -101,9 +101,11 @@ def _cookies(response: HTTPResponse) -> dict[str, Morsel]:
     return dict(jar)
 
 
-def _session_cookie(server: RunningServer, username: str, **kwargs: Any) -> str:
+async def _session_cookie(server: RunningServer, username: str, **kwargs: Any) -> str:
+    operator = await server.ctx.accounts.get(username)
+    version = operator.session_version if operator else "0" * 16
     value = create_signed_value(server.ctx.settings.secret_key, SESSION_COOKIE,
-                                json.dumps({"u": username}), **kwargs)
+                                json.dumps({"u": username, "v": version}), **kwargs)
     return f"{SESSION_COOKIE}={value.decode()}"
 
 
@@ -140,17 +142,17 @@ async def test_http_auth_sets_a_signed_httponly_samesite_session_cookie(probe: R
 
 
 async def test_tampered_forged_expired_or_orphan_session_cookies_are_refused(probe: RunningServer) -> None:
-    good = _session_cookie(probe, ADMIN[0])
+    good = await _session_cookie(probe, ADMIN[0])
     assert (await probe.fetch("/probe", auth=None, headers={"Cookie": good})).code == 200
     name, value = good.split("=", 1)
     last = value[-1]
     tampered = f"{name}={value[:-1]}{'0' if last != '0' else '1'}"
     other_user = good.replace(
-        value, create_signed_value("another-secret-key-000000", SESSION_COOKIE, json.dumps({"u": ADMIN[0]})).decode()
+        value, create_signed_value("another-secret-key-000000", SESSION_COOKIE, json.dumps({"u": ADMIN[0], "v": "0" * 16})).decode()
     )
-    expired = _session_cookie(probe, ADMIN[0], clock=lambda: time.time() - 2 * 86400)
-    orphan = _session_cookie(probe, "nobody-here")
-    unsigned = f"{SESSION_COOKIE}=" + json.dumps({"u": ADMIN[0]}).replace(" ", "")
+    expired = await _session_cookie(probe, ADMIN[0], clock=lambda: time.time() - 2 * 86400)
+    orphan = await _session_cookie(probe, "nobody-here")
+    unsigned = f"{SESSION_COOKIE}=" + json.dumps({"u": ADMIN[0], "v": "0" * 16}).replace(" ", "")
     for label, cookie in (("tampered", tampered), ("forged", other_user), ("expired", expired),
                           ("unknown user", orphan), ("unsigned", unsigned)):
         response = await probe.fetch("/probe", auth=None, headers={"Cookie": cookie})
@@ -480,7 +482,7 @@ async def test_hashes_and_tokens_never_reach_the_logs_in_full(
     query = urlencode({"name": "x", "token": wrong_registration})
     assert (await server.fetch(f"/module/register?{query}", auth=None)).code == 401
     # A browser POST refused by the XSRF check (Tornado logs those itself).
-    cookie = _session_cookie(server, ADMIN[0])
+    cookie = await _session_cookie(server, ADMIN[0])
     response = await server.fetch(f"/module/send_message?module_hash={module_hash}&message=x&token={token}",
                                   "POST", auth=None, headers={"Cookie": cookie})
     assert response.code == 403, response.body
@@ -492,3 +494,12 @@ async def test_hashes_and_tokens_never_reach_the_logs_in_full(
         leaks = [t for t in texts if secret in t]
         assert not leaks, (secret, leaks)
     assert any(module_hash[:6] in t for t in texts), "a short prefix is still logged"
+
+
+async def test_password_change_ends_browser_sessions(probe: RunningServer) -> None:
+    login = await probe.fetch("/probe")
+    session = _cookies(login)[SESSION_COOKIE].value
+    cookie = {"Cookie": f"{SESSION_COOKIE}={session}"}
+    assert (await probe.fetch("/probe", auth=None, headers=cookie)).code == 200
+    await probe.ctx.accounts.set_password(ADMIN[0], "a-brand-new-password")
+    assert (await probe.fetch("/probe", auth=None, headers=cookie)).code == 401

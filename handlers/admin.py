@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from tornado_sched.errors import Invalid
-
 from .base import ApiHandler
 
 
@@ -40,13 +38,7 @@ class AuditHandler(ApiHandler):
     auth = "admin"
 
     async def get(self) -> None:
-        try:
-            page = int(self.get_query_argument("page", "1"))
-            size = int(self.get_query_argument("page_size", "50"))
-        except ValueError:
-            raise Invalid("page / page_size: expected integers", field="page") from None
-        if page < 1 or not 1 <= size <= 500:
-            raise Invalid("page must be >= 1 and page_size 1-500", field="page")
+        page, size = self.page_args()
         rows, total = await self.ctx.audit.list(page, size)
         self.write_envelope({"total": total, "page": page, "page_size": size, "entries": rows})
 

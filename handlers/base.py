@@ -333,6 +333,17 @@ class ApiHandler(BaseHandler):
         self._body_cache = data
         return data
 
+    def page_args(self, default_size: int = 50, max_size: int = 500) -> tuple[int, int]:
+        """`page` (from 1) and `page_size` query arguments, validated."""
+        try:
+            page = int(self.get_query_argument("page", "1"))
+            size = int(self.get_query_argument("page_size", str(default_size)))
+        except ValueError:
+            raise Invalid("page / page_size: expected integers", field="page") from None
+        if page < 1 or not 1 <= size <= max_size:
+            raise Invalid(f"page must be >= 1 and page_size 1-{max_size}", field="page")
+        return page, size
+
     def param(self, name: str, default: Any = None) -> Any:
         """A parameter from the body, else the query string."""
         body = self.body() if self.request.body else {}

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from tornado_sched.errors import Forbidden, Invalid, TooManyRequests
-from tornado_sched.registry import parse_requirements, validate_hash
+from tornado_sched.registry import ModuleRecord, parse_requirements, validate_hash
 
 from .base import ApiHandler
 
@@ -106,21 +106,27 @@ def _has_operator_keys(value: Any, depth: int = 0) -> bool:
     return False
 
 
+def _with_live_state(handler: ApiHandler, record: ModuleRecord) -> dict[str, Any]:
+    """The stored module, with online state and heartbeat from the hub (the truth
+    while a session is open; the store's copy lags by up to a minute)."""
+    item = record.public()
+    session = handler.ctx.hub.session(record.hash)
+    item["online"] = session is not None
+    if session is not None:
+        item.update(
+            last_heartbeat=session.last_heartbeat, connected_at=session.connected_at,
+            remote_address=session.remote_address,
+        )
+    return item
+
+
 class ModuleListHandler(ApiHandler):
     """`GET /module/list`: every module with its online flag."""
 
     auth = "operator"
 
     async def get(self) -> None:
-        modules = []
-        for record in await self.ctx.registry.list():
-            item = record.public()
-            session = self.ctx.hub.session(record.hash)
-            item["online"] = session is not None
-            if session is not None:
-                item.update(last_heartbeat=session.last_heartbeat, connected_at=session.connected_at)
-            modules.append(item)
-        self.write_envelope(modules)
+        self.write_envelope([_with_live_state(self, r) for r in await self.ctx.registry.list()])
 
 
 class ModuleDetailHandler(ApiHandler):
@@ -130,12 +136,7 @@ class ModuleDetailHandler(ApiHandler):
 
     async def get(self, module_hash: str) -> None:
         record = await self.ctx.registry.get(module_hash)
-        item = record.public()
-        session = self.ctx.hub.session(record.hash)
-        item["online"] = session is not None
-        if session is not None:
-            item.update(last_heartbeat=session.last_heartbeat, connected_at=session.connected_at)
-        self.write_envelope(item)
+        self.write_envelope(_with_live_state(self, record))
 
     async def delete(self, module_hash: str) -> None:
         record = await self.ctx.registry.delete(module_hash)

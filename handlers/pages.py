@@ -30,7 +30,7 @@ from tornado_sched.logs import short_secret
 from tornado_sched.notify import STATUSES as OUTBOX_STATUSES
 from tornado_sched.registry import ModuleRecord
 from tornado_sched.runs import RUN_STATUSES
-from tornado_sched.tables import as_utc, notification_outbox, utcnow
+from tornado_sched.tables import notification_outbox, read_datetime, utcnow
 from tornado_sched.workflows import MISFIRE, OVERLAP, Workflow
 
 from .base import SESSION_COOKIE, BaseHandler
@@ -98,21 +98,10 @@ def trigger_label(locale: tornado.locale.Locale, trigger: str) -> str:
     return locale.translate(TRIGGER_LABELS.get(trigger, trigger))
 
 
-def as_datetime(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return as_utc(value)
-    if isinstance(value, str) and value:
-        try:
-            return as_utc(datetime.fromisoformat(value))
-        except ValueError:
-            return None
-    return None
-
-
 def format_time(value: Any, zone: ZoneInfo) -> str:
     """A stored instant as wall time in the configured zone (the zone is named in the
     page header and column titles, not repeated in every cell)."""
-    instant = as_datetime(value)
+    instant = read_datetime(value)
     if instant is None:
         return ""
     return instant.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
@@ -160,7 +149,7 @@ class Time(tornado.web.UIModule):
     """A `<time>` element in the configured zone: `{% module Time(run.started_at) %}`."""
 
     def render(self, value: Any, empty: str = "—") -> str:
-        instant = as_datetime(value)
+        instant = read_datetime(value)
         zone = ZoneInfo(self.handler.ctx.settings.time_zone)
         return self.render_string(
             "modules/time.html",

@@ -20,7 +20,7 @@ from pymongo.errors import DuplicateKeyError
 from .errors import Conflict, Invalid, NotFound
 from .logs import short_secret
 from .stores import DocumentStore
-from .tables import as_utc, utcnow
+from .tables import read_datetime, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,11 @@ class ModuleRecord:
             output_data=list(doc.get("output_data") or []),
             model_hash=str(doc.get("modelHash") or ""),
             online=bool(doc.get("online")),
-            last_heartbeat=_as_datetime(doc.get("last_heartbeat")),
-            connected_at=_as_datetime(doc.get("connected_at")),
+            last_heartbeat=read_datetime(doc.get("last_heartbeat")),
+            connected_at=read_datetime(doc.get("connected_at")),
             remote_address=doc.get("remote_address"),
-            created_at=_as_datetime(doc.get("created_at")),
-            updated_at=_as_datetime(doc.get("updated_at")),
+            created_at=read_datetime(doc.get("created_at")),
+            updated_at=read_datetime(doc.get("updated_at")),
         )
 
     def public(self) -> dict[str, Any]:
@@ -81,18 +81,6 @@ class ModuleRecord:
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
-
-
-def _as_datetime(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return as_utc(value)
-    if isinstance(value, str) and value:
-        # The embedded server may hand back a datetime written by `$set` as text.
-        try:
-            return as_utc(datetime.fromisoformat(value))
-        except ValueError:
-            return None
-    return None
 
 
 def parse_requirements(field: str, raw: Any) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ from .hub import ConnectionHub, ModuleSession
 from .protocol import ResultMessage
 from .registry import ModuleRegistry
 from .stores import DocumentStore
-from .tables import as_utc, utcnow
+from .tables import as_utc, read_datetime, utcnow
 from .workflows import Workflow, WorkflowStore
 
 log = logging.getLogger(__name__)
@@ -75,22 +75,11 @@ class Step:
             args=dict(doc.get("args") or {}),
             status=str(doc.get("status", "pending")),
             attempts=int(doc.get("attempts") or 0),
-            sent_at=_dt(doc.get("sent_at")),
-            ended_at=_dt(doc.get("ended_at")),
+            sent_at=read_datetime(doc.get("sent_at")),
+            ended_at=read_datetime(doc.get("ended_at")),
             message=doc.get("message"),
             error=doc.get("error"),
         )
-
-
-def _dt(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return as_utc(value)
-    if isinstance(value, str) and value:
-        try:
-            return as_utc(datetime.fromisoformat(value))
-        except ValueError:
-            return None
-    return None
 
 
 @dataclass
@@ -149,13 +138,13 @@ class Run:
             workflow_id=int(doc["workflow_id"]),
             workflow_name=str(doc.get("workflow_name", "")),
             trigger=str(doc.get("trigger", "manual")),
-            nominal_time=_dt(doc.get("nominal_time")) or utcnow(),
+            nominal_time=read_datetime(doc.get("nominal_time")) or utcnow(),
             timezone=str(doc.get("timezone") or "UTC"),
-            fired_at=_dt(doc.get("fired_at")) or utcnow(),
+            fired_at=read_datetime(doc.get("fired_at")) or utcnow(),
             steps=[Step.from_doc(s) for s in doc.get("steps") or []],
             status=str(doc.get("status", "running")),
-            started_at=_dt(doc.get("started_at")) or utcnow(),
-            ended_at=_dt(doc.get("ended_at")),
+            started_at=read_datetime(doc.get("started_at")) or utcnow(),
+            ended_at=read_datetime(doc.get("ended_at")),
             timeout_seconds=int(doc.get("timeout_seconds") or 600),
             retries=int(doc.get("retries") or 0),
             retry_delay_seconds=int(doc.get("retry_delay_seconds") or 0),

@@ -122,3 +122,16 @@ def as_utc(value: datetime | None) -> datetime | None:
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
+
+
+def read_datetime(value: object) -> datetime | None:
+    """A datetime read from a document, as aware UTC. Also accepts ISO text: an
+    unpatched embedded server hands back a datetime written by `$set` as a string."""
+    if isinstance(value, datetime):
+        return as_utc(value)
+    if isinstance(value, str) and value:
+        try:
+            return as_utc(datetime.fromisoformat(value))
+        except ValueError:
+            return None
+    return None

@@ -71,7 +71,8 @@ class Workflow:
             misfire=str(doc.get("misfire") or "skip"),
             misfire_grace_seconds=int(doc.get("misfire_grace_seconds") or 300),
             retries=int(doc.get("retries") or 0),
-            retry_delay_seconds=int(doc.get("retry_delay_seconds") or 10),
+            # 0 is a valid delay (retry at once): only a missing value takes the default.
+            retry_delay_seconds=_stored_int(doc, "retry_delay_seconds", 10),
             created_at=doc.get("created_at"),
             updated_at=doc.get("updated_at"),
             last_run=doc.get("last_run"),
@@ -108,6 +109,11 @@ class Workflow:
             "updated_at": self.updated_at,
             "last_run": self.last_run,
         }
+
+
+def _stored_int(doc: dict[str, Any], name: str, default: int) -> int:
+    value = doc.get(name)
+    return default if value is None else int(value)
 
 
 def _int(body: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:

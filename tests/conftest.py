@@ -106,6 +106,7 @@ def make_settings(tmp_path: Path, docserver_uri: str, **overrides: Any) -> Setti
         sql_url_override=f"sqlite+aiosqlite:///{tmp_path / 'system.sqlite3'}",
         heartbeat_flush_seconds=0.2,
         heartbeat_store_seconds=0.2,
+        misfire_settle_seconds=0.5,
         # The auth matrix sends hundreds of bad credentials from 127.0.0.1; the
         # throttle has its own tests with low limits.
         login_slow_after=100_000,

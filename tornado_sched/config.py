@@ -61,6 +61,7 @@ class Settings:
     heartbeat_flush_seconds: float = 5.0
     heartbeat_store_seconds: float = 60.0
     auth_cache_seconds: float = 30.0
+    misfire_settle_seconds: float = 30.0
     run_retention_days: int = 90
     notify_aggregate_seconds: float = 60.0
     email_timeout_seconds: float = 10.0
@@ -197,6 +198,7 @@ class Settings:
                 number("WEBSOCKET_MAX_MESSAGE_SIZE", 1024 * 1024, lo=1024, hi=64 * 1024 * 1024, integer=True)
             ),
             heartbeat_flush_seconds=number("HEARTBEAT_FLUSH_SECONDS", 5.0, lo=0.05, hi=3600, integer=False),
+            misfire_settle_seconds=number("MISFIRE_SETTLE_SECONDS", 30.0, lo=0, hi=3600, integer=False),
             auth_cache_seconds=number("AUTH_CACHE_SECONDS", 30.0, lo=0, hi=3600, integer=False),
             heartbeat_store_seconds=number("HEARTBEAT_STORE_SECONDS", 60.0, lo=0.05, hi=86400, integer=False),
             run_retention_days=int(number("RUN_RETENTION_DAYS", 90, lo=1, hi=36500, integer=True)),

@@ -106,7 +106,10 @@ async def open_context(settings: Settings) -> AppContext:
         runs = RunTracker(docs, registry, workflows, hub, events)
         await runs.start()
         closers.append(runs.close)
-        scheduler = WorkflowScheduler(docs, sql, workflows, runs, settings.time_zone, settings.run_retention_days)
+        scheduler = WorkflowScheduler(
+            docs, sql, workflows, runs, settings.time_zone, settings.run_retention_days,
+            events=events, is_online=hub.is_online, misfire_settle_seconds=settings.misfire_settle_seconds,
+        )
         await scheduler.start()
         closers.append(scheduler.close)
     except BaseException:

@@ -9,7 +9,9 @@ skipped, or run once within the grace period, per the workflow's `misfire` setti
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,6 +21,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import delete, insert
 
 from .errors import Unavailable
+from .events import EventBus
 from .runs import RunTracker
 from .stores import DocumentStore, SqlStore
 from .tables import execution_log, naive_utc, utcnow
@@ -49,8 +52,15 @@ class WorkflowScheduler:
         runs: RunTracker,
         time_zone: str,
         retention_days: int,
+        events: EventBus | None = None,
+        is_online: Callable[[str], bool] = lambda _hash: True,
+        misfire_settle_seconds: float = 30.0,
     ) -> None:
         self._docs = docs
+        self._events = events
+        self._is_online = is_online
+        self._settle_seconds = misfire_settle_seconds
+        self._catch_ups: set[asyncio.Task[None]] = set()
         self._sql = sql
         self._workflows = workflows
         self._runs = runs
@@ -81,6 +91,10 @@ class WorkflowScheduler:
             await self._handle_misfires(down_since, utcnow())
 
     async def close(self) -> None:
+        for task in list(self._catch_ups):
+            task.cancel()
+        if self._catch_ups:
+            await asyncio.gather(*self._catch_ups, return_exceptions=True)
         if self._scheduler is not None and self._scheduler.running:
             await self._mark_alive()
             self._scheduler.shutdown(wait=False)
@@ -221,11 +235,37 @@ class WorkflowScheduler:
             recent = (now - fire_time).total_seconds() <= workflow.misfire_grace_seconds
             if workflow.misfire == "run_once" and recent:
                 log.warning("workflow %d: %s while down; running once", workflow.workflow_id, missed)
-                await self.fire(workflow, "misfire", tick, fire_time)
+                grace_left = workflow.misfire_grace_seconds - (now - fire_time).total_seconds()
+                task = asyncio.ensure_future(self._catch_up(workflow, tick, fire_time, min(self._settle_seconds, grace_left)))
+                self._catch_ups.add(task)
+                task.add_done_callback(self._catch_ups.discard)
             else:
                 log.warning("workflow %d: %s while down; skipped", workflow.workflow_id, missed)
                 await self._log(job_id(workflow.workflow_id), workflow.workflow_id, None, "misfire", tick, now,
                                 "missed", f"{missed} while the server was down")
+
+    async def _catch_up(self, workflow: Workflow, tick: datetime, fire_time: datetime, wait: float) -> None:
+        """Fire a missed tick once the workflow's modules are back. At start-up every
+        module is offline until it reconnects: firing at once would only record
+        `offline` steps. Waits at most `wait` seconds, then fires whatever is online."""
+        hashes = {step["module_hash"] for step in workflow.execute_modules}
+        arrived = asyncio.Event()
+        unsubscribe = self._events.subscribe(
+            lambda kind, data: arrived.set() if kind == "module.online" and data["hash"] in hashes else None
+        ) if self._events else (lambda: None)
+        try:
+            async with asyncio.timeout(max(wait, 0.0)):
+                while not all(self._is_online(h) for h in hashes):
+                    arrived.clear()
+                    await arrived.wait()
+        except TimeoutError:
+            pass
+        finally:
+            unsubscribe()
+        try:
+            await self.fire(workflow, "misfire", tick, fire_time)
+        except Exception:
+            log.exception("workflow %d: misfire catch-up failed", workflow.workflow_id)
 
     async def _last_started(self, workflow_id: int) -> datetime | None:
         doc = await self._docs["runs"].find_one(

@@ -7,6 +7,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from sqlalchemy import insert
 
 from tests.conftest import RunningServer, make_settings, start_server, stop_server
-from tests.flows.support import create_workflow, get_run, log_rows, register, workflow_body
+from tests.flows.support import Module, create_workflow, get_run, log_rows, register, workflow_body
 from tornado_sched.config import Settings
 from tornado_sched.tables import as_utc, execution_log, naive_utc, utcnow
 
@@ -58,6 +59,18 @@ async def restartable(shared_settings: Settings) -> AsyncIterator[Restartable]:
     await holder.stop()
 
 
+async def misfire_runs(db: AsyncDatabase, workflow_id: int) -> list[dict[str, Any]]:
+    """The catch-up fires in the background after start-up: wait for it (bounded),
+    then give it time to show a second, wrong, run."""
+    for _ in range(50):
+        runs = [d async for d in db["runs"].find({"workflow_id": workflow_id, "trigger": "misfire"})]
+        if runs:
+            await asyncio.sleep(0.3)
+            return [d async for d in db["runs"].find({"workflow_id": workflow_id, "trigger": "misfire"})]
+        await asyncio.sleep(0.1)
+    return []
+
+
 def _minute(moment: datetime) -> datetime:
     return moment.replace(second=0, microsecond=0)
 
@@ -95,15 +108,15 @@ async def test_ticks_missed_while_down_run_once_or_are_skipped(restartable: Rest
     server = await restartable.start()
     restarted = utcnow()
 
-    # run_once: exactly one run, for the latest missed tick.
-    runs = [d async for d in db["runs"].find({"workflow_id": run_once, "trigger": "misfire"})]
+    # run_once: exactly one run, for the latest missed tick, fired once its modules
+    # are back or MISFIRE_SETTLE_SECONDS (0.5 s in tests) have passed; this one's
+    # module never reconnects.
+    runs = await misfire_runs(db, run_once)
     assert len(runs) == 1, runs
     latest_tick = _minute(restarted)
     assert runs[0]["nominal_time"] in (latest_tick, latest_tick - timedelta(minutes=1))
     run = await get_run(server, runs[0]["run_id"])
-    # Its module is offline: the catch-up fires during start-up, before any module
-    # can reconnect (reported; not pinned here).
-    assert run["trigger"] == "misfire" and run["status"] != "running"
+    assert run["trigger"] == "misfire" and run["steps"][0]["status"] == "offline"
     rows = [r for r in await log_rows(server, run_once) if r["trigger"] == "misfire"]
     assert [(r["outcome"], r["run_id"]) for r in rows] == [("started", runs[0]["run_id"])]
 
@@ -146,7 +159,7 @@ async def test_long_downtime_still_runs_the_latest_tick_once(restartable: Restar
     started = time.monotonic()
     server = await restartable.start()
     assert time.monotonic() - started < 5
-    runs = [d async for d in db["runs"].find({"workflow_id": run_once, "trigger": "misfire"})]
+    runs = await misfire_runs(db, run_once)
     assert len(runs) == 1, runs
     assert utcnow() - runs[0]["nominal_time"] < timedelta(minutes=2)
     rows = [r for r in await log_rows(server, skip) if r["trigger"] == "misfire"]
@@ -272,3 +285,33 @@ async def test_retention_deletes_old_runs_and_log_rows(server: RunningServer) ->
     left = {d["run_id"] async for d in runs.find({"workflow_id": 1})}
     assert left == {docs["old-open"]["run_id"], docs["recent-finished"]["run_id"]}
     assert [r["error"] for r in await log_rows(server, 1)] == ["recent"]
+
+
+async def test_misfire_catch_up_waits_for_its_module_to_reconnect(shared_settings: Settings, db: AsyncDatabase) -> None:
+    """After a restart every module is offline until it reconnects: the catch-up
+    waits for the workflow's modules (up to MISFIRE_SETTLE_SECONDS) and then runs
+    for real instead of recording `offline` steps."""
+    holder = Restartable(replace(shared_settings, misfire_settle_seconds=20))
+    try:
+        server = await holder.start()
+        module = await Module.online(server)
+        wid = await create_workflow(server, workflow_body(
+            "catch-up", [module.hash], misfire="run_once", misfire_grace_seconds=300,
+            execute_cron_list=["* * * * *"], execute_shift_time=0, timezone="UTC",
+        ))
+        module.close()
+        await holder.stop()
+        await db["scheduler_state"].update_one({"_id": "alive"}, {"$set": {"at": utcnow() - timedelta(minutes=3)}})
+
+        server = await holder.start()
+        await asyncio.sleep(0.5)
+        assert await db["runs"].count_documents({"workflow_id": wid}) == 0, "fired before the module was back"
+        module.server = server
+        await module.connect()
+        command = await module.recv_execute()
+        assert command["meta"]["run_id"]
+        assert await module.result(command) == "receive result"
+        run = await get_run(server, command["meta"]["run_id"])
+        assert run["trigger"] == "misfire" and run["status"] == "success", run
+    finally:
+        await holder.stop()

@@ -23,14 +23,13 @@ from zoneinfo import ZoneInfo
 
 import tornado.locale
 import tornado.web
-from sqlalchemy import func, select
 
 from tornado_sched.errors import DomainError, Invalid
 from tornado_sched.logs import short_secret
 from tornado_sched.notify import STATUSES as OUTBOX_STATUSES
 from tornado_sched.registry import ModuleRecord
 from tornado_sched.runs import RUN_STATUSES
-from tornado_sched.tables import notification_outbox, read_datetime, utcnow
+from tornado_sched.tables import read_datetime, utcnow
 from tornado_sched.workflows import MISFIRE, OVERLAP, Workflow
 
 from .base import SESSION_COOKIE, BaseHandler
@@ -604,14 +603,10 @@ class NotificationsPage(PageHandler):
         status = self.get_query_argument("status", "")
         raw_page = self.get_query_argument("page", "1")
         page = int(raw_page) if raw_page.isdigit() and int(raw_page) >= 1 else 1
-        notifier = getattr(self.ctx, "notifier", None)
         statuses = OUTBOX_STATUSES
         if status and status not in statuses:
             raise Invalid(f"status: must be one of {', '.join(statuses)}", field="status")
-        if notifier is not None and callable(getattr(notifier, "list", None)):
-            rows, total = await notifier.list(page, PAGE_SIZE, status or None)
-        else:
-            rows, total = await self._from_table(page, status)
+        rows, total = await self.ctx.notifier.list(page, PAGE_SIZE, status or None)
 
         def page_url(number: int) -> str:
             query = {"status": status} if status else {}
@@ -620,7 +615,7 @@ class NotificationsPage(PageHandler):
 
         self.render(
             "notifications.html",
-            rows=[_outbox_row(r) for r in rows],
+            rows=rows,
             total=total,
             page=page,
             pages=max(1, -(-total // PAGE_SIZE)),
@@ -628,27 +623,6 @@ class NotificationsPage(PageHandler):
             statuses=statuses,
             selected_status=status,
         )
-
-    async def _from_table(self, page: int, status: str) -> tuple[list[Any], int]:
-        table = notification_outbox
-        query = select(table)
-        count = select(func.count()).select_from(table)
-        if status:
-            query, count = query.where(table.c.status == status), count.where(table.c.status == status)
-        query = query.order_by(table.c.id.desc()).offset((page - 1) * PAGE_SIZE).limit(PAGE_SIZE)
-        async with self.ctx.sql.engine.connect() as conn:
-            total = (await conn.execute(count)).scalar_one()
-            rows = (await conn.execute(query)).mappings().all()
-        return list(rows), total
-
-
-def _outbox_row(row: Any) -> dict[str, Any]:
-    """An outbox row (a mapping, or an object from the notifier) as a plain dict."""
-    names = ("id", "channel", "kind", "workflow_id", "subject", "status", "attempts", "last_error",
-             "created_at", "next_attempt_at", "sent_at")
-    if hasattr(row, "keys"):
-        return {n: (row[n] if n in row.keys() else None) for n in names}
-    return {n: getattr(row, n, None) for n in names}
 
 
 class LanguagePage(PageHandler):

@@ -111,6 +111,11 @@ async def test_embedded_defaults_restart_and_clean_sigterm(tmp_path: Path) -> No
 
     password = server.generated_password()
     assert password, server.output
+    registered = await http.fetch(
+        f"http://127.0.0.1:{server.port}/module/register?name=survivor&input_data=[]",
+        headers={"Authorization": basic_auth("admin", password)},
+    )
+    module = json.loads(registered.body)["result"]
     children = _children(server.proc.pid)
     assert children, "the embedded document server should be a child process"
     assert await server.stop() == 0
@@ -132,6 +137,10 @@ async def test_embedded_defaults_restart_and_clean_sigterm(tmp_path: Path) -> No
             raise_error=False,
         )
         assert response.code == 200, response.body
+        modules = json.loads(response.body)["result"]
+        assert [(m["name"], m["hash"], m["module_id"]) for m in modules] == [
+            ("survivor", module["hash"], module["module_id"])
+        ]
     finally:
         assert await again.stop() == 0
 

@@ -29,7 +29,7 @@ class ReadyHandler(ApiHandler):
         down = [name for name, state in stores.items() if state != "ok"]
         if down:
             raise Unavailable(f"store unavailable: {', '.join(down)}")
-        self.write_envelope({"status": "ready", "stores": stores})
+        self.write_envelope({"status": "ready", "stores": stores, "failed_writes": self.ctx.store_failures()})
 
 
 default_handlers = [

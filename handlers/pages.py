@@ -256,6 +256,7 @@ class OverviewPage(PageHandler):
             failing=failing,
             runs=runs,
             total_runs=total_runs,
+            failed_writes=self.ctx.store_failures(),
         )
 
 

@@ -50,6 +50,17 @@ class AppContext:
     generated_admin_password: str | None = None
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
+    def store_failures(self) -> dict[str, int]:
+        """Writes that failed since start (each was logged, and retried where that
+        makes sense): shown on /ready and the dashboard so they are not silent."""
+        return {
+            "module_state_flush": self.hub.flush_failures,
+            "run_state_flush": self.runs.flush_failures,
+            "execution_log": self.scheduler.log_failures,
+            "notification_outbox": self.notifier.write_failures,
+            "audit_log": self.audit.write_failures,
+        }
+
     def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
         """Register a shutdown step; steps run in reverse order of registration."""
         self._closers.append(closer)

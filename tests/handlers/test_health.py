@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, make_settings, start_server, stop_server
+from tornado_sched.docserver import EmbeddedDocumentServer
 
 
 async def test_ready_names_failed_writes_and_the_overview_shows_them(server: RunningServer) -> None:
@@ -31,3 +34,22 @@ async def test_ready_names_failed_writes_and_the_overview_shows_them(server: Run
     assert env["result"]["failed_writes"]["audit_log"] == 1
     page = await server.fetch("/")
     assert b"writes to the stores failed" in page.body and b"audit_log: 1" in page.body
+
+
+async def test_a_store_that_goes_away_is_a_503_naming_it(tmp_path: Path, docserver_uri: str) -> None:
+    """Its own document server, stopped under a running server: /ready names
+    MongoDB, and an API call that needs it answers 503 with the envelope, not 500."""
+    own = EmbeddedDocumentServer(tmp_path / "own")
+    uri = await own.start()
+    running, http_server = await start_server(make_settings(tmp_path, docserver_uri, mongodb_host=uri))
+    try:
+        assert (await running.api("/ready", auth=None))[0] == 200
+        await own.stop()
+        status, env = await running.api("/ready", auth=None)
+        assert status == 503 and env["code"] == "5030" and "mongodb" in env["message"], env
+        status, env = await running.api("/workflow/list")
+        assert status == 503 and env["message"] == "store unavailable: mongodb", env
+        assert (await running.api("/health", auth=None))[0] == 200
+    finally:
+        await stop_server(running, http_server)
+        await own.stop()

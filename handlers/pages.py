@@ -553,34 +553,36 @@ class RunsPage(PageHandler):
     async def get(self) -> None:
         raw_id = self.get_query_argument("workflow_id", "")
         status = self.get_query_argument("status", "")
-        raw_page = self.get_query_argument("page", "1")
         if raw_id and not raw_id.isdigit():
             raise Invalid("workflow_id: expected a workflow id", field="workflow_id")
         if status and status not in RUN_STATUSES:
             raise Invalid(f"status: must be one of {', '.join(RUN_STATUSES)}", field="status")
-        page = int(raw_page) if raw_page.isdigit() and int(raw_page) >= 1 else 1
+        page = _page_number(self.get_query_argument("page", "1"))
         runs, total = await self.ctx.runs.list(
             int(raw_id) if raw_id else None, status or None, page=page, page_size=PAGE_SIZE
         )
-
-        def page_url(number: int) -> str:
-            query = {k: v for k, v in (("workflow_id", raw_id), ("status", status)) if v}
-            query["page"] = str(number)
-            return "/history?" + urlencode(query)
-
         self.render(
             "runs.html",
             runs=runs,
-            total=total,
-            page=page,
-            pages=max(1, -(-total // PAGE_SIZE)),
-            page_url=page_url,
+            **_pager("/history", {"workflow_id": raw_id, "status": status}, page, total),
             workflows=await self.ctx.workflows.list(),
             selected_workflow=raw_id,
             selected_status=status,
             statuses=RUN_STATUSES,
             filtered=bool(raw_id or status),
         )
+
+
+def _page_number(raw: str) -> int:
+    return int(raw) if raw.isdigit() and 1 <= int(raw) <= 1_000_000 else 1
+
+
+def _pager(path: str, filters: dict[str, str], page: int, total: int) -> dict[str, Any]:
+    """Template arguments for a paginated list, keeping its filters in the links."""
+    def page_url(number: int) -> str:
+        return f"{path}?" + urlencode({**{k: v for k, v in filters.items() if v}, "page": str(number)})
+
+    return {"total": total, "page": page, "pages": max(1, -(-total // PAGE_SIZE)), "page_url": page_url}
 
 
 class RunPage(PageHandler):
@@ -602,25 +604,15 @@ class NotificationsPage(PageHandler):
 
     async def get(self) -> None:
         status = self.get_query_argument("status", "")
-        raw_page = self.get_query_argument("page", "1")
-        page = int(raw_page) if raw_page.isdigit() and int(raw_page) >= 1 else 1
+        page = _page_number(self.get_query_argument("page", "1"))
         statuses = OUTBOX_STATUSES
         if status and status not in statuses:
             raise Invalid(f"status: must be one of {', '.join(statuses)}", field="status")
         rows, total = await self.ctx.notifier.list(page, PAGE_SIZE, status or None)
-
-        def page_url(number: int) -> str:
-            query = {"status": status} if status else {}
-            query["page"] = str(number)
-            return "/outbox?" + urlencode(query)
-
         self.render(
             "notifications.html",
             rows=rows,
-            total=total,
-            page=page,
-            pages=max(1, -(-total // PAGE_SIZE)),
-            page_url=page_url,
+            **_pager("/outbox", {"status": status}, page, total),
             statuses=statuses,
             selected_status=status,
         )

@@ -9,17 +9,6 @@ from tornado_sched.tables import utcnow
 from .base import ApiHandler
 
 
-def _page_args(handler: ApiHandler) -> tuple[int, int]:
-    try:
-        page = int(handler.get_query_argument("page", "1"))
-        size = int(handler.get_query_argument("page_size", "20"))
-    except ValueError:
-        raise Invalid("page / page_size: expected integers", field="page") from None
-    if page < 1 or not 1 <= size <= 200:
-        raise Invalid("page must be >= 1 and page_size 1-200", field="page")
-    return page, size
-
-
 class WorkflowCreateHandler(ApiHandler):
     """`POST /workflow/create` -> {id, workflow_id, name}."""
 
@@ -110,7 +99,7 @@ class WorkflowRunsHandler(ApiHandler):
 
     async def get(self, workflow_id: str) -> None:
         workflow = await self.ctx.workflows.get(int(workflow_id))
-        page, size = _page_args(self)
+        page, size = self.page_args(default_size=20, max_size=200)
         runs, total = await self.ctx.runs.list(workflow.workflow_id, page=page, page_size=size)
         self.write_envelope({"total": total, "page": page, "page_size": size, "runs": [r.public() for r in runs]})
 
@@ -121,7 +110,7 @@ class RunListHandler(ApiHandler):
     auth = "operator"
 
     async def get(self) -> None:
-        page, size = _page_args(self)
+        page, size = self.page_args(default_size=20, max_size=200)
         raw_id = self.get_query_argument("workflow_id", "")
         if raw_id and not raw_id.isdigit():
             raise Invalid("workflow_id: expected an integer", field="workflow_id")

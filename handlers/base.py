@@ -126,6 +126,9 @@ class OperatorAuthMixin:
             found = await accounts.digest_credentials(digest.username)
             if found is None or not verifier.matches(digest, found[1]):
                 return None
+            params = digest.params
+            if not self.ctx.replay.first_use(f"{params['nonce']}:{params['nc']}:{params['cnonce']}"):
+                return None  # the same response seen before: a replay
             return found[0]
         if scheme == "bearer ":
             self.auth_method = "bearer"

@@ -381,3 +381,26 @@ class LoginThrottle:
 
     def success(self, address: str) -> None:
         self._failures.pop(address, None)
+
+
+class ReplayGuard:
+    """Accepts each key once within `ttl` seconds: a Digest response (nonce, nc,
+    cnonce) captured off the wire cannot be replayed while its nonce is still valid.
+    Memory is bounded by the keys seen in one `ttl` (and by `limit`)."""
+
+    def __init__(self, ttl: float = 300.0, limit: int = 200_000) -> None:
+        self._ttl = ttl
+        self._limit = limit
+        self._seen: dict[str, float] = {}  # insertion order == time order
+
+    def first_use(self, key: str) -> bool:
+        now = time.monotonic()
+        while self._seen:
+            oldest_key, seen_at = next(iter(self._seen.items()))
+            if now - seen_at < self._ttl and len(self._seen) < self._limit:
+                break
+            del self._seen[oldest_key]
+        if key in self._seen:
+            return False
+        self._seen[key] = now
+        return True

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from .audit import AuditLog
-from .auth import ApiTokens, LoginThrottle, OperatorAccounts
+from .auth import ApiTokens, LoginThrottle, OperatorAccounts, ReplayGuard
 from .config import Settings
 from .docserver import EmbeddedDocumentServer
 from .events import EventBus
@@ -37,6 +37,7 @@ class AppContext:
     accounts: OperatorAccounts
     tokens: ApiTokens
     throttle: LoginThrottle
+    replay: ReplayGuard
     audit: AuditLog
     events: EventBus
     registry: ModuleRegistry
@@ -137,6 +138,7 @@ async def open_context(settings: Settings) -> AppContext:
         accounts=accounts,
         tokens=tokens,
         throttle=throttle,
+        replay=ReplayGuard(),
         audit=audit,
         events=events,
         registry=registry,

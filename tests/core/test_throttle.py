@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from tornado_sched.auth import LoginThrottle
+from tornado_sched.auth import LoginThrottle, ReplayGuard
 
 
 def _fail(throttle: LoginThrottle, address: str, times: int) -> None:
@@ -79,3 +79,19 @@ def test_memory_stays_bounded_under_a_spray_of_addresses() -> None:
     for i in range(100_010):
         throttle.failure(f"a{i}")
     assert len(throttle._failures) <= 100_001
+
+
+def test_replay_guard_accepts_each_key_once_within_its_ttl() -> None:
+    guard = ReplayGuard(ttl=0.2)
+    assert guard.first_use("n:00000001:c") is True
+    assert guard.first_use("n:00000001:c") is False
+    assert guard.first_use("n:00000002:c") is True
+    time.sleep(0.25)  # a sync unit test: no event loop involved
+    assert guard.first_use("n:00000001:c") is True
+
+
+def test_replay_guard_memory_is_bounded() -> None:
+    guard = ReplayGuard(ttl=60, limit=100)
+    for i in range(1000):
+        assert guard.first_use(f"k{i}")
+    assert len(guard._seen) <= 100

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 from datetime import date, datetime
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -337,15 +338,22 @@ class ApiHandler(BaseHandler):
         return data
 
     def page_args(self, default_size: int = 50, max_size: int = 500) -> tuple[int, int]:
-        """`page` (from 1) and `page_size` query arguments, validated."""
-        try:
-            page = int(self.get_query_argument("page", "1"))
-            size = int(self.get_query_argument("page_size", str(default_size)))
-        except ValueError:
-            raise Invalid("page / page_size: expected integers", field="page") from None
-        if page < 1 or not 1 <= size <= max_size:
-            raise Invalid(f"page must be >= 1 and page_size 1-{max_size}", field="page")
+        """`page` (1-1,000,000) and `page_size` query arguments, validated."""
+        page = self.int_query("page", 1)
+        size = self.int_query("page_size", default_size)
+        if not 1 <= page <= 1_000_000 or not 1 <= size <= max_size:
+            raise Invalid(f"page must be 1-1000000 and page_size 1-{max_size}", field="page")
         return page, size
+
+    def int_query(self, name: str, default: int | None = None) -> int | None:
+        """An integer query argument: ASCII digits only, at most 18 of them (a BSON
+        int64 and a SQL BIGINT hold it), else 400 naming it."""
+        raw = self.get_query_argument(name, "")
+        if raw == "":
+            return default
+        if not re.fullmatch(r"[0-9]{1,18}", raw):
+            raise Invalid(f"{name}: expected a non-negative integer", field=name)
+        return int(raw)
 
     def param(self, name: str, default: Any = None) -> Any:
         """A parameter from the body, else the query string."""

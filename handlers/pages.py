@@ -534,7 +534,7 @@ class SchedulerPage(PageHandler):
         self.render(
             "scheduler.html",
             jobs=self.ctx.scheduler.jobs(),
-            reloaded=int(reloaded) if reloaded.isdigit() else None,
+            reloaded=int(reloaded) if re.fullmatch(r"[0-9]{1,9}", reloaded) else None,
         )
 
     async def post(self) -> None:
@@ -553,7 +553,7 @@ class RunsPage(PageHandler):
     async def get(self) -> None:
         raw_id = self.get_query_argument("workflow_id", "")
         status = self.get_query_argument("status", "")
-        if raw_id and not raw_id.isdigit():
+        if raw_id and not re.fullmatch(r"[0-9]{1,18}", raw_id):
             raise Invalid("workflow_id: expected a workflow id", field="workflow_id")
         if status and status not in RUN_STATUSES:
             raise Invalid(f"status: must be one of {', '.join(RUN_STATUSES)}", field="status")
@@ -574,7 +574,7 @@ class RunsPage(PageHandler):
 
 
 def _page_number(raw: str) -> int:
-    return int(raw) if raw.isdigit() and 1 <= int(raw) <= 1_000_000 else 1
+    return int(raw) if re.fullmatch(r"[0-9]{1,7}", raw) and 1 <= int(raw) <= 1_000_000 else 1
 
 
 def _pager(path: str, filters: dict[str, str], page: int, total: int) -> dict[str, Any]:

@@ -7,20 +7,23 @@ core. Liveness is Tornado's own ping/pong (`websocket_ping_interval` /
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 from urllib.parse import urlsplit
 
 import tornado.web
 import tornado.websocket
+from pymongo.errors import ConnectionFailure
 
 from tornado_sched.context import AppContext
 from tornado_sched.hub import ModuleSession
-from tornado_sched.logs import short_secret
+from tornado_sched.logs import redact_url, short_secret
 from tornado_sched.protocol import (
     RESULT_ACK,
     HeartbeatMessage,
     ProtocolError,
+    ResultMessage,
     error_reply,
     parse_module_message,
 )
@@ -40,6 +43,7 @@ class ModuleSocketHandler(tornado.websocket.WebSocketHandler):
         self.ctx = ctx
         self.module: ModuleRecord | None = None
         self.session: ModuleSession | None = None
+        self._recording: set[asyncio.Task[None]] = set()
 
     def _refuse(self, status: int, code: str, message: str) -> None:
         self.set_status(status)
@@ -55,7 +59,12 @@ class ModuleSocketHandler(tornado.websocket.WebSocketHandler):
         if not module_hash or len(module_hash) > 128:
             self._refuse(401, "4010", "hash: required")
             return
-        self.module = await self.ctx.registry.find(module_hash)
+        try:
+            self.module = await self.ctx.registry.find(module_hash)
+        except ConnectionFailure:
+            log.error("websocket refused: mongodb unavailable")
+            self._refuse(503, "5030", "store unavailable: mongodb")
+            return
         if self.module is None:
             log.info("websocket refused: unknown hash %s", short_secret(module_hash))
             self._refuse(403, "4030", "unknown module hash")
@@ -91,7 +100,20 @@ class ModuleSocketHandler(tornado.websocket.WebSocketHandler):
         if isinstance(parsed, HeartbeatMessage):
             self.ctx.hub.heartbeat(self.session)
             return
-        await self.ctx.runs.record_result(self.session, parsed)
+        # Tornado reads no further frame (pongs included) until on_message returns;
+        # waiting here for a slow store could get a healthy module closed as dead.
+        task = asyncio.ensure_future(self._record(self.session, parsed))
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+
+    async def _record(self, session: ModuleSession, result: ResultMessage) -> None:
+        """Acknowledge a result once it is durable (the seed's `receive result`)."""
+        try:
+            await self.ctx.runs.record_result(session, result)
+        except Exception as exc:
+            log.error("result from %r not stored: %s", session.name, type(exc).__name__)
+            self._reply(error_reply("result not stored (server unavailable); send it again later"))
+            return
         self._reply(RESULT_ACK)
 
     def _reply(self, text: str) -> None:
@@ -109,6 +131,14 @@ class ModuleSocketHandler(tornado.websocket.WebSocketHandler):
     def on_close(self) -> None:
         if self.session is not None:
             self.ctx.hub.detach(self.session)
+
+    def log_exception(self, typ, value, tb) -> None:  # noqa: ANN001
+        # Tornado's line would include the URI, and with it the module hash.
+        summary = f"{self.request.method} {redact_url(self.request.uri or '')} ({self.request.remote_ip})"
+        log.error("Uncaught exception %s", summary, exc_info=(typ, value, tb))
+
+    def _request_summary(self) -> str:
+        return f"{self.request.method} {redact_url(self.request.uri or '')} ({self.request.remote_ip})"
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.set_header("Content-Type", "application/json; charset=UTF-8")

@@ -3,7 +3,6 @@ disable, delete and run history. Every change reaches the scheduler at once."""
 
 from __future__ import annotations
 
-from tornado_sched.errors import Invalid
 from tornado_sched.tables import utcnow
 
 from .base import ApiHandler
@@ -111,11 +110,9 @@ class RunListHandler(ApiHandler):
 
     async def get(self) -> None:
         page, size = self.page_args(default_size=20, max_size=200)
-        raw_id = self.get_query_argument("workflow_id", "")
-        if raw_id and not raw_id.isdigit():
-            raise Invalid("workflow_id: expected an integer", field="workflow_id")
+        workflow_id = self.int_query("workflow_id")
         status = self.get_query_argument("status", "") or None
-        runs, total = await self.ctx.runs.list(int(raw_id) if raw_id else None, status, page=page, page_size=size)
+        runs, total = await self.ctx.runs.list(workflow_id, status, page=page, page_size=size)
         self.write_envelope({"total": total, "page": page, "page_size": size, "runs": [r.public() for r in runs]})
 
 

@@ -344,6 +344,7 @@ class LoginThrottle:
         self.block_seconds, self.window_seconds = block_seconds, window_seconds
         # address -> (failures, first failure, blocked until); monotonic times.
         self._failures: dict[str, tuple[int, float, float]] = {}
+        self.max_tracked = 100_000
 
     def _entry(self, address: str) -> tuple[int, float, float]:
         entry = self._failures.get(address)
@@ -375,9 +376,20 @@ class LoginThrottle:
         count, first = count + 1, first if count else now
         if count >= self.block_after and not until:
             until = now + self.block_seconds
-        if len(self._failures) > 100_000:
-            self._failures.clear()  # bounded memory under a spray of addresses
+        if len(self._failures) > self.max_tracked:
+            self._evict(now)
+        self._failures.pop(address, None)  # re-insert: dict order is recency order
         self._failures[address] = (count, first, until)
+
+    def _evict(self, now: float) -> None:
+        """Bounded memory under a spray of addresses: drop the oldest entries that are
+        not blocked. A block is never dropped, or spraying would lift it."""
+        for address in list(self._failures):
+            if len(self._failures) <= self.max_tracked // 2:
+                return
+            _count, _first, until = self._failures[address]
+            if not until or until <= now:
+                del self._failures[address]
 
     def success(self, address: str) -> None:
         self._failures.pop(address, None)

@@ -58,6 +58,7 @@ class Notifier:
         self._http = AsyncHTTPClient()
         self._unsubscribe = events.subscribe(self._on_event)
         self.write_failures = 0
+        self._backlog: list[tuple[Any, ...]] = []
         self._closing = False
         # Retry and poll intervals; tests shorten them on a running notifier.
         self.base_backoff = BASE_BACKOFF
@@ -78,6 +79,9 @@ class Notifier:
 
     async def close(self) -> None:
         self._unsubscribe()
+        await self._retry_backlog()
+        if self._backlog:
+            log.error("%d notification(s) could not be written to the outbox before shutdown", len(self._backlog))
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._sender is not None:
@@ -135,41 +139,63 @@ class Notifier:
         }
         async with self._lock:
             for channel, configured in self._channels():
-                await self._add_fact(run, channel, configured, fact)
+                await self._write_or_keep(("fact", run, channel, configured, fact))
         self._wake.set()
+
+    async def _write_or_keep(self, item: tuple[Any, ...]) -> bool:
+        """Write one outbox item; if the store refuses, keep it in memory and retry it
+        from the send loop, so a notification outlives a store outage (not a crash)."""
+        try:
+            if item[0] == "fact":
+                await self._add_fact(*item[1:])
+            else:
+                await self._insert_recovery(*item[1:])
+        except Exception as exc:
+            self.write_failures += 1
+            log.error("could not write a %s notification for workflow %d (kept, will retry): %s",
+                      item[2], item[1].workflow_id, type(exc).__name__)
+            self._backlog.append(item)
+            return False
+        return True
+
+    async def _retry_backlog(self) -> None:
+        if not self._backlog:
+            return
+        async with self._lock:
+            pending, self._backlog = self._backlog, []
+            for index, item in enumerate(pending):
+                if not await self._write_or_keep(item):
+                    self._backlog.extend(pending[index + 1:])  # still down: keep the order
+                    return
 
     async def _add_fact(self, run: Run, channel: str, configured: bool, fact: dict[str, Any]) -> None:
         now = utcnow()
         key = (run.workflow_id, channel)
         held = self._open_rows.get(key)
-        try:
-            if held is not None and held[1] > now:
-                async with self._sql.engine.begin() as conn:
-                    row = (await conn.execute(
-                        select(notification_outbox.c.payload, notification_outbox.c.status,
-                               notification_outbox.c.next_attempt_at)
-                        .where(notification_outbox.c.id == held[0])
-                    )).first()
-                    # The stored due time decides, not `held`: MySQL keeps whole seconds,
-                    # so the sender may already have picked the row up (see send_due).
-                    if (row is not None and row.status in ("pending", "not_configured")
-                            and (as_utc(row.next_attempt_at) or now) > now):
-                        payload = json.loads(row.payload)
-                        payload["failures"].append(fact)
-                        await conn.execute(
-                            update(notification_outbox).where(notification_outbox.c.id == held[0])
-                            .values(payload=json.dumps(payload, ensure_ascii=False),
-                                    subject=_subject(payload))
-                        )
-                        return
-            payload = {"kind": "failure", "workflow_id": run.workflow_id, "workflow_name": run.workflow_name,
-                       "failures": [fact]}
-            due = now + timedelta(seconds=self._settings.notify_aggregate_seconds)
-            row_id = await self._insert(channel, "failure", run.workflow_id, payload, configured, due)
-            self._open_rows[key] = (row_id, due)
-        except Exception as exc:
-            self.write_failures += 1
-            log.error("could not write a %s notification for workflow %d: %s", channel, run.workflow_id, exc)
+        if held is not None and held[1] > now:
+            async with self._sql.engine.begin() as conn:
+                row = (await conn.execute(
+                    select(notification_outbox.c.payload, notification_outbox.c.status,
+                           notification_outbox.c.next_attempt_at)
+                    .where(notification_outbox.c.id == held[0])
+                )).first()
+                # The stored due time decides, not `held`: MySQL keeps whole seconds,
+                # so the sender may already have picked the row up (see send_due).
+                if (row is not None and row.status in ("pending", "not_configured")
+                        and (as_utc(row.next_attempt_at) or now) > now):
+                    payload = json.loads(row.payload)
+                    payload["failures"].append(fact)
+                    await conn.execute(
+                        update(notification_outbox).where(notification_outbox.c.id == held[0])
+                        .values(payload=json.dumps(payload, ensure_ascii=False),
+                                subject=_subject(payload))
+                    )
+                    return
+        payload = {"kind": "failure", "workflow_id": run.workflow_id, "workflow_name": run.workflow_name,
+                   "failures": [fact]}
+        due = now + timedelta(seconds=self._settings.notify_aggregate_seconds)
+        row_id = await self._insert(channel, "failure", run.workflow_id, payload, configured, due)
+        self._open_rows[key] = (row_id, due)
 
     async def _recovered(self, run: Run) -> None:
         payload = {
@@ -178,13 +204,12 @@ class Notifier:
         }
         async with self._lock:
             for channel, configured in self._channels():
-                try:
-                    await self._insert(channel, "recovery", run.workflow_id, payload, configured, utcnow())
-                except Exception as exc:
-                    self.write_failures += 1
-                    log.error("could not write a recovery notice for workflow %d: %s", run.workflow_id, exc)
+                await self._write_or_keep(("recovery", run, channel, configured, payload))
                 self._open_rows.pop((run.workflow_id, channel), None)
         self._wake.set()
+
+    async def _insert_recovery(self, run: Run, channel: str, configured: bool, payload: dict[str, Any]) -> None:
+        await self._insert(channel, "recovery", run.workflow_id, payload, configured, utcnow())
 
     async def _insert(self, channel: str, kind: str, workflow_id: int, payload: dict[str, Any],
                       configured: bool, due: datetime) -> int:
@@ -203,6 +228,7 @@ class Notifier:
             # Cleared before the poll, so a row written during it wakes the next wait.
             self._wake.clear()
             try:
+                await self._retry_backlog()
                 delay = await self.send_due()
             except Exception as exc:  # the store is down: try again later
                 log.warning("outbox poll failed: %s", type(exc).__name__)

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 from pymongo import DESCENDING
 
-from .errors import Invalid, NotFound
+from .errors import Invalid, NotFound, Unavailable
 from .events import EventBus
 from .hub import ConnectionHub, ModuleSession
 from .protocol import ResultMessage
@@ -245,7 +245,12 @@ class RunTracker:
                 await self._flusher
             except asyncio.CancelledError:
                 pass
-        await self._flush_once()
+        if not await self._flush_once():
+            log.error("run state not written at shutdown (store unavailable); open runs become interrupted at the next start")
+        for future in self._waiters:  # nobody may wait forever on a stopped tracker
+            if not future.done():
+                future.set_exception(Unavailable("shutting down before the result was stored"))
+        self._waiters.clear()
 
     # -- starting runs ---------------------------------------------------------------
     def open_runs(self, workflow_id: int) -> list[Run]:
@@ -286,14 +291,22 @@ class RunTracker:
             await self._col.insert_one(run.doc())
             self._events.publish("run.finished", {"run": run})
             return run
-        await self._col.insert_one(run.doc())
+        # Open before the first await: a second firing racing this one must see it.
         self._open[run.run_id] = run
+        try:
+            await self._col.insert_one(run.doc())
+        except BaseException:
+            self._open.pop(run.run_id, None)
+            raise
         loop = asyncio.get_running_loop()
         self._timers[run.run_id] = loop.call_later(run.timeout_seconds, self._on_timeout, run.run_id)
         for step in steps:
             self._dispatch(run, step)
         self._after_change(run)
-        await self._workflows.set_last_run(run.workflow_id, run.summary())
+        try:
+            await self._workflows.set_last_run(run.workflow_id, run.summary())
+        except Exception as exc:  # the run is live; its summary is rewritten when it ends
+            log.warning("run %s: last-run summary not written: %s", run.run_id[:8], type(exc).__name__)
         self._events.publish("run.started", {"run": run})
         await self._commit()
         return run
@@ -453,6 +466,12 @@ class RunTracker:
                 await self._col.update_one({"run_id": run.run_id}, {"$set": self._state(run)})
             for run in finished:
                 await self._workflows.set_last_run(run.workflow_id, run.summary())
+        except asyncio.CancelledError:
+            # close() cancelled the flusher mid-write: its final flush must see these.
+            self._dirty |= set(runs)
+            self._finished = finished + self._finished
+            self._waiters = waiters + self._waiters
+            raise
         except Exception as exc:
             self.flush_failures += 1
             log.warning("run state flush failed, will retry: %s: %s", type(exc).__name__, exc)

@@ -117,13 +117,16 @@ class WorkflowScheduler:
     async def reload(self) -> dict[str, Any]:
         """Rebuild every workflow job from the store (the seed's /scheduler/reload)."""
         assert self._scheduler is not None
+        # Read first, then swap the jobs with no await in between: no tick is lost in
+        # a gap, and a concurrent enable/disable is not undone by a stale list.
+        workflows = await self._workflows.list(enabled_only=True)
         removed = 0
         for job in self._scheduler.get_jobs():
             if job.id.startswith(JOB_PREFIX):
                 job.remove()
                 removed += 1
         enabled = []
-        for workflow in await self._workflows.list(enabled_only=True):
+        for workflow in workflows:
             try:
                 self.sync(workflow)
             except ValueError as exc:

@@ -8,6 +8,7 @@ never do.
 
 from __future__ import annotations
 
+import re
 import zoneinfo
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,6 +24,9 @@ from .stores import DocumentStore
 from .tables import utcnow
 from .triggers import ShiftedCronTrigger, parse_shift, validate_crontab
 
+# Form posts send numbers as text; only plain ASCII integers of sane length pass
+# (str.isdigit() also accepts "²", which int() refuses).
+_INT_TEXT = re.compile(r"-?[0-9]{1,12}")
 OVERLAP = ("forbid", "allow")
 MISFIRE = ("skip", "run_once")
 MAX_MODULES = 5000
@@ -119,7 +123,7 @@ def _stored_int(doc: dict[str, Any], name: str, default: int) -> int:
 def _int(body: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:
     value = body.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        if isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
             value = int(value)
         else:
             raise Invalid(f"{name}: expected an integer", field=name)
@@ -183,7 +187,7 @@ def validate_workflow(body: dict[str, Any], default_tz: str) -> dict[str, Any]:
         raise Invalid("execute_cron_list: an enabled workflow needs at least one crontab line", field="execute_cron_list")
 
     shift_time = body.get("execute_shift_time", 0)
-    if isinstance(shift_time, str) and shift_time.strip().lstrip("-").isdigit():
+    if isinstance(shift_time, str) and _INT_TEXT.fullmatch(shift_time.strip()):
         shift_time = int(shift_time)
     shift_unit = body.get("execute_shift_unit", "s")
     if isinstance(shift_time, bool) or not isinstance(shift_time, int):
@@ -286,10 +290,18 @@ class WorkflowStore:
         fields = await self._validated(merged)
         if fields["name"] != current.name and await self._col.find_one({"name": fields["name"]}, {"_id": 1}):
             raise Invalid(f"name: a workflow named {fields['name']!r} already exists", field="name")
-        fields["updated_at"] = utcnow()
-        doc = await self._col.find_one_and_update(
-            {"workflow_id": workflow_id}, {"$set": fields}, return_document=ReturnDocument.AFTER
-        )
+        # Write only what the body changes (and what derives from it): a concurrent
+        # enable/disable or edit of other fields is not overwritten with stale values.
+        changed = {k: v for k, v in fields.items() if k in body}
+        if "execute_modules" in body:
+            changed["module_hashes"] = fields["module_hashes"]
+        changed["updated_at"] = utcnow()
+        try:
+            doc = await self._col.find_one_and_update(
+                {"workflow_id": workflow_id}, {"$set": changed}, return_document=ReturnDocument.AFTER
+            )
+        except DuplicateKeyError:
+            raise Invalid(f"name: a workflow named {fields['name']!r} already exists", field="name") from None
         if doc is None:
             raise Conflict("workflow changed concurrently; retry")
         return Workflow.from_doc(doc)

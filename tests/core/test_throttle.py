@@ -95,3 +95,15 @@ def test_replay_guard_memory_is_bounded() -> None:
     for i in range(1000):
         assert guard.first_use(f"k{i}")
     assert len(guard._seen) <= 100
+
+
+def test_a_spray_of_addresses_does_not_lift_a_block() -> None:
+    throttle = LoginThrottle(slow_after=1, block_after=2, block_seconds=60)
+    throttle.max_tracked = 50
+    throttle.failure("attacker")
+    throttle.failure("attacker")
+    assert throttle.blocked("attacker")
+    for i in range(500):
+        throttle.failure(f"spray-{i}")
+    assert throttle.blocked("attacker")
+    assert len(throttle._failures) <= 51

@@ -300,3 +300,17 @@ async def test_execute_message_is_the_seeds_plus_our_fields(server: RunningServe
     assert command["meta"]["execution_time"] == run["execution_time"]
     assert await module.result(command) == "receive result"
     module.close()
+
+
+async def test_overlap_forbid_holds_for_simultaneous_firings(server: RunningServer) -> None:
+    """Two executes at the same moment: the second must see the first as open even
+    while the first is still being written (it used to start two runs)."""
+    module = await Module.online(server, "simultaneous")
+    wid = await create_workflow(server, on_demand([module.hash], timeout_seconds=600))
+    first, second = await asyncio.gather(execute(server, wid), execute(server, wid))
+    statuses = sorted([(await get_run(server, first))["status"], (await get_run(server, second))["status"]])
+    assert statuses == ["running", "skipped"], statuses
+    command = await module.recv_execute()
+    await module.no_message(0.3)
+    assert await module.result(command) == "receive result"
+    module.close()

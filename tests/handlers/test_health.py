@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
+from tornado.httpclient import HTTPClientError
+from tornado.websocket import websocket_connect
 
 from tests.conftest import RunningServer, make_settings, start_server, stop_server
 from tornado_sched.docserver import EmbeddedDocumentServer
@@ -36,7 +39,9 @@ async def test_ready_names_failed_writes_and_the_overview_shows_them(server: Run
     assert b"writes to the stores failed" in page.body and b"audit_log: 1" in page.body
 
 
-async def test_a_store_that_goes_away_is_a_503_naming_it(tmp_path: Path, docserver_uri: str) -> None:
+async def test_a_store_that_goes_away_is_a_503_naming_it(
+    tmp_path: Path, docserver_uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """Its own document server, stopped under a running server: /ready names
     MongoDB, and an API call that needs it answers 503 with the envelope, not 500."""
     own = EmbeddedDocumentServer(tmp_path / "own")
@@ -44,12 +49,19 @@ async def test_a_store_that_goes_away_is_a_503_naming_it(tmp_path: Path, docserv
     running, http_server = await start_server(make_settings(tmp_path, docserver_uri, mongodb_host=uri))
     try:
         assert (await running.api("/ready", auth=None))[0] == 200
+        module_hash = (await running.api("/module/register?name=outage"))[1]["result"]["hash"]
         await own.stop()
         status, env = await running.api("/ready", auth=None)
         assert status == 503 and env["code"] == "5030" and "mongodb" in env["message"], env
         status, env = await running.api("/workflow/list")
         assert status == 503 and env["message"] == "store unavailable: mongodb", env
         assert (await running.api("/health", auth=None))[0] == 200
+        # A module reconnecting during the outage: refused with 503, and its hash (its
+        # credential) is not written to the log with the failure.
+        with pytest.raises(HTTPClientError) as refused:
+            await websocket_connect(f"{running.ws_url}/websocket?hash={module_hash}")
+        assert refused.value.code == 503
+        assert module_hash not in caplog.text
     finally:
         await stop_server(running, http_server)
         await own.stop()

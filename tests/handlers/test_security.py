@@ -268,6 +268,14 @@ async def test_host_header_must_be_allowed_when_debug_is_off(make_server: MakeSe
             assert envelope["code"] == "4000" and "ALLOWED_HOSTS" in envelope["message"], envelope
     response = await strict.fetch("/scheduler/reload", "POST", headers={"Host": "evil.com"})
     assert response.code == 400
+    # The registration token path authenticates differently; the Host rule still holds.
+    token = strict.ctx.settings.registration_token
+    response = await strict.fetch("/module/register?name=h", auth=None,
+                                  headers={"Host": "evil.com", "X-Registration-Token": token})
+    assert response.code == 400, response.body
+    response = await strict.fetch("/module/register?name=h", auth=None,
+                                  headers={"Host": "example.com", "X-Registration-Token": token})
+    assert response.code == 200, response.body
     for host in ("example.com", "example.com:8080", "EXAMPLE.COM", "example.org", "api.example.org:443"):
         response = await strict.fetch("/module/list", headers={"Host": host})
         assert response.code == 200, (host, response.body)

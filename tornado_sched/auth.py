@@ -129,9 +129,6 @@ class OperatorAccounts:
             rows = (await conn.execute(select(operators).order_by(operators.c.username))).all()
         return [_operator(r) for r in rows]
 
-    async def count(self) -> int:
-        return len(await self.list())
-
     async def create(self, username: str, password: str, role: str = "admin") -> Operator:
         validate_username(username)
         validate_password(password)

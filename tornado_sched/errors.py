@@ -23,11 +23,6 @@ class Invalid(DomainError):
     code = "4000"
 
 
-class Unauthorized(DomainError):
-    status = 401
-    code = "4010"
-
-
 class Forbidden(DomainError):
     status = 403
     code = "4030"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -52,7 +51,6 @@ class ModuleSession:
     # The heartbeat last written to the store; in-memory heartbeats are the truth
     # while the module is online, so the store only needs an occasional copy.
     stored_heartbeat: datetime = field(default_factory=utcnow)
-    session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def public(self) -> dict[str, Any]:
         return {

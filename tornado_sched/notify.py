@@ -29,7 +29,6 @@ from .workflows import WorkflowStore
 
 log = logging.getLogger(__name__)
 
-CHANNELS = ("email", "webhook")
 STATUSES = ("pending", "retrying", "sent", "not_configured")
 UNSENT = ("pending", "retrying")
 FAILED_RUN = ("failure", "partial", "interrupted")

@@ -192,10 +192,6 @@ class ModuleRegistry:
         cursor = self._col.find({"hash": {"$in": hashes}}, {"hash": 1, "name": 1})
         return {d["hash"]: d["name"] async for d in cursor}
 
-    async def existing_hashes(self, hashes: list[str]) -> set[str]:
-        cursor = self._col.find({"hash": {"$in": hashes}}, {"hash": 1})
-        return {d["hash"] async for d in cursor}
-
     async def delete(self, module_hash: str) -> ModuleRecord:
         record = await self.get(module_hash)
         users = await self._docs["workflows"].count_documents({"module_hashes": record.hash})

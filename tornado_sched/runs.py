@@ -12,7 +12,7 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -30,8 +30,6 @@ from .workflows import Workflow, WorkflowStore
 log = logging.getLogger(__name__)
 
 OPEN_STEP = ("pending", "sent")
-FAILED_STEP = ("failure", "offline", "timeout", "interrupted")
-TRIGGERS = ("schedule", "manual", "misfire")
 RUN_STATUSES = ("running", "success", "failure", "partial", "skipped", "interrupted")
 
 
@@ -523,7 +521,3 @@ class RunTracker:
     async def delete_older_than(self, cutoff: datetime) -> int:
         result = await self._col.delete_many({"started_at": {"$lt": cutoff}, "status": {"$ne": "running"}})
         return result.deleted_count
-
-
-def retention_cutoff(days: int) -> datetime:
-    return utcnow() - timedelta(days=days)

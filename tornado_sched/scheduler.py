@@ -171,10 +171,10 @@ class WorkflowScheduler:
         # time at or before now (coalesce=True runs one job for a burst).
         fire_time = _latest_fire(trigger, now)
         tick = trigger.nominal_tick(fire_time) if fire_time else now
-        await self.fire(workflow, "schedule", tick, fire_time)
+        await self.fire(workflow, "schedule", tick)
 
     async def fire(
-        self, workflow: Workflow, trigger: str, nominal: datetime, scheduled_for: datetime | None = None
+        self, workflow: Workflow, trigger: str, nominal: datetime
     ) -> str | None:
         """Start a run and write the execution-log row; returns the run id."""
         fired_at = utcnow()
@@ -239,7 +239,7 @@ class WorkflowScheduler:
             if workflow.misfire == "run_once" and recent:
                 log.warning("workflow %d: %s while down; running once", workflow.workflow_id, missed)
                 grace_left = workflow.misfire_grace_seconds - (now - fire_time).total_seconds()
-                task = asyncio.ensure_future(self._catch_up(workflow, tick, fire_time, min(self._settle_seconds, grace_left)))
+                task = asyncio.ensure_future(self._catch_up(workflow, tick, min(self._settle_seconds, grace_left)))
                 self._catch_ups.add(task)
                 task.add_done_callback(self._catch_ups.discard)
             else:
@@ -247,7 +247,7 @@ class WorkflowScheduler:
                 await self._log(job_id(workflow.workflow_id), workflow.workflow_id, None, "misfire", tick, now,
                                 "missed", f"{missed} while the server was down")
 
-    async def _catch_up(self, workflow: Workflow, tick: datetime, fire_time: datetime, wait: float) -> None:
+    async def _catch_up(self, workflow: Workflow, tick: datetime, wait: float) -> None:
         """Fire a missed tick once the workflow's modules are back. At start-up every
         module is offline until it reconnects: firing at once would only record
         `offline` steps. Waits at most `wait` seconds, then fires whatever is online."""
@@ -266,7 +266,7 @@ class WorkflowScheduler:
         finally:
             unsubscribe()
         try:
-            await self.fire(workflow, "misfire", tick, fire_time)
+            await self.fire(workflow, "misfire", tick)
         except Exception:
             log.exception("workflow %d: misfire catch-up failed", workflow.workflow_id)
 

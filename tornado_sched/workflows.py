@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from bson import ObjectId
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
@@ -260,7 +259,7 @@ class WorkflowStore:
     async def _validated(self, body: dict[str, Any]) -> dict[str, Any]:
         fields = validate_workflow(body, self._default_tz)
         hashes = fields["module_hashes"]
-        known = await self._registry.existing_hashes(hashes) if hashes else set()
+        known = await self._registry.names(hashes) if hashes else {}
         for index, step in enumerate(fields["execute_modules"]):
             if step["module_hash"] not in known:
                 raise Invalid(f"execute_modules[{index}].module_hash: unknown module", field="execute_modules")
@@ -328,12 +327,6 @@ class WorkflowStore:
 
     async def find(self, workflow_id: int) -> Workflow | None:
         doc = await self._col.find_one({"workflow_id": int(workflow_id)})
-        return None if doc is None else Workflow.from_doc(doc)
-
-    async def get_by_object_id(self, oid: str) -> Workflow | None:
-        if not ObjectId.is_valid(oid):
-            return None
-        doc = await self._col.find_one({"_id": ObjectId(oid)})
         return None if doc is None else Workflow.from_doc(doc)
 
     async def list(self, *, enabled_only: bool = False) -> list[Workflow]:

@@ -23,6 +23,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from tornado.log import app_log
 
 from tornado_sched.auth import Operator
+from tornado_sched.config import Settings
 from tornado_sched.context import AppContext
 from tornado_sched.errors import DomainError, Forbidden, Invalid, TooManyRequests, Unavailable
 from tornado_sched.logs import redact_url, short_secret
@@ -96,6 +97,12 @@ def mask_secrets(value: Any) -> Any:
     if isinstance(value, list):
         return [mask_secrets(v) for v in value]
     return value
+
+
+def wrong_host(settings: Settings, request: Any) -> bool:
+    """With DEBUG=False the Host header must match ALLOWED_HOSTS (the seed's Django
+    rule); every handler, WebSocket ones included, applies it first."""
+    return not settings.debug and not host_allowed(request.host, settings.allowed_hosts)
 
 
 class OperatorAuthMixin:
@@ -179,18 +186,13 @@ class BaseHandler(OperatorAuthMixin, tornado.web.RequestHandler):
     def initialize(self, ctx: AppContext) -> None:
         self.ctx = ctx
 
-    @property
-    def operator(self) -> Operator | None:
-        return self.current_user
-
     def set_default_headers(self) -> None:
         for name, value in SECURITY_HEADERS.items():
             self.set_header(name, value)
 
     # -- authentication --------------------------------------------------------------
     async def prepare(self) -> None:
-        settings = self.ctx.settings
-        if not settings.debug and not host_allowed(self.request.host, settings.allowed_hosts):
+        if wrong_host(self.ctx.settings, self.request):
             raise Invalid("Host header not in ALLOWED_HOSTS")
         if self.auth == "public":
             return

@@ -26,7 +26,7 @@ from tornado_sched.auth import Operator
 from tornado_sched.context import AppContext
 from tornado_sched.runs import Run
 
-from .base import OperatorAuthMixin, to_json
+from .base import OperatorAuthMixin, to_json, wrong_host
 from .pages import chosen_locale, format_time, status_view, trigger_label
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,11 @@ class DashboardSocket(OperatorAuthMixin, tornado.websocket.WebSocketHandler):
 
     # -- handshake -------------------------------------------------------------------
     async def prepare(self) -> None:
+        if wrong_host(self.ctx.settings, self.request):
+            self.set_status(400)
+            self.set_header("Content-Type", "application/json; charset=UTF-8")
+            self.finish(to_json({"code": "4000", "message": "Host header not in ALLOWED_HOSTS", "result": None}))
+            return
         self.operator = await self.authenticate()
         if self.operator is None:
             self.set_status(401)

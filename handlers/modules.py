@@ -9,7 +9,7 @@ from typing import Any
 from tornado_sched.errors import Forbidden, Invalid, TooManyRequests
 from tornado_sched.registry import ModuleRecord, parse_requirements, validate_hash
 
-from .base import ApiHandler, host_allowed
+from .base import ApiHandler, wrong_host
 
 
 class RegisterHandler(ApiHandler):
@@ -19,8 +19,7 @@ class RegisterHandler(ApiHandler):
     auth = "operator"
 
     async def prepare(self) -> None:
-        settings = self.ctx.settings
-        if not settings.debug and not host_allowed(self.request.host, settings.allowed_hosts):
+        if wrong_host(self.ctx.settings, self.request):  # before the token short-cut
             raise Invalid("Host header not in ALLOWED_HOSTS")
         token = self.request.headers.get("X-Registration-Token") or self._token_param()
         expected = self.ctx.settings.registration_token

@@ -29,7 +29,7 @@ from tornado_sched.protocol import (
 )
 from tornado_sched.registry import ModuleRecord
 
-from .base import host_allowed, to_json
+from .base import to_json, wrong_host
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,7 @@ class ModuleSocketHandler(tornado.websocket.WebSocketHandler):
         self.finish(to_json({"code": code, "message": message, "result": None}))
 
     async def prepare(self) -> None:
-        settings = self.ctx.settings
-        if not settings.debug and not host_allowed(self.request.host, settings.allowed_hosts):
+        if wrong_host(self.ctx.settings, self.request):
             self._refuse(400, "4000", "Host header not in ALLOWED_HOSTS")
             return
         module_hash = self.get_query_argument("hash", "")

@@ -268,6 +268,10 @@ async def test_host_header_must_be_allowed_when_debug_is_off(make_server: MakeSe
             assert envelope["code"] == "4000" and "ALLOWED_HOSTS" in envelope["message"], envelope
     response = await strict.fetch("/scheduler/reload", "POST", headers={"Host": "evil.com"})
     assert response.code == 400
+    # The WebSocket endpoints refuse a foreign Host too, before any upgrade or auth.
+    for path in ("/dashboard/live", "/websocket?hash=abc"):
+        response = await strict.fetch(path, headers={"Host": "evil.com"})
+        assert response.code == 400 and b"ALLOWED_HOSTS" in response.body, (path, response.body)
     # The registration token path authenticates differently; the Host rule still holds.
     token = strict.ctx.settings.registration_token
     response = await strict.fetch("/module/register?name=h", auth=None,

@@ -17,7 +17,10 @@ class WorkflowCreateHandler(ApiHandler):
         workflow = await self.ctx.workflows.create(self.body())
         self.ctx.scheduler.sync(workflow)
         await self.audit("create", f"workflow:{workflow.workflow_id}", {"name": workflow.name})
-        self.write_envelope({"id": workflow.id, "workflow_id": workflow.workflow_id, "name": workflow.name})
+        result = {"id": workflow.id, "workflow_id": workflow.workflow_id, "name": workflow.name}
+        if workflow.order == "data":  # the seed's shape is unchanged for seed clients
+            result["warnings"] = workflow.warnings
+        self.write_envelope(result)
 
 
 class WorkflowListHandler(ApiHandler):
@@ -53,7 +56,10 @@ class WorkflowDetailHandler(ApiHandler):
         workflow = await self.ctx.workflows.update(int(workflow_id), self.body())
         self.ctx.scheduler.sync(workflow)
         await self.audit("update", f"workflow:{workflow.workflow_id}", {"fields": sorted(self.body())})
-        self.write_envelope(workflow.public())
+        result = workflow.public()
+        if workflow.order == "data":
+            result["warnings"] = workflow.warnings
+        self.write_envelope(result)
 
     async def delete(self, workflow_id: str) -> None:
         workflow = await self.ctx.workflows.delete(int(workflow_id))
@@ -89,6 +95,15 @@ class WorkflowExecuteHandler(ApiHandler):
             "run_id": run_id,
             "message": "工作流执行已启动",
         })
+
+
+class WorkflowPlanHandler(ApiHandler):
+    """`GET /workflow/<id>/plan`: the data plan (stages, edges, external inputs, conflicts)."""
+
+    auth = "operator"
+
+    async def get(self, workflow_id: str) -> None:
+        self.write_envelope((await self.ctx.workflows.plan(int(workflow_id))).public())
 
 
 class WorkflowRunsHandler(ApiHandler):
@@ -132,6 +147,7 @@ default_handlers = [
     (r"/workflow/(\d{1,18})/(enable|disable)", WorkflowEnableHandler),
     (r"/workflow/(\d{1,18})/execute", WorkflowExecuteHandler),
     (r"/workflow/(\d{1,18})/runs", WorkflowRunsHandler),
+    (r"/workflow/(\d{1,18})/plan", WorkflowPlanHandler),
     (r"/runs", RunListHandler),
     (r"/runs/([0-9a-f]{1,64})", RunDetailHandler),
 ]

@@ -7,7 +7,6 @@ server-generated secret, the module's only credential on the WebSocket.
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 from dataclasses import dataclass
@@ -19,12 +18,16 @@ from pymongo.errors import DuplicateKeyError
 
 from .errors import Conflict, Invalid, NotFound
 from .logs import short_secret
+from .requirements import (
+    DataRequirement,
+    parse_requirement_list,
+    requirement_docs,
+    requirements_from_docs,
+)
 from .stores import DocumentStore
 from .tables import read_datetime, utcnow
 
 log = logging.getLogger(__name__)
-
-MAX_REQUIREMENTS = 200
 
 
 @dataclass(frozen=True)
@@ -84,26 +87,9 @@ class ModuleRecord:
 
 
 def parse_requirements(field: str, raw: Any) -> list[dict[str, Any]]:
-    """input_data / output_data: JSON text (or an already-decoded list) of objects,
-    each with at least a string "name"."""
-    if raw is None or raw == "":
-        return []
-    value = raw
-    if isinstance(raw, str):
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            raise Invalid(f"{field}: malformed JSON", field=field) from None
-    if not isinstance(value, list):
-        raise Invalid(f"{field}: expected a JSON list of data requirements", field=field)
-    if len(value) > MAX_REQUIREMENTS:
-        raise Invalid(f"{field}: more than {MAX_REQUIREMENTS} entries", field=field)
-    for index, item in enumerate(value):
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
-            raise Invalid(f"{field}[{index}]: expected an object with a string \"name\"", field=field)
-        if any(key.startswith("$") or "." in key for key in item):
-            raise Invalid(f"{field}[{index}]: keys must not start with '$' or contain '.'", field=field)
-    return value
+    """input_data / output_data as submitted -> validated documents to store (see
+    `requirements.parse_requirement_list`: 400 naming the field and entry)."""
+    return requirement_docs(parse_requirement_list(field, raw))
 
 
 def validate_module_name(name: Any) -> str:
@@ -120,6 +106,16 @@ def validate_hash(value: Any, field: str = "module_hash") -> str:
     if not isinstance(value, str) or not value or len(value) > 128:
         raise Invalid(f"{field}: must be a module hash string", field=field)
     return value
+
+
+@dataclass(frozen=True)
+class ModuleRequirements:
+    """A module's identity and typed data requirements: what the solver needs."""
+
+    module_id: int
+    name: str
+    inputs: tuple[DataRequirement, ...]
+    outputs: tuple[DataRequirement, ...]
 
 
 class ModuleRegistry:
@@ -191,6 +187,21 @@ class ModuleRegistry:
         """hash -> module name for the given hashes (unknown ones are absent)."""
         cursor = self._col.find({"hash": {"$in": hashes}}, {"hash": 1, "name": 1})
         return {d["hash"]: d["name"] async for d in cursor}
+
+    async def requirements(self, hashes: list[str]) -> dict[str, ModuleRequirements]:
+        """hash -> name and typed input/output requirements (unknown hashes are absent)."""
+        cursor = self._col.find(
+            {"hash": {"$in": hashes}}, {"hash": 1, "name": 1, "module_id": 1, "input_data": 1, "output_data": 1}
+        )
+        return {
+            d["hash"]: ModuleRequirements(
+                module_id=int(d.get("module_id") or 0),
+                name=str(d.get("name") or "?"),
+                inputs=requirements_from_docs(d.get("input_data")),
+                outputs=requirements_from_docs(d.get("output_data")),
+            )
+            async for d in cursor
+        }
 
     async def delete(self, module_hash: str) -> ModuleRecord:
         record = await self.get(module_hash)

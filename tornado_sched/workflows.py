@@ -18,7 +18,8 @@ from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from .errors import Conflict, Invalid, NotFound
-from .registry import ModuleRegistry
+from .registry import ModuleRegistry, ModuleRequirements
+from .solver import Plan, StepRequirements, solve
 from .stores import DocumentStore
 from .tables import utcnow
 from .triggers import ShiftedCronTrigger, parse_shift, validate_crontab
@@ -28,6 +29,9 @@ from .triggers import ShiftedCronTrigger, parse_shift, validate_crontab
 _INT_TEXT = re.compile(r"-?[0-9]{1,12}")
 OVERLAP = ("forbid", "allow")
 MISFIRE = ("skip", "run_once")
+# "parallel": every step is sent at once (the seed's behaviour); "data": a step waits
+# for the producers of its inputs (see solver.py).
+ORDER = ("parallel", "data")
 MAX_MODULES = 5000
 MAX_CRON_LINES = 50
 
@@ -52,9 +56,13 @@ class Workflow:
     misfire_grace_seconds: int
     retries: int
     retry_delay_seconds: int
+    order: str = "parallel"
     created_at: datetime | None = None
     updated_at: datetime | None = None
     last_run: dict[str, Any] | None = field(default=None)
+    # Not stored: what the last create/update found worth telling the operator
+    # (required inputs nothing in a data-ordered workflow produces).
+    warnings: list[str] = field(default_factory=list, compare=False)
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> Workflow:
@@ -76,6 +84,7 @@ class Workflow:
             retries=int(doc.get("retries") or 0),
             # 0 is a valid delay (retry at once): only a missing value takes the default.
             retry_delay_seconds=_stored_int(doc, "retry_delay_seconds", 10),
+            order=str(doc.get("order") or "parallel"),
             created_at=doc.get("created_at"),
             updated_at=doc.get("updated_at"),
             last_run=doc.get("last_run"),
@@ -108,6 +117,7 @@ class Workflow:
             "misfire_grace_seconds": self.misfire_grace_seconds,
             "retries": self.retries,
             "retry_delay_seconds": self.retry_delay_seconds,
+            "order": self.order,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "last_run": self.last_run,
@@ -241,6 +251,7 @@ def validate_workflow(body: dict[str, Any], default_tz: str) -> dict[str, Any]:
         "misfire_grace_seconds": _int(body, "misfire_grace_seconds", 300, 1, 7 * 86400),
         "retries": _int(body, "retries", 0, 0, 10),
         "retry_delay_seconds": _int(body, "retry_delay_seconds", 10, 0, 86400),
+        "order": _choice(body, "order", "parallel", ORDER),
     }
 
 
@@ -256,17 +267,34 @@ class WorkflowStore:
     def _col(self) -> Any:
         return self._docs["workflows"]
 
-    async def _validated(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def _validated(self, body: dict[str, Any], *, check_plan: bool = True) -> tuple[dict[str, Any], list[str]]:
+        """Document fields and warnings. With order "data" (and `check_plan`), a cycle or
+        an ambiguous producer among the steps is refused, naming the modules."""
         fields = validate_workflow(body, self._default_tz)
         hashes = fields["module_hashes"]
-        known = await self._registry.names(hashes) if hashes else {}
+        known = await self._registry.requirements(hashes) if hashes else {}
         for index, step in enumerate(fields["execute_modules"]):
             if step["module_hash"] not in known:
                 raise Invalid(f"execute_modules[{index}].module_hash: unknown module", field="execute_modules")
-        return fields
+        if fields["order"] != "data" or not check_plan:
+            return fields, []
+        plan = _solve(fields["execute_modules"], known)
+        if plan.conflicts:
+            details = "; ".join(c.message for c in plan.conflicts[:5])
+            more = f" (and {len(plan.conflicts) - 5} more)" if len(plan.conflicts) > 5 else ""
+            raise Invalid(f'order: "data" cannot order these modules: {details}{more}', field="order")
+        return fields, plan.warnings()
+
+    async def plan(self, workflow_id: int) -> WorkflowPlan:
+        """The solver's result for a stored workflow, against its modules' current
+        registrations (a module may have re-registered other requirements since)."""
+        workflow = await self.get(workflow_id)
+        hashes = sorted({m["module_hash"] for m in workflow.execute_modules})
+        known = await self._registry.requirements(hashes) if hashes else {}
+        return WorkflowPlan(workflow, _solve(workflow.execute_modules, known), known)
 
     async def create(self, body: dict[str, Any]) -> Workflow:
-        fields = await self._validated(body)
+        fields, warnings = await self._validated(body)
         if await self._col.find_one({"name": fields["name"]}, {"_id": 1}):
             raise Invalid(f"name: a workflow named {fields['name']!r} already exists", field="name")
         now = utcnow()
@@ -281,12 +309,18 @@ class WorkflowStore:
             await self._col.insert_one(doc)
         except DuplicateKeyError:
             raise Invalid(f"name: a workflow named {fields['name']!r} already exists", field="name") from None
-        return Workflow.from_doc(doc)
+        created = Workflow.from_doc(doc)
+        created.warnings = warnings
+        return created
 
     async def update(self, workflow_id: int, body: dict[str, Any]) -> Workflow:
         current = await self.get(workflow_id)
         merged = {**current.public(), **body}
-        fields = await self._validated(merged)
+        # The data plan is checked when the update touches it: a module that
+        # re-registered other requirements must not block e.g. a rename.
+        fields, warnings = await self._validated(
+            merged, check_plan="order" in body or "execute_modules" in body
+        )
         if fields["name"] != current.name and await self._col.find_one({"name": fields["name"]}, {"_id": 1}):
             raise Invalid(f"name: a workflow named {fields['name']!r} already exists", field="name")
         # Write only what the body changes (and what derives from it): a concurrent
@@ -303,7 +337,9 @@ class WorkflowStore:
             raise Invalid(f"name: a workflow named {fields['name']!r} already exists", field="name") from None
         if doc is None:
             raise Conflict("workflow changed concurrently; retry")
-        return Workflow.from_doc(doc)
+        updated = Workflow.from_doc(doc)
+        updated.warnings = warnings
+        return updated
 
     async def set_enabled(self, workflow_id: int, enable: bool) -> Workflow:
         current = await self.get(workflow_id)
@@ -336,3 +372,43 @@ class WorkflowStore:
 
     async def set_last_run(self, workflow_id: int, summary: dict[str, Any]) -> None:
         await self._col.update_one({"workflow_id": workflow_id}, {"$set": {"last_run": summary}})
+
+
+@dataclass
+class WorkflowPlan:
+    """A workflow's data plan: the solver's result with the steps named."""
+
+    workflow: Workflow
+    plan: Plan
+    modules: dict[str, ModuleRequirements]
+
+    def public(self) -> dict[str, Any]:
+        steps = []
+        for index, item in enumerate(self.workflow.execute_modules):
+            module = self.modules.get(item["module_hash"])
+            steps.append({
+                "step": index,
+                "module_id": module.module_id if module else None,
+                "module_name": module.name if module else "?",
+                "inputs": [r.to_doc() for r in module.inputs] if module else [],
+                "outputs": [r.to_doc() for r in module.outputs] if module else [],
+                "upstream": self.plan.upstream[index],
+            })
+        return {
+            "workflow_id": self.workflow.workflow_id,
+            "workflow_name": self.workflow.name,
+            "order": self.workflow.order,
+            "steps": steps,
+            **self.plan.public(),
+        }
+
+
+def _solve(steps: list[dict[str, Any]], known: dict[str, ModuleRequirements]) -> Plan:
+    """Steps (execute_modules entries) -> the solver's plan, by step index."""
+    specs = []
+    for item in steps:
+        module = known.get(item["module_hash"])
+        specs.append(
+            StepRequirements(module.name, module.inputs, module.outputs) if module else StepRequirements("?")
+        )
+    return solve(specs)

@@ -38,7 +38,7 @@ class StepRequirements:
     outputs: Sequence[DataRequirement] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Edge:
     """`producer`'s output `data` feeds `consumer` (step indexes)."""
 
@@ -48,7 +48,7 @@ class Edge:
     optional: bool = False  # the consumer declared this input optional
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ExternalInput:
     """An input of `step` that no other step of the workflow produces."""
 

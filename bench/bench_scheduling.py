@@ -361,9 +361,11 @@ class BigRun:
         })
         self.workflow_id = result["workflow_id"]
 
+        from tornado_sched.events import RUN_FINISHED
+
         def on_event(kind: str, data: dict[str, Any]) -> None:
             # Every run.finished by run id: the run may finish before the POST returns.
-            if kind == "run.finished":
+            if kind == RUN_FINISHED:
                 self.finished.setdefault(data["run"].run_id, time.perf_counter())
 
         ctx.events.subscribe(on_event)

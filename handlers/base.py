@@ -1,34 +1,31 @@
 """Base handlers: the seed's JSON envelope, body parsing, error rendering and auth.
 
-Every handler class must state `auth` explicitly ("public" or "operator");
-`handlers.app.make_app` refuses to build an application otherwise.
+Every handler class must state `auth` explicitly (one of AUTH_KINDS);
+`handlers.app.make_app` refuses to build an application otherwise. The WebSocket
+handlers share `SocketHandler` for the same envelope, Host check, redacted logging
+and store-outage handling.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import logging
 import re
-from datetime import date, datetime
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import tornado.web
-from bson import ObjectId
-from pymongo.errors import ConnectionFailure
-from sqlalchemy.exc import InterfaceError, OperationalError
+import tornado.websocket
 from tornado.log import app_log
 
-from tornado_sched.auth import Operator
-from tornado_sched.config import Settings
 from tornado_sched.context import AppContext
-from tornado_sched.errors import DomainError, Forbidden, Invalid, TooManyRequests, Unavailable
+from tornado_sched.errors import DomainError, Forbidden, Invalid, TooManyRequests
 from tornado_sched.logs import redact_url, short_secret
+from tornado_sched.protocol import to_json
+from tornado_sched.stores import store_outage
 
-from .httpauth import BASIC_CHALLENGE, DigestVerifier, parse_basic
+from .auth import SESSION_COOKIE, OperatorAuthMixin, wrong_host
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +34,6 @@ SUCCESS_MESSAGE = "成功!"
 # "operator": any operator (viewers only read); "admin": admins only;
 # "module": the WebSocket, where the module hash is the credential.
 AUTH_KINDS = ("public", "operator", "admin", "module")
-SESSION_COOKIE = "tsched_session"
 READ_METHODS = ("GET", "HEAD", "OPTIONS")
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -48,38 +44,6 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "same-origin",
 }
-
-
-def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
-    """Django-style ALLOWED_HOSTS: exact names, `.example.com` for subdomains, `*`.
-    IPv6 literals match with or without brackets (`[::1]:8080` matches `::1`)."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        name = host[1:host.find("]")] if "]" in host else host
-    else:
-        name = host.rsplit(":", 1)[0]
-    for pattern in allowed:
-        pattern = pattern.lower()
-        if pattern == "*" or name == pattern or (pattern.startswith("[") and name == pattern.strip("[]")):
-            return True
-        if pattern.startswith(".") and (name.endswith(pattern) or name == pattern[1:]):
-            return True
-    return False
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, ObjectId):
-        return str(value)
-    if isinstance(value, set | frozenset | tuple):
-        return list(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def to_json(value: Any) -> str:
-    """The one JSON encoder for responses (datetimes as ISO 8601, ObjectIds as str)."""
-    return json.dumps(value, ensure_ascii=False, default=_json_default)
 
 
 _SECRET_KEYS = frozenset({"hash", "module_hash"})
@@ -97,80 +61,6 @@ def mask_secrets(value: Any) -> Any:
     if isinstance(value, list):
         return [mask_secrets(v) for v in value]
     return value
-
-
-def wrong_host(settings: Settings, request: Any) -> bool:
-    """With DEBUG=False the Host header must match ALLOWED_HOSTS (the seed's Django
-    rule); every handler, WebSocket ones included, applies it first."""
-    return not settings.debug and not host_allowed(request.host, settings.allowed_hosts)
-
-
-class OperatorAuthMixin:
-    """Operator authentication shared by request and WebSocket handlers: Basic,
-    Digest or Bearer from the Authorization header, else the signed session cookie."""
-
-    ctx: AppContext
-    auth_method: str | None = None
-    request: Any
-
-    async def authenticate(self) -> Operator | None:
-        """Basic, Digest or Bearer credentials from the Authorization header; without
-        one, the signed session cookie. Sets `auth_method`."""
-        header = self.request.headers.get("Authorization", "")
-        scheme = header[:7].lower()
-        accounts = self.ctx.accounts
-        if scheme.startswith("basic "):
-            self.auth_method = "basic"
-            creds = parse_basic(header)
-            if creds is None:
-                return None
-            return await accounts.verify_password(creds.username, creds.password)
-        if scheme == "digest ":
-            self.auth_method = "digest"
-            verifier = self._digest_verifier()
-            digest = verifier.parse(header)
-            if digest is None:
-                return None
-            found = await accounts.digest_credentials(digest.username)
-            if found is None or not verifier.matches(digest, found[1]):
-                return None
-            params = digest.params
-            if not self.ctx.replay.first_use(f"{params['nonce']}:{params['nc']}:{params['cnonce']}"):
-                return None  # the same response seen before: a replay
-            return found[0]
-        if scheme == "bearer ":
-            self.auth_method = "bearer"
-            return await self.ctx.tokens.verify(header[7:].strip())
-        if header:
-            self.auth_method = "unknown"
-            return None
-        return await self.session_operator()
-
-    async def session_operator(self) -> Operator | None:
-        raw = self.get_signed_cookie(SESSION_COOKIE, max_age_days=1)
-        if raw is None:
-            return None
-        try:
-            data = json.loads(raw)
-            username, version = data["u"], data["v"]
-        except (ValueError, KeyError, TypeError):
-            return None
-        if not isinstance(username, str) or not isinstance(version, str):
-            return None
-        self.auth_method = "cookie"
-        operator = await self.ctx.accounts.get(username)
-        if operator is None or not hmac.compare_digest(operator.session_version, version):
-            return None
-        return operator
-
-    def _digest_verifier(self) -> DigestVerifier:
-        key = hashlib.sha256(b"digest-opaque:" + self.ctx.settings.secret_key.encode()).digest()
-        return DigestVerifier(self.request, key)
-
-    def _add_challenges(self) -> None:
-        # After send_error's clear(): both schemes are offered on every 401.
-        self.add_header("WWW-Authenticate", self._digest_verifier().challenge())
-        self.add_header("WWW-Authenticate", BASIC_CHALLENGE)
 
 
 class BaseHandler(OperatorAuthMixin, tornado.web.RequestHandler):
@@ -296,11 +186,11 @@ class BaseHandler(OperatorAuthMixin, tornado.web.RequestHandler):
         return f"{self.request.method} {redact_url(self.request.uri or '')} ({self.request.remote_ip})"
 
     def _handle_request_exception(self, e: BaseException) -> None:
-        if isinstance(e, ConnectionFailure | OperationalError | InterfaceError):
+        outage = store_outage(e)
+        if outage is not None:
             # A store that cannot be reached is a 503 naming it, not a 500.
-            store = "mongodb" if isinstance(e, ConnectionFailure) else "sql"
-            log.error("%s %s: %s unavailable: %s", self.request.method, redact_url(self.request.path), store, type(e).__name__)
-            e = Unavailable(f"store unavailable: {store}")
+            log.error("%s %s: %s (%s)", self.request.method, redact_url(self.request.path), outage.message, type(e).__name__)
+            e = outage
         if isinstance(e, DomainError):
             if self._finished:
                 return
@@ -385,3 +275,53 @@ class NotFoundHandler(ApiHandler):
 
     def prepare(self) -> None:  # type: ignore[override]
         raise tornado.web.HTTPError(404, reason="not found")
+
+
+class SocketHandler(tornado.websocket.WebSocketHandler):
+    """Base of both WebSocket handlers: handshake refusals in the seed's envelope, the
+    Host check, a store outage as 503, and logs without the query string (a module's
+    hash is its credential)."""
+
+    def initialize(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+
+    def refuse(self, status: int, code: str, message: str) -> None:
+        """Answer the handshake with an error envelope instead of upgrading."""
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(to_json({"code": code, "message": message, "result": None}))
+
+    def refuse_wrong_host(self) -> bool:
+        """Refuse (400) a Host outside ALLOWED_HOSTS; True when refused."""
+        if wrong_host(self.ctx.settings, self.request):
+            self.refuse(400, "4000", "Host header not in ALLOWED_HOSTS")
+            return True
+        return False
+
+    def _handle_request_exception(self, e: BaseException) -> None:
+        outage = store_outage(e)
+        if outage is not None and not self._finished:
+            log.error("websocket refused: %s (%s)", outage.message, type(e).__name__)
+            self.refuse(outage.status, outage.code, outage.message)
+            return
+        super()._handle_request_exception(e)
+
+    def log_exception(self, typ, value, tb) -> None:  # noqa: ANN001
+        # Tornado's line would include the URI, and with it the module hash.
+        log.error("Uncaught exception %s", self._request_summary(), exc_info=(typ, value, tb))
+
+    def _request_summary(self) -> str:
+        return f"{self.request.method} {redact_url(self.request.uri or '')} ({self.request.remote_ip})"
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(to_json({"code": f"{status_code}0", "message": self._reason, "result": None}))
+
+    def reply(self, text: str) -> None:
+        """Send without waiting; a peer that vanished meanwhile is not an error."""
+        try:
+            written = self.write_message(text)
+        except tornado.websocket.WebSocketClosedError:
+            return
+        # The peer may vanish before the write completes; nobody else awaits it.
+        written.add_done_callback(lambda f: f.cancelled() or f.exception())

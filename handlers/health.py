@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 from tornado_sched.errors import Unavailable
-from tornado_sched.stores import check_ready
 
 from .base import ApiHandler
 
@@ -25,7 +24,7 @@ class ReadyHandler(ApiHandler):
     auth = "public"
 
     async def get(self) -> None:
-        stores = await check_ready(self.ctx.docs, self.ctx.sql)
+        stores = await self.ctx.readiness()
         down = [name for name, state in stores.items() if state != "ok"]
         if down:
             raise Unavailable(f"store unavailable: {', '.join(down)}")

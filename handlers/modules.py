@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import hmac
-import json
-from typing import Any
 
 from tornado_sched.errors import Forbidden, Invalid, TooManyRequests
-from tornado_sched.registry import ModuleRecord, parse_requirements, validate_hash
+from tornado_sched.registry import parse_requirements
 
-from .base import ApiHandler, wrong_host
+from .auth import wrong_host
+from .base import ApiHandler
 
 
 class RegisterHandler(ApiHandler):
@@ -50,16 +49,13 @@ class RegisterHandler(ApiHandler):
         await self._register()
 
     async def _register(self) -> None:
-        record = await self.ctx.registry.register(
+        record = await self.ctx.modules.register(
             name=self.text_param("name", max_len=100),
             description=self.text_param("description", required=False),
             input_data=parse_requirements("input_data", self.param("input_data")),
             output_data=parse_requirements("output_data", self.param("output_data")),
             model_hash=self.text_param("modelHash", required=False, max_len=200),
         )
-        session = self.ctx.hub.session(record.hash)
-        if session is not None:
-            session.description = record.description
         self.write_envelope({"hash": record.hash, "module_id": record.module_id})
 
 
@@ -70,8 +66,7 @@ class OnlineHandler(ApiHandler):
 
     async def get(self) -> None:
         # Served from memory: the hub holds every live session.
-        sessions = sorted(self.ctx.hub.sessions(), key=lambda s: s.module_id)
-        self.write_envelope([session.public() for session in sessions])
+        self.write_envelope([session.public() for session in self.ctx.modules.online()])
 
 
 class SendMessageHandler(ApiHandler):
@@ -80,46 +75,8 @@ class SendMessageHandler(ApiHandler):
     auth = "operator"
 
     async def post(self) -> None:
-        module_hash = validate_hash(self.param("module_hash"))
-        message: Any = self.param("message")
-        if message is None or message == "":
-            raise Invalid("message: required", field="message")
-        if _has_operator_keys(message):
-            # Not a query today, but results and messages are kept in MongoDB
-            # documents later on, where such keys are operators or refused outright.
-            raise Invalid("message: object keys must not start with '$'", field="message")
-        if not self.ctx.hub.is_online(module_hash):
-            await self.ctx.registry.get(module_hash)  # 404 for an unknown module, else 409 below
-        if not isinstance(message, str):
-            message = json.dumps(message, ensure_ascii=False)
-        self.ctx.hub.send(module_hash, message)  # 409 when offline
+        await self.ctx.modules.send_message(self.param("module_hash"), self.param("message"))
         self.write_envelope({"message": "消息已发送"})
-
-
-def _has_operator_keys(value: Any, depth: int = 0) -> bool:
-    if depth > 32:
-        return True  # deeper than any real message; refuse rather than recurse on
-    if isinstance(value, dict):
-        return any(
-            (isinstance(k, str) and k.startswith("$")) or _has_operator_keys(v, depth + 1) for k, v in value.items()
-        )
-    if isinstance(value, list):
-        return any(_has_operator_keys(v, depth + 1) for v in value)
-    return False
-
-
-def _with_live_state(handler: ApiHandler, record: ModuleRecord) -> dict[str, Any]:
-    """The stored module, with online state and heartbeat from the hub (the truth
-    while a session is open; the store's copy lags by up to a minute)."""
-    item = record.public()
-    session = handler.ctx.hub.session(record.hash)
-    item["online"] = session is not None
-    if session is not None:
-        item.update(
-            last_heartbeat=session.last_heartbeat, connected_at=session.connected_at,
-            remote_address=session.remote_address,
-        )
-    return item
 
 
 class ModuleListHandler(ApiHandler):
@@ -128,7 +85,7 @@ class ModuleListHandler(ApiHandler):
     auth = "operator"
 
     async def get(self) -> None:
-        self.write_envelope([_with_live_state(self, r) for r in await self.ctx.registry.list()])
+        self.write_envelope([view.public() for view in await self.ctx.modules.list()])
 
 
 class ModuleDetailHandler(ApiHandler):
@@ -137,15 +94,11 @@ class ModuleDetailHandler(ApiHandler):
     auth = "operator"
 
     async def get(self, module_hash: str) -> None:
-        record = await self.ctx.registry.get(module_hash)
-        self.write_envelope(_with_live_state(self, record))
+        self.write_envelope((await self.ctx.modules.get(module_hash)).public())
 
     async def delete(self, module_hash: str) -> None:
-        record = await self.ctx.registry.delete(module_hash)
+        record = await self.ctx.modules.delete(module_hash)
         await self.audit("delete", f"module:{record.module_id}", {"name": record.name})
-        session = self.ctx.hub.session(record.hash)
-        if session is not None:
-            session.connection.close(4404, "module deleted")
         self.write_envelope({"module_id": record.module_id, "name": record.name, "deleted": True})
 
 

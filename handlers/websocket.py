@@ -13,12 +13,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import tornado.web
-import tornado.websocket
-from pymongo.errors import ConnectionFailure
 
 from tornado_sched.context import AppContext
 from tornado_sched.hub import ModuleSession
-from tornado_sched.logs import redact_url, short_secret
+from tornado_sched.logs import short_secret
 from tornado_sched.protocol import (
     RESULT_ACK,
     HeartbeatMessage,
@@ -29,44 +27,33 @@ from tornado_sched.protocol import (
 )
 from tornado_sched.registry import ModuleRecord
 
-from .base import to_json, wrong_host
+from .base import SocketHandler
 
 log = logging.getLogger(__name__)
 
 
-class ModuleSocketHandler(tornado.websocket.WebSocketHandler):
+class ModuleSocketHandler(SocketHandler):
     """One module's WebSocket session."""
 
     auth = "module"  # the module hash is the credential, checked in prepare()
 
     def initialize(self, ctx: AppContext) -> None:
-        self.ctx = ctx
+        super().initialize(ctx)
         self.module: ModuleRecord | None = None
         self.session: ModuleSession | None = None
         self._recording: set[asyncio.Task[None]] = set()
 
-    def _refuse(self, status: int, code: str, message: str) -> None:
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.finish(to_json({"code": code, "message": message, "result": None}))
-
     async def prepare(self) -> None:
-        if wrong_host(self.ctx.settings, self.request):
-            self._refuse(400, "4000", "Host header not in ALLOWED_HOSTS")
+        if self.refuse_wrong_host():
             return
         module_hash = self.get_query_argument("hash", "")
         if not module_hash or len(module_hash) > 128:
-            self._refuse(401, "4010", "hash: required")
+            self.refuse(401, "4010", "hash: required")
             return
-        try:
-            self.module = await self.ctx.registry.find(module_hash)
-        except ConnectionFailure:
-            log.error("websocket refused: mongodb unavailable")
-            self._refuse(503, "5030", "store unavailable: mongodb")
-            return
+        self.module = await self.ctx.registry.find(module_hash)  # an outage -> 503 (base)
         if self.module is None:
             log.info("websocket refused: unknown hash %s", short_secret(module_hash))
-            self._refuse(403, "4030", "unknown module hash")
+            self.refuse(403, "4030", "unknown module hash")
 
     def check_origin(self, origin: str) -> bool:
         # Module clients send no Origin; a browser may only connect from our own
@@ -89,12 +76,12 @@ class ModuleSocketHandler(tornado.websocket.WebSocketHandler):
         # and CJK text is three bytes per character.
         size = len(message) if isinstance(message, bytes) else len(message.encode("utf-8"))
         if size > limit:
-            self._reply(error_reply(f"message larger than {limit} bytes"))
+            self.reply(error_reply(f"message larger than {limit} bytes"))
             return
         try:
             parsed = parse_module_message(message)
         except ProtocolError as exc:
-            self._reply(error_reply(str(exc)))
+            self.reply(error_reply(str(exc)))
             return
         if isinstance(parsed, HeartbeatMessage):
             self.ctx.hub.heartbeat(self.session)
@@ -111,17 +98,9 @@ class ModuleSocketHandler(tornado.websocket.WebSocketHandler):
             await self.ctx.runs.record_result(session, result)
         except Exception as exc:
             log.error("result from %r not stored: %s", session.name, type(exc).__name__)
-            self._reply(error_reply("result not stored (server unavailable); send it again later"))
+            self.reply(error_reply("result not stored (server unavailable); send it again later"))
             return
-        self._reply(RESULT_ACK)
-
-    def _reply(self, text: str) -> None:
-        try:
-            written = self.write_message(text)
-        except tornado.websocket.WebSocketClosedError:
-            return
-        # The peer may vanish before the write completes; nobody else awaits it.
-        written.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.reply(RESULT_ACK)
 
     def on_pong(self, data: bytes) -> None:
         if self.session is not None:
@@ -130,18 +109,6 @@ class ModuleSocketHandler(tornado.websocket.WebSocketHandler):
     def on_close(self) -> None:
         if self.session is not None:
             self.ctx.hub.detach(self.session)
-
-    def log_exception(self, typ, value, tb) -> None:  # noqa: ANN001
-        # Tornado's line would include the URI, and with it the module hash.
-        summary = f"{self.request.method} {redact_url(self.request.uri or '')} ({self.request.remote_ip})"
-        log.error("Uncaught exception %s", summary, exc_info=(typ, value, tb))
-
-    def _request_summary(self) -> str:
-        return f"{self.request.method} {redact_url(self.request.uri or '')} ({self.request.remote_ip})"
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.finish(to_json({"code": f"{status_code}0", "message": self._reason, "result": None}))
 
 
 default_handlers: list[tuple[str, type[tornado.web.RequestHandler]]] = [

@@ -1,9 +1,10 @@
 """The seed's workflow API (create, list, execute) plus detail, update, enable,
-disable, delete and run history. Every change reaches the scheduler at once."""
+disable and delete. The store publishes every change and the scheduler follows it,
+so each verb is one core call plus its audit."""
 
 from __future__ import annotations
 
-from tornado_sched.tables import utcnow
+from tornado_sched.clock import utcnow
 
 from .base import ApiHandler
 
@@ -15,7 +16,6 @@ class WorkflowCreateHandler(ApiHandler):
 
     async def post(self) -> None:
         workflow = await self.ctx.workflows.create(self.body())
-        self.ctx.scheduler.sync(workflow)
         await self.audit("create", f"workflow:{workflow.workflow_id}", {"name": workflow.name})
         result = {"id": workflow.id, "workflow_id": workflow.workflow_id, "name": workflow.name}
         if workflow.order == "data":  # the seed's shape is unchanged for seed clients
@@ -46,15 +46,11 @@ class WorkflowDetailHandler(ApiHandler):
         workflow = await self.ctx.workflows.get(int(workflow_id))
         item = workflow.public()
         item["next_run_time"] = self.ctx.scheduler.next_run_time(workflow.workflow_id)
-        try:
-            item["upcoming"] = [f for f, _ in workflow.trigger().schedule.upcoming(utcnow(), 5)] if workflow.execute_cron_list else []
-        except ValueError:
-            item["upcoming"] = []
+        item["upcoming"] = workflow.upcoming(utcnow())
         self.write_envelope(item)
 
     async def put(self, workflow_id: str) -> None:
         workflow = await self.ctx.workflows.update(int(workflow_id), self.body())
-        self.ctx.scheduler.sync(workflow)
         await self.audit("update", f"workflow:{workflow.workflow_id}", {"fields": sorted(self.body())})
         result = workflow.public()
         if workflow.order == "data":
@@ -63,7 +59,6 @@ class WorkflowDetailHandler(ApiHandler):
 
     async def delete(self, workflow_id: str) -> None:
         workflow = await self.ctx.workflows.delete(int(workflow_id))
-        self.ctx.scheduler.sync(None, workflow.workflow_id)
         await self.audit("delete", f"workflow:{workflow.workflow_id}", {"name": workflow.name})
         self.write_envelope({"workflow_id": workflow.workflow_id, "name": workflow.name, "deleted": True})
 
@@ -75,7 +70,6 @@ class WorkflowEnableHandler(ApiHandler):
 
     async def post(self, workflow_id: str, action: str) -> None:
         workflow = await self.ctx.workflows.set_enabled(int(workflow_id), action == "enable")
-        self.ctx.scheduler.sync(workflow)
         await self.audit(action, f"workflow:{workflow.workflow_id}")
         self.write_envelope(workflow.public())
 
@@ -86,8 +80,7 @@ class WorkflowExecuteHandler(ApiHandler):
     auth = "operator"
 
     async def post(self, workflow_id: str) -> None:
-        workflow = await self.ctx.workflows.get(int(workflow_id))
-        run_id = await self.ctx.scheduler.fire(workflow, "manual", utcnow())
+        workflow, run_id = await self.ctx.scheduler.run_now(int(workflow_id))
         await self.audit("run", f"workflow:{workflow.workflow_id}", {"run_id": run_id})
         self.write_envelope({
             "workflow_id": workflow.workflow_id,
@@ -106,48 +99,11 @@ class WorkflowPlanHandler(ApiHandler):
         self.write_envelope((await self.ctx.workflows.plan(int(workflow_id))).public())
 
 
-class WorkflowRunsHandler(ApiHandler):
-    """`GET /workflow/<id>/runs`: newest first, paginated."""
-
-    auth = "operator"
-
-    async def get(self, workflow_id: str) -> None:
-        workflow = await self.ctx.workflows.get(int(workflow_id))
-        page, size = self.page_args(default_size=20, max_size=200)
-        runs, total = await self.ctx.runs.list(workflow.workflow_id, page=page, page_size=size)
-        self.write_envelope({"total": total, "page": page, "page_size": size, "runs": [r.public() for r in runs]})
-
-
-class RunListHandler(ApiHandler):
-    """`GET /runs?workflow_id=&status=`: every run, filterable."""
-
-    auth = "operator"
-
-    async def get(self) -> None:
-        page, size = self.page_args(default_size=20, max_size=200)
-        workflow_id = self.int_query("workflow_id")
-        status = self.get_query_argument("status", "") or None
-        runs, total = await self.ctx.runs.list(workflow_id, status, page=page, page_size=size)
-        self.write_envelope({"total": total, "page": page, "page_size": size, "runs": [r.public() for r in runs]})
-
-
-class RunDetailHandler(ApiHandler):
-    """`GET /runs/<run_id>`."""
-
-    auth = "operator"
-
-    async def get(self, run_id: str) -> None:
-        self.write_envelope((await self.ctx.runs.get(run_id)).public())
-
-
 default_handlers = [
     (r"/workflow/create", WorkflowCreateHandler),
     (r"/workflow/list", WorkflowListHandler),
     (r"/workflow/(\d{1,18})", WorkflowDetailHandler),
     (r"/workflow/(\d{1,18})/(enable|disable)", WorkflowEnableHandler),
     (r"/workflow/(\d{1,18})/execute", WorkflowExecuteHandler),
-    (r"/workflow/(\d{1,18})/runs", WorkflowRunsHandler),
     (r"/workflow/(\d{1,18})/plan", WorkflowPlanHandler),
-    (r"/runs", RunListHandler),
-    (r"/runs/([0-9a-f]{1,64})", RunDetailHandler),
 ]

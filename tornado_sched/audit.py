@@ -9,8 +9,9 @@ from typing import Any
 
 from sqlalchemy import func, insert, select
 
+from .clock import as_utc, utcnow
 from .stores import SqlStore
-from .tables import as_utc, audit_log, utcnow
+from .tables import audit_log
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,10 @@ from datetime import datetime
 
 from sqlalchemy import insert, select, update
 
+from .clock import as_utc, utcnow
 from .errors import Conflict, Invalid, NotFound
 from .stores import SqlStore
-from .tables import api_tokens, as_utc, operators, utcnow
+from .tables import api_tokens, operators
 
 log = logging.getLogger(__name__)
 

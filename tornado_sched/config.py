@@ -17,6 +17,8 @@ from urllib.parse import quote_plus, urlsplit
 
 from dotenv import dotenv_values
 
+from .clock import DEFAULT_TIME_ZONE
+
 
 class ConfigError(Exception):
     """A configuration value is missing or invalid; the message names the variable."""
@@ -51,7 +53,7 @@ class Settings:
     log_level: str = "INFO"
     log_dir: Path = Path("logs")
     data_dir: Path = Path("data")
-    time_zone: str = "Asia/Shanghai"
+    time_zone: str = DEFAULT_TIME_ZONE
     admin_username: str = "admin"
     admin_password: str = field(default="", repr=False)
     registration_token: str = field(default="", repr=False)
@@ -145,16 +147,17 @@ class Settings:
                 raise ConfigError(f"{name}: expected a {'/'.join(schemes)} URL")
             return raw
 
-        debug = boolean("DEBUG", True)
-        log_level = text("LOG_LEVEL", "INFO").upper()
+        d = cls()  # every default is written once, on the fields above
+        debug = boolean("DEBUG", d.debug)
+        log_level = text("LOG_LEVEL", d.log_level).upper()
         if log_level not in _LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL: expected one of {sorted(_LOG_LEVELS)}, got {log_level!r}")
-        tz = text("TIME_ZONE", "Asia/Shanghai")
+        tz = text("TIME_ZONE", d.time_zone)
         try:
             zoneinfo.ZoneInfo(tz)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             raise ConfigError(f"TIME_ZONE: unknown time zone {tz!r}") from None
-        hosts = tuple(h.strip() for h in text("ALLOWED_HOSTS", "*").split(",") if h.strip())
+        hosts = tuple(h.strip() for h in text("ALLOWED_HOSTS", ",".join(d.allowed_hosts)).split(",") if h.strip())
         emails = tuple(e.strip() for e in text("NOTIFICATION_EMAIL").split(",") if e.strip())
         for address in emails:
             if "@" not in address or " " in address:
@@ -162,32 +165,32 @@ class Settings:
         mongodb_host = text("MONGODB_HOST")
         if mongodb_host and urlsplit(mongodb_host).scheme not in ("mongodb", "mongodb+srv"):
             raise ConfigError("MONGODB_HOST: expected a mongodb:// or mongodb+srv:// URI")
-        interval = number("WEBSOCKET_PING_INTERVAL", 20.0, lo=0.05, hi=3600, integer=False)
-        timeout = number("WEBSOCKET_PING_TIMEOUT", 20.0, lo=0.05, hi=3600, integer=False)
+        interval = number("WEBSOCKET_PING_INTERVAL", d.websocket_ping_interval, lo=0.05, hi=3600, integer=False)
+        timeout = number("WEBSOCKET_PING_TIMEOUT", d.websocket_ping_timeout, lo=0.05, hi=3600, integer=False)
 
         settings = cls(
             debug=debug,
             secret_key=text("SECRET_KEY"),
-            allowed_hosts=hosts or ("*",),
-            server_host=text("SERVER_HOST", "0.0.0.0"),
-            server_port=int(number("SERVER_PORT", 10080, lo=0, hi=65535, integer=True)),
+            allowed_hosts=hosts or d.allowed_hosts,
+            server_host=text("SERVER_HOST", d.server_host),
+            server_port=int(number("SERVER_PORT", d.server_port, lo=0, hi=65535, integer=True)),
             mysql_host=text("MYSQL_HOST"),
-            mysql_port=int(number("MYSQL_PORT", 3306, lo=1, hi=65535, integer=True)),
-            mysql_user=text("MYSQL_USER", "root"),
+            mysql_port=int(number("MYSQL_PORT", d.mysql_port, lo=1, hi=65535, integer=True)),
+            mysql_user=text("MYSQL_USER", d.mysql_user),
             mysql_password=env.get("MYSQL_PASSWORD", ""),
-            mysql_db=text("MYSQL_DB", "module_server"),
+            mysql_db=text("MYSQL_DB", d.mysql_db),
             mongodb_host=mongodb_host,
-            mongodb_name=text("MONGODB_NAME", "forecast_platform"),
+            mongodb_name=text("MONGODB_NAME", d.mongodb_name),
             notification_email=emails,
             email_api_url=url("EMAIL_API_URL", ("http", "https")),
             webhook_url=url("WEBHOOK_URL", ("http", "https")),
             public_url=url("PUBLIC_URL", ("http", "https")).rstrip("/"),
             static_root=text("STATIC_ROOT"),
             log_level=log_level,
-            log_dir=Path(text("LOG_DIR", "logs")),
-            data_dir=Path(text("DATA_DIR", "data")),
+            log_dir=Path(text("LOG_DIR", str(d.log_dir))),
+            data_dir=Path(text("DATA_DIR", str(d.data_dir))),
             time_zone=tz,
-            admin_username=text("ADMIN_USERNAME", "admin"),
+            admin_username=text("ADMIN_USERNAME", d.admin_username),
             admin_password=env.get("ADMIN_PASSWORD", ""),
             registration_token=env.get("REGISTRATION_TOKEN", "").strip(),
             websocket_ping_interval=interval,
@@ -195,18 +198,18 @@ class Settings:
             # introspection reports the value really in force.
             websocket_ping_timeout=min(timeout, interval),
             websocket_max_message_size=int(
-                number("WEBSOCKET_MAX_MESSAGE_SIZE", 1024 * 1024, lo=1024, hi=64 * 1024 * 1024, integer=True)
+                number("WEBSOCKET_MAX_MESSAGE_SIZE", d.websocket_max_message_size, lo=1024, hi=64 * 1024 * 1024, integer=True)
             ),
-            heartbeat_flush_seconds=number("HEARTBEAT_FLUSH_SECONDS", 5.0, lo=0.05, hi=3600, integer=False),
-            misfire_settle_seconds=number("MISFIRE_SETTLE_SECONDS", 30.0, lo=0, hi=3600, integer=False),
-            auth_cache_seconds=number("AUTH_CACHE_SECONDS", 30.0, lo=0, hi=3600, integer=False),
-            heartbeat_store_seconds=number("HEARTBEAT_STORE_SECONDS", 60.0, lo=0.05, hi=86400, integer=False),
-            run_retention_days=int(number("RUN_RETENTION_DAYS", 90, lo=1, hi=36500, integer=True)),
-            notify_aggregate_seconds=number("NOTIFY_AGGREGATE_SECONDS", 60.0, lo=0, hi=86400, integer=False),
-            login_slow_after=int(number("LOGIN_SLOW_AFTER", 5, lo=1, hi=1_000_000, integer=True)),
-            login_block_after=int(number("LOGIN_BLOCK_AFTER", 10, lo=1, hi=1_000_000, integer=True)),
-            login_block_seconds=number("LOGIN_BLOCK_SECONDS", 600, lo=1, hi=86400, integer=False),
-            email_timeout_seconds=number("EMAIL_TIMEOUT_SECONDS", 10.0, lo=0.1, hi=600, integer=False),
+            heartbeat_flush_seconds=number("HEARTBEAT_FLUSH_SECONDS", d.heartbeat_flush_seconds, lo=0.05, hi=3600, integer=False),
+            misfire_settle_seconds=number("MISFIRE_SETTLE_SECONDS", d.misfire_settle_seconds, lo=0, hi=3600, integer=False),
+            auth_cache_seconds=number("AUTH_CACHE_SECONDS", d.auth_cache_seconds, lo=0, hi=3600, integer=False),
+            heartbeat_store_seconds=number("HEARTBEAT_STORE_SECONDS", d.heartbeat_store_seconds, lo=0.05, hi=86400, integer=False),
+            run_retention_days=int(number("RUN_RETENTION_DAYS", d.run_retention_days, lo=1, hi=36500, integer=True)),
+            notify_aggregate_seconds=number("NOTIFY_AGGREGATE_SECONDS", d.notify_aggregate_seconds, lo=0, hi=86400, integer=False),
+            login_slow_after=int(number("LOGIN_SLOW_AFTER", d.login_slow_after, lo=1, hi=1_000_000, integer=True)),
+            login_block_after=int(number("LOGIN_BLOCK_AFTER", d.login_block_after, lo=1, hi=1_000_000, integer=True)),
+            login_block_seconds=number("LOGIN_BLOCK_SECONDS", d.login_block_seconds, lo=1, hi=86400, integer=False),
+            email_timeout_seconds=number("EMAIL_TIMEOUT_SECONDS", d.email_timeout_seconds, lo=0.1, hi=600, integer=False),
         )
         if not settings.mongodb_name.replace("_", "").replace("-", "").isalnum():
             raise ConfigError(f"MONGODB_NAME: invalid database name {settings.mongodb_name!r}")

@@ -17,11 +17,12 @@ from .config import Settings
 from .docserver import EmbeddedDocumentServer
 from .events import EventBus
 from .hub import ConnectionHub
+from .modules import ModuleService
 from .notify import Notifier
 from .registry import ModuleRegistry
 from .runs import RunTracker
 from .scheduler import WorkflowScheduler
-from .stores import DocumentStore, SqlStore
+from .stores import DocumentStore, SqlStore, check_ready
 from .workflows import WorkflowStore
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class AppContext:
     events: EventBus
     registry: ModuleRegistry
     hub: ConnectionHub
+    modules: ModuleService
     workflows: WorkflowStore
     runs: RunTracker
     scheduler: WorkflowScheduler
@@ -61,6 +63,10 @@ class AppContext:
             "notification_outbox": self.notifier.write_failures,
             "audit_log": self.audit.write_failures,
         }
+
+    async def readiness(self) -> dict[str, str]:
+        """Ping both stores: {store: "ok" | why not}."""
+        return await check_ready(self.docs, self.sql)
 
     def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
         """Register a shutdown step; steps run in reverse order of registration."""
@@ -111,7 +117,7 @@ async def open_context(settings: Settings) -> AppContext:
         )
         await hub.start()
         closers.append(hub.close)
-        workflows = WorkflowStore(docs, registry, settings.time_zone)
+        workflows = WorkflowStore(docs, registry, settings.time_zone, events)
         notifier = Notifier(sql, events, workflows, settings)
         await notifier.start()
         closers.append(notifier.close)
@@ -143,6 +149,7 @@ async def open_context(settings: Settings) -> AppContext:
         events=events,
         registry=registry,
         hub=hub,
+        modules=ModuleService(registry, hub, workflows),
         workflows=workflows,
         runs=runs,
         scheduler=scheduler,

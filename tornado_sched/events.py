@@ -1,5 +1,6 @@
 """In-process event bus: the core publishes what happened (module online/offline,
-run and step changes); the run tracker, notifier and dashboard subscribe.
+run and step changes, workflow changes); the run tracker, scheduler, notifier and
+dashboard subscribe.
 
 Callbacks are synchronous and must not block: they queue work, they don't do it.
 """
@@ -13,6 +14,17 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 Listener = Callable[[str, dict[str, Any]], None]
+
+# Event kinds and what their data holds.
+MODULE_ONLINE = "module.online"  # hash, name, module_id
+MODULE_OFFLINE = "module.offline"  # hash, name, module_id
+RUN_STARTED = "run.started"  # run
+RUN_UPDATED = "run.updated"  # run
+RUN_FINISHED = "run.finished"  # run
+STEP_FAILED = "step.failed"  # run, step
+WORKFLOW_SAVED = "workflow.saved"  # workflow (created, changed, enabled or disabled)
+WORKFLOW_DELETED = "workflow.deleted"  # workflow_id
+RUN_EVENTS = (RUN_STARTED, RUN_UPDATED, RUN_FINISHED)
 
 
 class EventBus:

@@ -16,15 +16,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from .clock import utcnow
 from .errors import Conflict
-from .events import EventBus
+from .events import MODULE_OFFLINE, MODULE_ONLINE, EventBus
 from .logs import short_secret
 from .registry import ModuleRecord, ModuleRegistry
-from .tables import utcnow
 
 log = logging.getLogger(__name__)
 
 CLOSE_REPLACED = 4000
+CLOSE_DELETED = 4404
 CLOSE_SHUTDOWN = 1001
 
 
@@ -134,7 +135,7 @@ class ConnectionHub:
         else:
             log.info("module %r online from %s", module.name, remote_address)
         self._mark_dirty(module.hash, urgent=True)
-        self._events.publish("module.online", {"hash": module.hash, "name": module.name, "module_id": module.module_id})
+        self._events.publish(MODULE_ONLINE, {"hash": module.hash, "name": module.name, "module_id": module.module_id})
         return session
 
     def detach(self, session: ModuleSession) -> bool:
@@ -145,7 +146,7 @@ class ConnectionHub:
         log.info("module %r offline", session.name)
         self._mark_dirty(session.module_hash, urgent=True)
         self._events.publish(
-            "module.offline", {"hash": session.module_hash, "name": session.name, "module_id": session.module_id}
+            MODULE_OFFLINE, {"hash": session.module_hash, "name": session.name, "module_id": session.module_id}
         )
         return True
 
@@ -156,6 +157,20 @@ class ConnectionHub:
         stale = (session.last_heartbeat - session.stored_heartbeat).total_seconds() >= self._heartbeat_store_seconds
         if stale and self._sessions.get(session.module_hash) is session:
             self._mark_dirty(session.module_hash, urgent=False)
+
+    def set_description(self, module_hash: str, description: str) -> None:
+        """A re-registration changed the description: a live session shows it at once."""
+        session = self._sessions.get(module_hash)
+        if session is not None:
+            session.description = description
+
+    def disconnect(self, module_hash: str, code: int, reason: str) -> bool:
+        """Close the module's socket, if it has one; `on_close` detaches it."""
+        session = self._sessions.get(module_hash)
+        if session is None:
+            return False
+        session.connection.close(code, reason)
+        return True
 
     def session(self, module_hash: str) -> ModuleSession | None:
         return self._sessions.get(module_hash)

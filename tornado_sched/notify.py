@@ -20,18 +20,18 @@ from typing import Any
 from sqlalchemy import exists, func, insert, or_, select, update
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
+from .clock import as_utc, naive_utc, utcnow
 from .config import Settings
-from .events import EventBus
+from .events import RUN_FINISHED, STEP_FAILED, EventBus
 from .runs import Run, Step
 from .stores import SqlStore
-from .tables import as_utc, naive_utc, notification_outbox, utcnow
-from .workflows import WorkflowStore
+from .tables import notification_outbox
+from .workflows import FAILED_RUN_STATUSES, WorkflowStore
 
 log = logging.getLogger(__name__)
 
 STATUSES = ("pending", "retrying", "sent", "not_configured")
 UNSENT = ("pending", "retrying")
-FAILED_RUN = ("failure", "partial", "interrupted")
 MAX_BACKOFF = 3600.0
 BASE_BACKOFF = 5.0
 POLL_SECONDS = 5.0
@@ -72,7 +72,7 @@ class Notifier:
                 "outbox as not_configured and not sent"
             )
         for workflow in await self._workflows.list():
-            if workflow.last_run and workflow.last_run.get("status") in FAILED_RUN:
+            if workflow.last_run_failed:
                 self._failing.add(workflow.workflow_id)
         self._sender = asyncio.ensure_future(self._send_loop())
 
@@ -107,11 +107,11 @@ class Notifier:
 
     # -- events ----------------------------------------------------------------------
     def _on_event(self, kind: str, data: dict[str, Any]) -> None:
-        if kind == "step.failed":
+        if kind == STEP_FAILED:
             self._spawn(self._step_failed(data["run"], data["step"]))
-        elif kind == "run.finished":
+        elif kind == RUN_FINISHED:
             run: Run = data["run"]
-            if run.status in FAILED_RUN:
+            if run.status in FAILED_RUN_STATUSES:
                 self._failing.add(run.workflow_id)
             elif run.status == "success" and run.workflow_id in self._failing:
                 self._failing.discard(run.workflow_id)

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any
+
+from bson import ObjectId
 
 RESULT_ACK = "receive result"
 RESULT_STATUSES = ("success", "failure")
@@ -93,5 +96,41 @@ def parse_module_message(raw: str | bytes) -> ResultMessage | HeartbeatMessage:
     )
 
 
+def execute_frame(
+    *, execution_time: str, workflow_id: int, workflow_name: str, run_id: str, fired_at: str,
+    timezone: str, args: dict[str, Any],
+) -> dict[str, Any]:
+    """The seed's `execute` command; `run_id`, `fired_at` and `timezone` are ours
+    (additive: the seed's clients ignore them)."""
+    return {
+        "type": "execute",
+        "meta": {
+            "execution_time": execution_time,
+            "workflow_id": workflow_id,
+            "workflow_name": workflow_name,
+            "run_id": run_id,
+            "fired_at": fired_at,
+            "timezone": timezone,
+        },
+        "args": args,
+    }
+
+
 def error_reply(reason: str) -> str:
     return json.dumps({"type": "error", "error": reason}, ensure_ascii=False)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, ObjectId):
+        return str(value)
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def to_json(value: Any) -> str:
+    """The one JSON encoder for REST responses and WebSocket replies (datetimes as
+    ISO 8601, ObjectIds as str)."""
+    return json.dumps(value, ensure_ascii=False, default=_json_default)

@@ -16,6 +16,7 @@ from typing import Any
 from pymongo import UpdateOne
 from pymongo.errors import DuplicateKeyError
 
+from .clock import read_datetime, utcnow
 from .errors import Conflict, Invalid, NotFound
 from .logs import short_secret
 from .requirements import (
@@ -25,7 +26,6 @@ from .requirements import (
     requirements_from_docs,
 )
 from .stores import DocumentStore
-from .tables import read_datetime, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -18,13 +18,13 @@ from zoneinfo import ZoneInfo
 
 from pymongo import DESCENDING
 
+from .clock import as_utc, read_datetime, utcnow
 from .errors import Invalid, NotFound, Unavailable
 from .events import EventBus
 from .hub import ConnectionHub, ModuleSession
-from .protocol import ResultMessage
+from .protocol import ResultMessage, execute_frame
 from .registry import ModuleRegistry
 from .stores import DocumentStore
-from .tables import as_utc, read_datetime, utcnow
 from .workflows import Workflow, WorkflowStore
 
 log = logging.getLogger(__name__)
@@ -312,18 +312,10 @@ class RunTracker:
     def _dispatch(self, run: Run, step: Step) -> None:
         step.attempts += 1
         step.sent_at = utcnow()
-        message = {
-            "type": "execute",
-            "meta": {
-                "execution_time": run.execution_time,
-                "workflow_id": run.workflow_id,
-                "workflow_name": run.workflow_name,
-                "run_id": run.run_id,
-                "fired_at": run.fired_at.isoformat(),
-                "timezone": run.timezone,
-            },
-            "args": step.args,
-        }
+        message = execute_frame(
+            execution_time=run.execution_time, workflow_id=run.workflow_id, workflow_name=run.workflow_name,
+            run_id=run.run_id, fired_at=run.fired_at.isoformat(), timezone=run.timezone, args=step.args,
+        )
         try:
             self._hub.send(step.module_hash, message)
         except Exception as exc:  # offline (Conflict) or a socket that just closed

@@ -20,11 +20,12 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import delete, insert
 
+from .clock import naive_utc, utcnow
 from .errors import Unavailable
-from .events import EventBus
+from .events import MODULE_ONLINE, WORKFLOW_DELETED, WORKFLOW_SAVED, EventBus
 from .runs import RunTracker
 from .stores import DocumentStore, SqlStore
-from .tables import execution_log, naive_utc, utcnow
+from .tables import execution_log
 from .workflows import Workflow, WorkflowStore
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class WorkflowScheduler:
         self._time_zone = time_zone
         self._retention_days = retention_days
         self._scheduler: TornadoScheduler | None = None
+        self._unsubscribe: Callable[[], None] | None = None
         self.log_failures = 0
 
     # -- lifecycle -------------------------------------------------------------------
@@ -77,6 +79,8 @@ class WorkflowScheduler:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": LATE_GRACE_SECONDS},
         )
         self._scheduler.start()
+        if self._events is not None:
+            self._unsubscribe = self._events.subscribe(self._follow)
         down_since = await self._last_alive()
         await self.reload()
         self._scheduler.add_job(
@@ -91,6 +95,9 @@ class WorkflowScheduler:
             await self._handle_misfires(down_since, utcnow())
 
     async def close(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         for task in list(self._catch_ups):
             task.cancel()
         if self._catch_ups:
@@ -101,6 +108,15 @@ class WorkflowScheduler:
         self._scheduler = None
 
     # -- jobs ------------------------------------------------------------------------
+    def _follow(self, kind: str, data: dict[str, Any]) -> None:
+        """Event bus listener: every stored workflow change reaches the schedule at once."""
+        if self._scheduler is None:
+            return
+        if kind == WORKFLOW_SAVED:
+            self.sync(data["workflow"])
+        elif kind == WORKFLOW_DELETED:
+            self.sync(None, data["workflow_id"])
+
     def sync(self, workflow: Workflow | None, workflow_id: int | None = None) -> None:
         """Make the scheduler match one workflow (created, changed, enabled, disabled, deleted)."""
         assert self._scheduler is not None
@@ -172,6 +188,11 @@ class WorkflowScheduler:
         fire_time = _latest_fire(trigger, now)
         tick = trigger.nominal_tick(fire_time) if fire_time else now
         await self.fire(workflow, "schedule", tick)
+
+    async def run_now(self, workflow_id: int) -> tuple[Workflow, str | None]:
+        """Start a manual run (also of a disabled workflow); returns it and the run id."""
+        workflow = await self._workflows.get(workflow_id)
+        return workflow, await self.fire(workflow, "manual", utcnow())
 
     async def fire(
         self, workflow: Workflow, trigger: str, nominal: datetime
@@ -254,7 +275,7 @@ class WorkflowScheduler:
         hashes = {step["module_hash"] for step in workflow.execute_modules}
         arrived = asyncio.Event()
         unsubscribe = self._events.subscribe(
-            lambda kind, data: arrived.set() if kind == "module.online" and data["hash"] in hashes else None
+            lambda kind, data: arrived.set() if kind == MODULE_ONLINE and data["hash"] in hashes else None
         ) if self._events else (lambda: None)
         try:
             async with asyncio.timeout(max(wait, 0.0)):

@@ -12,9 +12,12 @@ from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import ConnectionFailure
 from sqlalchemy import text
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from .errors import Unavailable
 from .tables import metadata
 
 log = logging.getLogger(__name__)
@@ -105,3 +108,14 @@ async def check_ready(docs: DocumentStore, sql: SqlStore, limit_seconds: float =
 
     results = await asyncio.gather(probe("mongodb", docs.ping), probe("sql", sql.ping))
     return dict(results)
+
+
+def store_outage(exc: BaseException) -> Unavailable | None:
+    """A driver error meaning a store cannot be reached, as the domain's 503 naming
+    the store; None for anything else. The one place that knows the drivers' types,
+    so handlers never import them."""
+    if isinstance(exc, ConnectionFailure):
+        return Unavailable("store unavailable: mongodb")
+    if isinstance(exc, OperationalError | InterfaceError):
+        return Unavailable("store unavailable: sql")
+    return None

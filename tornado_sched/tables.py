@@ -1,12 +1,11 @@
 """Relational schema (system data, as the seed kept in MySQL).
 
 Times are stored as naive UTC: `DateTime(timezone=True)` keeps no zone on MySQL or
-SQLite, so we strip it on the way in and add it back on the way out (`as_utc`).
+SQLite, so we strip it on the way in and add it back on the way out
+(`clock.naive_utc` / `clock.as_utc`).
 """
 
 from __future__ import annotations
-
-from datetime import UTC, datetime
 
 from sqlalchemy import (
     Column,
@@ -101,37 +100,3 @@ audit_log = Table(
     mysql_charset="utf8mb4",
 )
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def naive_utc(value: datetime | None) -> datetime | None:
-    """For writing: aware -> naive UTC (what the column really keeps)."""
-    if value is None:
-        return None
-    if value.tzinfo is not None:
-        value = value.astimezone(UTC).replace(tzinfo=None)
-    return value
-
-
-def as_utc(value: datetime | None) -> datetime | None:
-    """For reading: naive UTC from the database -> aware UTC."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
-
-
-def read_datetime(value: object) -> datetime | None:
-    """A datetime read from a document, as aware UTC. Also accepts ISO text: an
-    unpatched embedded server hands back a datetime written by `$set` as a string."""
-    if isinstance(value, datetime):
-        return as_utc(value)
-    if isinstance(value, str) and value:
-        try:
-            return as_utc(datetime.fromisoformat(value))
-        except ValueError:
-            return None
-    return None

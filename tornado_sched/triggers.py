@@ -71,8 +71,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from apscheduler.triggers.base import BaseTrigger
 from croniter import CroniterBadDateError, CroniterError, croniter
 
+from .clock import DEFAULT_TIME_ZONE
+
 __all__ = [
-    "DEFAULT_TIMEZONE",
     "MAX_SHIFT",
     "ShiftedCronSchedule",
     "ShiftedCronTrigger",
@@ -80,7 +81,6 @@ __all__ = [
     "validate_crontab",
 ]
 
-DEFAULT_TIMEZONE = "Asia/Shanghai"
 MAX_SHIFT = timedelta(days=7)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -253,7 +253,7 @@ class ShiftedCronSchedule:
         self,
         cron_lines: Iterable[str],
         shift: timedelta = timedelta(0),
-        tz: str = DEFAULT_TIMEZONE,
+        tz: str = DEFAULT_TIME_ZONE,
     ) -> None:
         if isinstance(cron_lines, str):
             raise ValueError("cron_lines must be a list of crontab lines, not a single string")
@@ -454,7 +454,7 @@ class ShiftedCronTrigger(BaseTrigger):
         self,
         cron_lines: Iterable[str],
         shift: timedelta = timedelta(0),
-        timezone: str = DEFAULT_TIMEZONE,
+        timezone: str = DEFAULT_TIME_ZONE,
     ) -> None:
         self.schedule = ShiftedCronSchedule(cron_lines, shift, timezone)
 
@@ -464,7 +464,7 @@ class ShiftedCronTrigger(BaseTrigger):
         execute_cron_list: Iterable[str],
         execute_shift_time: int = 0,
         execute_shift_unit: str = "s",
-        timezone: str = DEFAULT_TIMEZONE,
+        timezone: str = DEFAULT_TIME_ZONE,
     ) -> ShiftedCronTrigger:
         """Build from a workflow's ``execute_*`` fields."""
         return cls(execute_cron_list, parse_shift(execute_shift_time, execute_shift_unit), timezone)

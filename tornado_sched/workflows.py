@@ -17,21 +17,31 @@ from typing import Any
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
+from .clock import DEFAULT_TIME_ZONE, utcnow
 from .errors import Conflict, Invalid, NotFound
+from .events import WORKFLOW_DELETED, WORKFLOW_SAVED, EventBus
 from .registry import ModuleRegistry, ModuleRequirements
 from .solver import Plan, StepRequirements, solve
 from .stores import DocumentStore
-from .tables import utcnow
 from .triggers import ShiftedCronTrigger, parse_shift, validate_crontab
 
 # Form posts send numbers as text; only plain ASCII integers of sane length pass
 # (str.isdigit() also accepts "²", which int() refuses).
 _INT_TEXT = re.compile(r"-?[0-9]{1,12}")
-OVERLAP = ("forbid", "allow")
-MISFIRE = ("skip", "run_once")
+OVERLAP = ("forbid", "allow")  # the first is the default
+MISFIRE = ("skip", "run_once")  # the first is the default
 # "parallel": every step is sent at once (the seed's behaviour); "data": a step waits
 # for the producers of its inputs (see solver.py).
-ORDER = ("parallel", "data")
+ORDER = ("parallel", "data")  # the first is the default
+SHIFT_UNITS = ("s", "m", "h")
+# Defaults of our optional fields: the API, the stored document and the form use these.
+DEFAULT_TIMEOUT_SECONDS = 600
+DEFAULT_MISFIRE_GRACE_SECONDS = 300
+DEFAULT_RETRIES = 0
+DEFAULT_RETRY_DELAY_SECONDS = 10
+# A run that ended in one of these counts as failed (notifications, the dashboard).
+FAILED_RUN_STATUSES = ("failure", "partial", "interrupted")
+UPCOMING_COUNT = 5
 MAX_MODULES = 5000
 MAX_CRON_LINES = 50
 
@@ -76,15 +86,15 @@ class Workflow:
             execute_shift_time=int(doc.get("execute_shift_time") or 0),
             execute_shift_unit=str(doc.get("execute_shift_unit") or "s"),
             execute_modules=list(doc.get("execute_modules") or []),
-            timezone=str(doc.get("timezone") or "Asia/Shanghai"),
-            timeout_seconds=int(doc.get("timeout_seconds") or 600),
-            overlap=str(doc.get("overlap") or "forbid"),
-            misfire=str(doc.get("misfire") or "skip"),
-            misfire_grace_seconds=int(doc.get("misfire_grace_seconds") or 300),
-            retries=int(doc.get("retries") or 0),
+            timezone=str(doc.get("timezone") or DEFAULT_TIME_ZONE),
+            timeout_seconds=int(doc.get("timeout_seconds") or DEFAULT_TIMEOUT_SECONDS),
+            overlap=str(doc.get("overlap") or OVERLAP[0]),
+            misfire=str(doc.get("misfire") or MISFIRE[0]),
+            misfire_grace_seconds=int(doc.get("misfire_grace_seconds") or DEFAULT_MISFIRE_GRACE_SECONDS),
+            retries=int(doc.get("retries") or DEFAULT_RETRIES),
             # 0 is a valid delay (retry at once): only a missing value takes the default.
-            retry_delay_seconds=_stored_int(doc, "retry_delay_seconds", 10),
-            order=str(doc.get("order") or "parallel"),
+            retry_delay_seconds=_stored_int(doc, "retry_delay_seconds", DEFAULT_RETRY_DELAY_SECONDS),
+            order=str(doc.get("order") or ORDER[0]),
             created_at=doc.get("created_at"),
             updated_at=doc.get("updated_at"),
             last_run=doc.get("last_run"),
@@ -98,6 +108,21 @@ class Workflow:
     @property
     def schedulable(self) -> bool:
         return self.enable and bool(self.execute_cron_list)
+
+    @property
+    def last_run_failed(self) -> bool:
+        """Whether the latest run ended failed (the dashboard lists these)."""
+        return (self.last_run or {}).get("status") in FAILED_RUN_STATUSES
+
+    def upcoming(self, now: datetime, count: int = UPCOMING_COUNT) -> list[datetime]:
+        """The next `count` fire times after `now` (shift applied); none without a
+        crontab, or for one croniter cannot step through."""
+        if not self.execute_cron_list:
+            return []
+        try:
+            return [fire for fire, _tick in self.trigger().schedule.upcoming(now, count)]
+        except ValueError:
+            return []
 
     def public(self) -> dict[str, Any]:
         return {
@@ -201,7 +226,7 @@ def validate_workflow(body: dict[str, Any], default_tz: str) -> dict[str, Any]:
     shift_unit = body.get("execute_shift_unit", "s")
     if isinstance(shift_time, bool) or not isinstance(shift_time, int):
         raise Invalid("execute_shift_time: expected an integer", field="execute_shift_time")
-    if shift_unit not in ("s", "m", "h"):
+    if shift_unit not in SHIFT_UNITS:
         raise Invalid("execute_shift_unit: must be one of s, m, h", field="execute_shift_unit")
     try:
         parse_shift(shift_time, shift_unit)
@@ -245,23 +270,35 @@ def validate_workflow(body: dict[str, Any], default_tz: str) -> dict[str, Any]:
         "execute_modules": steps,
         "module_hashes": sorted({s["module_hash"] for s in steps}),
         "timezone": timezone,
-        "timeout_seconds": _int(body, "timeout_seconds", 600, 1, 7 * 86400),
-        "overlap": _choice(body, "overlap", "forbid", OVERLAP),
-        "misfire": _choice(body, "misfire", "skip", MISFIRE),
-        "misfire_grace_seconds": _int(body, "misfire_grace_seconds", 300, 1, 7 * 86400),
-        "retries": _int(body, "retries", 0, 0, 10),
-        "retry_delay_seconds": _int(body, "retry_delay_seconds", 10, 0, 86400),
-        "order": _choice(body, "order", "parallel", ORDER),
+        "timeout_seconds": _int(body, "timeout_seconds", DEFAULT_TIMEOUT_SECONDS, 1, 7 * 86400),
+        "overlap": _choice(body, "overlap", OVERLAP[0], OVERLAP),
+        "misfire": _choice(body, "misfire", MISFIRE[0], MISFIRE),
+        "misfire_grace_seconds": _int(body, "misfire_grace_seconds", DEFAULT_MISFIRE_GRACE_SECONDS, 1, 7 * 86400),
+        "retries": _int(body, "retries", DEFAULT_RETRIES, 0, 10),
+        "retry_delay_seconds": _int(body, "retry_delay_seconds", DEFAULT_RETRY_DELAY_SECONDS, 0, 86400),
+        "order": _choice(body, "order", ORDER[0], ORDER),
     }
 
 
 class WorkflowStore:
-    """Workflow documents in the `workflows` collection."""
+    """Workflow documents in the `workflows` collection.
 
-    def __init__(self, docs: DocumentStore, registry: ModuleRegistry, default_tz: str) -> None:
+    Every change is published on the event bus (`WORKFLOW_SAVED`, `WORKFLOW_DELETED`)
+    once it is stored; the scheduler follows them, so no caller has to remember to
+    keep the schedule in step."""
+
+    def __init__(
+        self, docs: DocumentStore, registry: ModuleRegistry, default_tz: str, events: EventBus | None = None
+    ) -> None:
         self._docs = docs
         self._registry = registry
         self._default_tz = default_tz
+        self._events = events
+
+    def _saved(self, workflow: Workflow) -> Workflow:
+        if self._events is not None:
+            self._events.publish(WORKFLOW_SAVED, {"workflow": workflow})
+        return workflow
 
     @property
     def _col(self) -> Any:
@@ -311,7 +348,7 @@ class WorkflowStore:
             raise Invalid(f"name: a workflow named {fields['name']!r} already exists", field="name") from None
         created = Workflow.from_doc(doc)
         created.warnings = warnings
-        return created
+        return self._saved(created)
 
     async def update(self, workflow_id: int, body: dict[str, Any]) -> Workflow:
         current = await self.get(workflow_id)
@@ -339,7 +376,7 @@ class WorkflowStore:
             raise Conflict("workflow changed concurrently; retry")
         updated = Workflow.from_doc(doc)
         updated.warnings = warnings
-        return updated
+        return self._saved(updated)
 
     async def set_enabled(self, workflow_id: int, enable: bool) -> Workflow:
         current = await self.get(workflow_id)
@@ -348,11 +385,13 @@ class WorkflowStore:
         await self._col.update_one(
             {"workflow_id": workflow_id}, {"$set": {"enable": enable, "updated_at": utcnow()}}
         )
-        return await self.get(workflow_id)
+        return self._saved(await self.get(workflow_id))
 
     async def delete(self, workflow_id: int) -> Workflow:
         current = await self.get(workflow_id)
         await self._col.delete_one({"workflow_id": workflow_id})
+        if self._events is not None:
+            self._events.publish(WORKFLOW_DELETED, {"workflow_id": current.workflow_id})
         return current
 
     async def get(self, workflow_id: int) -> Workflow:

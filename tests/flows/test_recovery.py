@@ -19,8 +19,9 @@ from sqlalchemy import insert
 
 from tests.conftest import RunningServer, make_settings, start_server, stop_server
 from tests.flows.support import Module, create_workflow, get_run, log_rows, register, workflow_body
+from tornado_sched.clock import as_utc, naive_utc, utcnow
 from tornado_sched.config import Settings
-from tornado_sched.tables import as_utc, execution_log, naive_utc, utcnow
+from tornado_sched.tables import execution_log
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from tests.flows.support import (
     wait_until,
     workflow_body,
 )
-from tornado_sched.tables import utcnow
+from tornado_sched.clock import utcnow
 
 
 def _schedule_two_seconds_ahead() -> tuple[datetime, datetime, int]:

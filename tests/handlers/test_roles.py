@@ -18,7 +18,8 @@ from tornado.httpclient import HTTPResponse
 from tornado.web import create_signed_value
 
 from handlers.app import collect_routes
-from handlers.base import SESSION_COOKIE, ApiHandler
+from handlers.auth import SESSION_COOKIE
+from handlers.base import ApiHandler
 from tests.conftest import (
     ADMIN,
     RunningServer,

@@ -25,7 +25,8 @@ from tornado.web import create_signed_value
 from websockets.exceptions import InvalidStatus
 
 from handlers.app import make_app
-from handlers.base import SESSION_COOKIE, ApiHandler, host_allowed
+from handlers.auth import SESSION_COOKIE, host_allowed
+from handlers.base import ApiHandler
 from tests.conftest import (
     ADMIN,
     RunningServer,

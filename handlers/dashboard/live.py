@@ -24,23 +24,25 @@ import tornado.websocket
 
 from tornado_sched.auth import Operator
 from tornado_sched.context import AppContext
+from tornado_sched.events import MODULE_OFFLINE, MODULE_ONLINE, RUN_EVENTS
 from tornado_sched.runs import Run
 
-from .base import OperatorAuthMixin, to_json, wrong_host
-from .pages import chosen_locale, format_time, status_view, trigger_label
+from ..auth import OperatorAuthMixin
+from ..base import SocketHandler
+from .views import chosen_locale, module_event_view, run_view
 
 log = logging.getLogger(__name__)
 
 QUEUE_LIMIT = 200
 
 
-class DashboardSocket(OperatorAuthMixin, tornado.websocket.WebSocketHandler):
+class DashboardSocket(OperatorAuthMixin, SocketHandler):
     """One dashboard page's live feed. Server -> browser only."""
 
     auth = "operator"  # checked in prepare(): header credentials, else the session cookie
 
     def initialize(self, ctx: AppContext) -> None:
-        self.ctx = ctx
+        super().initialize(ctx)
         self.operator: Operator | None = None
         self._queue: asyncio.Queue[str] | None = None
         self._writer: asyncio.Task[None] | None = None
@@ -48,17 +50,12 @@ class DashboardSocket(OperatorAuthMixin, tornado.websocket.WebSocketHandler):
 
     # -- handshake -------------------------------------------------------------------
     async def prepare(self) -> None:
-        if wrong_host(self.ctx.settings, self.request):
-            self.set_status(400)
-            self.set_header("Content-Type", "application/json; charset=UTF-8")
-            self.finish(to_json({"code": "4000", "message": "Host header not in ALLOWED_HOSTS", "result": None}))
+        if self.refuse_wrong_host():
             return
-        self.operator = await self.authenticate()
+        self.operator = await self.authenticate()  # an outage -> 503 (base)
         if self.operator is None:
-            self.set_status(401)
             self._add_challenges()
-            self.set_header("Content-Type", "application/json; charset=UTF-8")
-            self.finish(to_json({"code": "4010", "message": "authentication required", "result": None}))
+            self.refuse(401, "4010", "authentication required")
 
     def check_origin(self, origin: str) -> bool:
         # Same scheme-less host:port as the page that opened it; nothing else.
@@ -110,61 +107,18 @@ class DashboardSocket(OperatorAuthMixin, tornado.websocket.WebSocketHandler):
         """Event bus listener: synchronous, serialises now, queues, never blocks."""
         if self._unsubscribe is None:
             return
-        if kind in ("module.online", "module.offline"):
-            self._send(self._module_message(kind == "module.online", data))
-        elif kind in ("run.started", "run.updated", "run.finished") and isinstance(data.get("run"), Run):
-            self._send({"type": "run", "event": kind, "run": self._run_view(data["run"])})
+        if kind in (MODULE_ONLINE, MODULE_OFFLINE):
+            online = kind == MODULE_ONLINE
+            session = self.ctx.modules.session(data["hash"]) if online else None
+            self._send(module_event_view(
+                self.locale, self._zone, data, online, session, self.ctx.modules.online_count()
+            ))
+        elif kind in RUN_EVENTS and isinstance(data.get("run"), Run):
+            self._send({"type": "run", "event": kind, "run": run_view(self.locale, self._zone, data["run"])})
 
     @property
     def _zone(self) -> ZoneInfo:
         return ZoneInfo(self.ctx.settings.time_zone)
-
-    def _module_message(self, online: bool, data: dict[str, Any]) -> dict[str, Any]:
-        session = self.ctx.hub.session(data["hash"]) if online else None
-        _key, label, tone = status_view(self.locale, "online" if online else "offline")
-        return {
-            "type": "module",
-            "module_id": data["module_id"],
-            "name": data["name"],
-            "online": online,
-            "status": {"key": "online" if online else "offline", "label": label, "tone": tone},
-            "connected_at": format_time(session.connected_at, self._zone) if session else "",
-            "last_heartbeat": format_time(session.last_heartbeat, self._zone) if session else "",
-            "remote_address": session.remote_address if session else "",
-            "online_count": len(self.ctx.hub.sessions()),
-        }
-
-    def _run_view(self, run: Run) -> dict[str, Any]:
-        def badge(status: str) -> dict[str, str]:
-            key, label, tone = status_view(self.locale, status)
-            return {"key": key, "label": label, "tone": tone}
-
-        return {
-            "run_id": run.run_id,
-            "url": f"/history/{run.run_id}",
-            "workflow_id": run.workflow_id,
-            "workflow_name": run.workflow_name,
-            "workflow_url": f"/history?workflow_id={run.workflow_id}",
-            "trigger": trigger_label(self.locale, run.trigger),
-            "execution_time": run.execution_time.replace("T", " "),
-            "status": badge(run.status),
-            "started_at": format_time(run.started_at, self._zone),
-            "ended_at": format_time(run.ended_at, self._zone),
-            "reason": run.reason or "",
-            "steps": [
-                {
-                    "index": step.index,
-                    "module_name": step.module_name,
-                    "status": badge(step.status),
-                    "attempts": step.attempts,
-                    "sent_at": format_time(step.sent_at, self._zone),
-                    "ended_at": format_time(step.ended_at, self._zone),
-                    "message": step.message or "",
-                    "error": step.error or "",
-                }
-                for step in run.steps
-            ],
-        }
 
 
 default_handlers: list[tuple[str, type[tornado.web.RequestHandler]]] = [

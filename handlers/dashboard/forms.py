@@ -1,0 +1,136 @@
+"""The workflow create/edit form: what the operator typed, kept as text so a
+re-render after an error shows it unchanged, and its translation to the core's
+workflow body."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tornado_sched.errors import Invalid
+from tornado_sched.workflows import (
+    DEFAULT_MISFIRE_GRACE_SECONDS,
+    DEFAULT_RETRIES,
+    DEFAULT_RETRY_DELAY_SECONDS,
+    DEFAULT_TIMEOUT_SECONDS,
+    MISFIRE,
+    OVERLAP,
+    Workflow,
+)
+
+# The form's fields, as the core names them in an Invalid's `field`.
+FORM_FIELDS = ("name", "description", "enable", "execute_cron_list", "execute_shift_time",
+               "execute_shift_unit", "timezone", "execute_modules", "timeout_seconds", "overlap",
+               "misfire", "misfire_grace_seconds", "retries", "retry_delay_seconds")
+
+
+@dataclass
+class WorkflowForm:
+    """What the create/edit form shows: strings as typed, so a re-render after a
+    validation error keeps the operator's input."""
+
+    name: str = ""
+    description: str = ""
+    enable: bool = True
+    cron_text: str = ""
+    shift_time: str = "0"
+    shift_unit: str = "s"
+    timezone: str = ""
+    timeout_seconds: str = str(DEFAULT_TIMEOUT_SECONDS)
+    overlap: str = OVERLAP[0]
+    misfire: str = MISFIRE[0]
+    misfire_grace_seconds: str = str(DEFAULT_MISFIRE_GRACE_SECONDS)
+    retries: str = str(DEFAULT_RETRIES)
+    retry_delay_seconds: str = str(DEFAULT_RETRY_DELAY_SECONDS)
+    rows: list[dict[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def from_arguments(cls, arg: Callable[[str, str], str], args: Callable[[str], list[str]]) -> WorkflowForm:
+        """The posted form (`get_body_argument`, `get_body_arguments`); a missing field
+        takes the form's default."""
+        modules = args("module")
+        texts = args("args")
+        rows = [
+            {"module": modules[i] if i < len(modules) else "", "args": texts[i] if i < len(texts) else ""}
+            for i in range(max(len(modules), len(texts)))
+        ]
+        blank = cls()
+        return cls(
+            name=arg("name", ""),
+            description=arg("description", ""),
+            enable=arg("enable", "") == "1",
+            cron_text=arg("execute_cron_list", ""),
+            shift_time=arg("execute_shift_time", blank.shift_time),
+            shift_unit=arg("execute_shift_unit", blank.shift_unit),
+            timezone=arg("timezone", ""),
+            timeout_seconds=arg("timeout_seconds", blank.timeout_seconds),
+            overlap=arg("overlap", blank.overlap),
+            misfire=arg("misfire", blank.misfire),
+            misfire_grace_seconds=arg("misfire_grace_seconds", blank.misfire_grace_seconds),
+            retries=arg("retries", blank.retries),
+            retry_delay_seconds=arg("retry_delay_seconds", blank.retry_delay_seconds),
+            rows=rows,
+        )
+
+    @classmethod
+    def from_workflow(cls, workflow: Workflow, ids_by_hash: dict[str, int]) -> WorkflowForm:
+        return cls(
+            name=workflow.name,
+            description=workflow.description,
+            enable=workflow.enable,
+            cron_text="\n".join(workflow.execute_cron_list),
+            shift_time=str(workflow.execute_shift_time),
+            shift_unit=workflow.execute_shift_unit,
+            timezone=workflow.timezone,
+            timeout_seconds=str(workflow.timeout_seconds),
+            overlap=workflow.overlap,
+            misfire=workflow.misfire,
+            misfire_grace_seconds=str(workflow.misfire_grace_seconds),
+            retries=str(workflow.retries),
+            retry_delay_seconds=str(workflow.retry_delay_seconds),
+            rows=[
+                {
+                    "module": str(ids_by_hash.get(step.get("module_hash", ""), "")),
+                    "args": json.dumps(step.get("args") or {}, ensure_ascii=False, indent=2),
+                }
+                for step in workflow.execute_modules
+            ],
+        )
+
+    def body(self, hashes_by_id: dict[str, str]) -> dict[str, Any]:
+        """The core's create/update body. Raises Invalid for rows it cannot read."""
+        steps = []
+        for number, row in enumerate(self.rows, start=1):
+            module, args_text = row["module"].strip(), row["args"].strip()
+            if not module and args_text in ("", "{}"):
+                continue  # an empty row
+            if not module:
+                raise Invalid(f"execute_modules[{number - 1}]: choose a module", field="execute_modules")
+            if module not in hashes_by_id:
+                raise Invalid(f"execute_modules[{number - 1}]: unknown module", field="execute_modules")
+            try:
+                args = json.loads(args_text) if args_text else {}
+            except ValueError as exc:
+                raise Invalid(f"execute_modules[{number - 1}]: args is not valid JSON ({exc.msg}, line {exc.lineno})",
+                              field="execute_modules") from None
+            if not isinstance(args, dict):
+                raise Invalid(f"execute_modules[{number - 1}]: args must be a JSON object", field="execute_modules")
+            steps.append({"module_hash": hashes_by_id[module], "args": args})
+        return {
+            "name": self.name,
+            "description": self.description,
+            "enable": self.enable,
+            "execute_cron_list": [line.strip() for line in self.cron_text.splitlines() if line.strip()],
+            "execute_shift_time": self.shift_time.strip(),
+            "execute_shift_unit": self.shift_unit,
+            "timezone": self.timezone.strip(),
+            "timeout_seconds": self.timeout_seconds.strip(),
+            "overlap": self.overlap,
+            "misfire": self.misfire,
+            "misfire_grace_seconds": self.misfire_grace_seconds.strip(),
+            "retries": self.retries.strip(),
+            "retry_delay_seconds": self.retry_delay_seconds.strip(),
+            "execute_modules": steps,
+        }

@@ -1,0 +1,407 @@
+"""The operator dashboard's pages: server-rendered over the core.
+
+Thin like every handler: read the query or form, call the core, render a template.
+Pages answer errors with an HTML page (never a traceback, never the JSON envelope).
+Changes are POST forms carrying Tornado's XSRF token; each posts to a page endpoint
+that calls the core and redirects back (post/redirect/get).
+
+Live updates (module online/offline, run progress) come over `/dashboard/live`
+(live.py); pages only mark the elements that can change with data attributes that
+static/js/live.js looks for. Labels and formatting are in views.py, the workflow form
+in forms.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, ClassVar
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
+
+import tornado.locale
+import tornado.web
+
+from tornado_sched.clock import utcnow
+from tornado_sched.errors import DomainError, Invalid
+from tornado_sched.logs import short_secret
+from tornado_sched.notify import STATUSES as OUTBOX_STATUSES
+from tornado_sched.runs import RUN_STATUSES
+from tornado_sched.workflows import MISFIRE, OVERLAP, Workflow
+
+from ..auth import SESSION_COOKIE
+from ..base import BaseHandler
+from .forms import FORM_FIELDS, WorkflowForm
+from .views import (
+    LANG_COOKIE,
+    LANGUAGES,
+    NAV,
+    PAGE_SIZE,
+    SHIFT_UNITS,
+    UI_MODULES,
+    chosen_locale,
+    field_message,
+    format_time,
+    page_number,
+    pager,
+    safe_next,
+    shift_text,
+    status_view,
+    trigger_label,
+    zone_label,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["UI_MODULES", "default_handlers"]
+
+
+# -- base ---------------------------------------------------------------------------
+class PageHandler(BaseHandler):
+    """Base of every HTML page: locale, template namespace, HTML error pages."""
+
+    auth = "operator"
+    sets_session = True
+    nav: ClassVar[str] = ""
+    live: ClassVar[bool] = False  # pages that listen on /dashboard/live
+
+    def get_user_locale(self) -> tornado.locale.Locale | None:
+        return chosen_locale(self)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.ctx.settings.time_zone)
+
+    def get_template_namespace(self) -> dict[str, Any]:
+        namespace = super().get_template_namespace()
+        namespace.update(
+            nav=self.nav,
+            nav_items=NAV,
+            live=self.live,
+            languages=LANGUAGES,
+            zone_name=self.ctx.settings.time_zone,
+            zone_label=zone_label(self.ctx.settings.time_zone),
+            fmt_time=lambda value: format_time(value, self.zone) or "—",
+            trigger_label=lambda trigger: trigger_label(self.locale, trigger),
+            status_text=lambda status: status_view(self.locale, status)[1],
+            short_secret=short_secret,
+            here=self.request.uri or "/",
+        )
+        return namespace
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code == 401:
+            add_challenges = getattr(self, "_add_challenges", None)
+            if add_challenges is not None:
+                add_challenges()
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        titles = {
+            400: "Bad request", 401: "Authentication required", 403: "Forbidden",
+            404: "Not found", 405: "Method not allowed", 409: "Conflict",
+            429: "Too many requests", 503: "Service unavailable",
+        }
+        title = titles.get(status_code, "Error" if status_code < 500 else "Internal server error")
+        message = ""
+        if isinstance(exc, DomainError):
+            message = exc.message
+        elif status_code == 403 and isinstance(exc, tornado.web.HTTPError) and "xsrf" in (exc.log_message or "").lower():
+            message = "The form expired or did not come from this site. Go back, reload the page and try again."
+        try:
+            self.set_header("Content-Type", "text/html; charset=UTF-8")
+            self.render("error.html", status_code=status_code, title=title, message=message)
+        except Exception:
+            log.exception("error page failed to render")
+            if not self._finished:
+                self.set_header("Content-Type", "text/plain; charset=UTF-8")
+                self.finish(f"{status_code} {title}\n")
+
+
+# -- pages --------------------------------------------------------------------------
+class OverviewPage(PageHandler):
+    """`/`: module counts, failing workflows, recent runs."""
+
+    nav = "overview"
+    live = True
+
+    async def get(self) -> None:
+        modules = await self.ctx.modules.list()
+        workflows = await self.ctx.workflows.list()
+        failing = [w for w in workflows if w.last_run_failed]
+        runs, total_runs = await self.ctx.runs.list(page_size=10)
+        online = sum(1 for m in modules if m.online)
+        self.render(
+            "overview.html",
+            modules=modules,
+            online=online,
+            offline=len(modules) - online,
+            workflows=workflows,
+            failing=failing,
+            runs=runs,
+            total_runs=total_runs,
+            failed_writes=self.ctx.store_failures(),
+        )
+
+
+class ModulesPage(PageHandler):
+    """`/modules`: every module with its live state."""
+
+    nav = "modules"
+    live = True
+
+    async def get(self) -> None:
+        self.render("modules.html", modules=await self.ctx.modules.list())
+
+
+class ModulePage(PageHandler):
+    """`/modules/<module_id>`: one module's data requirements and state."""
+
+    nav = "modules"
+    live = True
+
+    async def get(self, module_id: str) -> None:
+        view, users = await self.ctx.modules.get_by_id(int(module_id))
+        self.render("module.html", module=view, users=users)
+
+
+class WorkflowsPage(PageHandler):
+    """`/workflows`: schedules, next fire times, last run; enable/disable/run now."""
+
+    nav = "workflows"
+    live = True
+
+    async def get(self) -> None:
+        workflows = await self.ctx.workflows.list()
+        now = utcnow()
+        items = [
+            {
+                "workflow": w,
+                "shift": shift_text(w),
+                "upcoming": w.upcoming(now),
+                "last_run": w.last_run or {},
+                "next_run": self.ctx.scheduler.next_run_time(w.workflow_id),
+            }
+            for w in workflows
+        ]
+        self.render("workflows.html", items=items)
+
+
+class WorkflowActionPage(PageHandler):
+    """`POST /workflows/<id>/enable|disable|run`, then back to the list (or the run)."""
+
+    nav = "workflows"
+
+    async def post(self, workflow_id: str, action: str) -> None:
+        if action == "run":
+            workflow, run_id = await self.ctx.scheduler.run_now(int(workflow_id))
+            await self.audit("run", f"workflow:{workflow.workflow_id}", {"run_id": run_id})
+            self.redirect(f"/history/{run_id}", status=303)
+            return
+        workflow = await self.ctx.workflows.set_enabled(int(workflow_id), action == "enable")
+        await self.audit(action, f"workflow:{workflow.workflow_id}")
+        self.redirect(f"/workflows#workflow-{workflow.workflow_id}", status=303)
+
+
+class _WorkflowFormPage(PageHandler):
+    """The create and edit forms: show, re-show with field errors, save."""
+
+    nav = "workflows"
+
+    async def _show(self, form: WorkflowForm, *, workflow: Workflow | None = None,
+                    errors: dict[str, str] | None = None, extra_rows: int = 1) -> None:
+        views = await self.ctx.modules.list()
+        form.rows = [r for r in form.rows if r["module"] or r["args"].strip() not in ("", "{}")]
+        form.rows += [{"module": "", "args": ""} for _ in range(max(extra_rows, 2 - len(form.rows)))]
+        if not form.timezone:
+            form.timezone = self.ctx.settings.time_zone
+        self.render(
+            "workflow_form.html",
+            form=form,
+            workflow=workflow,
+            errors=errors or {},
+            modules=[view.record for view in views],
+            online={view.record.hash for view in views if view.online},
+            overlap_choices=OVERLAP,
+            misfire_choices=MISFIRE,
+            shift_units=SHIFT_UNITS,
+        )
+
+    async def _hashes_by_id(self) -> dict[str, str]:
+        return {str(m.module_id): m.hash for m in await self.ctx.registry.list()}
+
+    async def _submit(self, workflow: Workflow | None) -> None:
+        form = WorkflowForm.from_arguments(self.get_body_argument, self.get_body_arguments)
+        if self.get_body_argument("action", "") == "add_row":
+            blank = sum(1 for r in form.rows if not r["module"] and r["args"].strip() in ("", "{}"))
+            await self._show(form, workflow=workflow, extra_rows=blank + 1)
+            return
+        try:
+            body = form.body(await self._hashes_by_id())
+            if workflow is None:
+                saved = await self.ctx.workflows.create(body)
+            else:
+                saved = await self.ctx.workflows.update(workflow.workflow_id, body)
+        except Invalid as exc:
+            key = exc.field if exc.field in FORM_FIELDS else "form"
+            self.set_status(400)
+            await self._show(form, workflow=workflow, errors={key: field_message(self.locale, exc)})
+            return
+        if workflow is None:
+            await self.audit("create", f"workflow:{saved.workflow_id}", {"name": saved.name})
+        else:
+            await self.audit("update", f"workflow:{saved.workflow_id}", {"fields": sorted(body)})
+        self.redirect(f"/workflows#workflow-{saved.workflow_id}", status=303)
+
+
+class WorkflowNewPage(_WorkflowFormPage):
+    """`/workflows/new`: the create form."""
+
+    async def get(self) -> None:
+        await self._show(WorkflowForm())
+
+    async def post(self) -> None:
+        await self._submit(None)
+
+
+class WorkflowEditPage(_WorkflowFormPage):
+    """`/workflows/<id>/edit`: the edit form."""
+
+    async def get(self, workflow_id: str) -> None:
+        workflow = await self.ctx.workflows.get(int(workflow_id))
+        ids = {m.hash: m.module_id for m in await self.ctx.registry.list()}
+        await self._show(WorkflowForm.from_workflow(workflow, ids), workflow=workflow)
+
+    async def post(self, workflow_id: str) -> None:
+        await self._submit(await self.ctx.workflows.get(int(workflow_id)))
+
+
+class SchedulerPage(PageHandler):
+    """`/scheduler`: jobs with their next run time; POST reloads them from the store."""
+
+    nav = "scheduler"
+
+    def get(self) -> None:
+        reloaded = self.get_query_argument("reloaded", "")
+        self.render(
+            "scheduler.html",
+            jobs=self.ctx.scheduler.jobs(),
+            reloaded=int(reloaded) if re.fullmatch(r"[0-9]{1,9}", reloaded) else None,
+        )
+
+    async def post(self) -> None:
+        result = await self.ctx.scheduler.reload()
+        await self.audit("reload", "scheduler", {"current_count": result["current_count"]})
+        self.redirect("/scheduler?" + urlencode({"reloaded": result["current_count"]}), status=303)
+
+
+class RunsPage(PageHandler):
+    """`/history`: runs, newest first, filtered by workflow and status. (`/runs` is the
+    JSON API's.)"""
+
+    nav = "runs"
+    live = True
+
+    async def get(self) -> None:
+        raw_id = self.get_query_argument("workflow_id", "")
+        status = self.get_query_argument("status", "")
+        if raw_id and not re.fullmatch(r"[0-9]{1,18}", raw_id):
+            raise Invalid("workflow_id: expected a workflow id", field="workflow_id")
+        if status and status not in RUN_STATUSES:
+            raise Invalid(f"status: must be one of {', '.join(RUN_STATUSES)}", field="status")
+        page = page_number(self.get_query_argument("page", "1"))
+        runs, total = await self.ctx.runs.list(
+            int(raw_id) if raw_id else None, status or None, page=page, page_size=PAGE_SIZE
+        )
+        self.render(
+            "runs.html",
+            runs=runs,
+            **pager("/history", {"workflow_id": raw_id, "status": status}, page, total),
+            workflows=await self.ctx.workflows.list(),
+            selected_workflow=raw_id,
+            selected_status=status,
+            statuses=RUN_STATUSES,
+            filtered=bool(raw_id or status),
+        )
+
+
+class RunPage(PageHandler):
+    """`/history/<run_id>`: one run, each step's status, times, message and error."""
+
+    nav = "runs"
+    live = True
+
+    async def get(self, run_id: str) -> None:
+        run = await self.ctx.runs.get(run_id)
+        self.render("run.html", run=run)
+
+
+class NotificationsPage(PageHandler):
+    """`/outbox`: the notification outbox, newest first, filterable by status.
+    (`/notifications` is the JSON API's.)"""
+
+    nav = "notifications"
+
+    async def get(self) -> None:
+        status = self.get_query_argument("status", "")
+        page = page_number(self.get_query_argument("page", "1"))
+        statuses = OUTBOX_STATUSES
+        if status and status not in statuses:
+            raise Invalid(f"status: must be one of {', '.join(statuses)}", field="status")
+        rows, total = await self.ctx.notifier.list(page, PAGE_SIZE, status or None)
+        self.render(
+            "notifications.html",
+            rows=rows,
+            **pager("/outbox", {"status": status}, page, total),
+            statuses=statuses,
+            selected_status=status,
+        )
+
+
+class LanguagePage(PageHandler):
+    """`/lang/<code>?next=/path`: remember the language choice in a cookie."""
+
+    auth = "public"
+
+    def get(self, code: str) -> None:
+        self.set_cookie(LANG_COOKIE, code, expires_days=365, samesite="Lax", httponly=True)
+        self.redirect(safe_next(self.get_query_argument("next", "/")), status=303)
+
+
+class LogoutPage(PageHandler):
+    """`POST /logout`: forget the session cookie, then show the logged-out page."""
+
+    viewer_may_post = True
+
+    def post(self) -> None:
+        self.clear_cookie(SESSION_COOKIE)
+        self.redirect("/logged-out", status=303)
+
+
+class LoggedOutPage(PageHandler):
+    """`/logged-out`. Answers 401 without a challenge: browsers drop the HTTP
+    credentials they cached for this site on a 401 to a request that carried them,
+    and with no challenge they show this page instead of a login prompt. (Plain
+    HTTP auth has no real logout; closing the browser is the only sure one.)"""
+
+    auth = "public"
+
+    def get(self) -> None:
+        self.set_status(401)
+        self.render("logged_out.html")
+
+
+default_handlers: list[tuple[str, type[tornado.web.RequestHandler]]] = [
+    (r"/", OverviewPage),
+    (r"/modules", ModulesPage),
+    (r"/modules/(\d{1,18})", ModulePage),
+    (r"/workflows", WorkflowsPage),
+    (r"/workflows/new", WorkflowNewPage),
+    (r"/workflows/(\d{1,18})/edit", WorkflowEditPage),
+    (r"/workflows/(\d{1,18})/(enable|disable|run)", WorkflowActionPage),
+    (r"/scheduler", SchedulerPage),
+    (r"/history", RunsPage),
+    (r"/history/([0-9a-f]{1,64})", RunPage),
+    (r"/outbox", NotificationsPage),
+    (r"/lang/(en_US|zh_CN)", LanguagePage),
+    (r"/logout", LogoutPage),
+    (r"/logged-out", LoggedOutPage),
+]

@@ -22,7 +22,7 @@ from tornado.log import app_log
 from tornado_sched.context import AppContext
 from tornado_sched.errors import DomainError, Forbidden, Invalid, TooManyRequests
 from tornado_sched.logs import redact_url, short_secret
-from tornado_sched.protocol import to_json
+from tornado_sched.serialize import to_json
 from tornado_sched.stores import store_outage
 
 from .auth import SESSION_COOKIE, OperatorAuthMixin, wrong_host

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import date, datetime
 from typing import Any
-
-from bson import ObjectId
 
 RESULT_ACK = "receive result"
 RESULT_STATUSES = ("success", "failure")
@@ -118,19 +115,3 @@ def execute_frame(
 
 def error_reply(reason: str) -> str:
     return json.dumps({"type": "error", "error": reason}, ensure_ascii=False)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, ObjectId):
-        return str(value)
-    if isinstance(value, set | frozenset | tuple):
-        return list(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def to_json(value: Any) -> str:
-    """The one JSON encoder for REST responses and WebSocket replies (datetimes as
-    ISO 8601, ObjectIds as str)."""
-    return json.dumps(value, ensure_ascii=False, default=_json_default)

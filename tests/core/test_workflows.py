@@ -1,0 +1,79 @@
+"""validate_workflow and WorkflowStore built directly on the embedded document server."""
+
+from __future__ import annotations
+
+import pytest
+
+from tornado_sched.errors import Invalid, NotFound
+from tornado_sched.events import WORKFLOW_DELETED, WORKFLOW_SAVED
+from tornado_sched.workflows import (
+    DEFAULT_MISFIRE_GRACE_SECONDS,
+    DEFAULT_RETRIES,
+    DEFAULT_RETRY_DELAY_SECONDS,
+    DEFAULT_TIMEOUT_SECONDS,
+    validate_workflow,
+)
+
+from .conftest import Core
+
+
+def test_validate_fills_the_defaults_once_defined() -> None:
+    fields = validate_workflow({"name": " a ", "enable": False}, "Europe/Berlin")
+    assert fields["name"] == "a" and fields["timezone"] == "Europe/Berlin"
+    assert fields["timeout_seconds"] == DEFAULT_TIMEOUT_SECONDS == 600
+    assert fields["misfire_grace_seconds"] == DEFAULT_MISFIRE_GRACE_SECONDS == 300
+    assert fields["retry_delay_seconds"] == DEFAULT_RETRY_DELAY_SECONDS == 10
+    assert fields["retries"] == DEFAULT_RETRIES == 0
+    assert (fields["overlap"], fields["misfire"]) == ("forbid", "skip")
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({}, "name"),
+    ({"name": "a", "enable": True}, "execute_cron_list"),
+    ({"name": "a", "execute_cron_list": ["61 * * * *"]}, "execute_cron_list"),
+    ({"name": "a", "enable": False, "execute_shift_unit": "d"}, "execute_shift_unit"),
+    ({"name": "a", "enable": False, "timezone": "Mars/Base"}, "timezone"),
+    ({"name": "a", "enable": False, "timeout_seconds": "²"}, "timeout_seconds"),
+    ({"name": "a", "enable": False, "execute_modules": [{"module_hash": {"$ne": None}}]}, "execute_modules"),
+])
+def test_validate_names_the_bad_field(body: dict, field: str) -> None:
+    with pytest.raises(Invalid) as caught:
+        validate_workflow(body, "Asia/Shanghai")
+    assert caught.value.field == field
+
+
+async def test_every_change_is_published(core: Core) -> None:
+    created = await core.workflows.create({"name": "w", "execute_cron_list": ["0 9 * * *"]})
+    await core.workflows.update(created.workflow_id, {"description": "d"})
+    await core.workflows.set_enabled(created.workflow_id, False)
+    await core.workflows.delete(created.workflow_id)
+    changes = [(kind, data) for kind, data in core.seen if kind.startswith("workflow.")]
+    assert [kind for kind, _ in changes] == [WORKFLOW_SAVED] * 3 + [WORKFLOW_DELETED]
+    assert changes[1][1]["workflow"].description == "d"
+    assert changes[2][1]["workflow"].enable is False
+    assert changes[3][1] == {"workflow_id": created.workflow_id}
+    with pytest.raises(NotFound):
+        await core.workflows.get(created.workflow_id)
+
+
+async def test_refused_changes_publish_nothing(core: Core) -> None:
+    with pytest.raises(Invalid):
+        await core.workflows.create({"name": "w", "execute_modules": [{"module_hash": "unknown"}], "enable": False})
+    created = await core.workflows.create({"name": "w", "enable": False})
+    with pytest.raises(Invalid):
+        await core.workflows.set_enabled(created.workflow_id, True)  # no crontab lines
+    assert [k for k in core.kinds() if k.startswith("workflow.")] == [WORKFLOW_SAVED]
+
+
+async def test_upcoming_fire_times_apply_the_shift(core: Core) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    workflow = await core.workflows.create({
+        "name": "w", "execute_cron_list": ["0 10 * * *"], "execute_shift_time": -30, "timezone": "UTC",
+    })
+    now = datetime(2030, 1, 1, 12, tzinfo=UTC)
+    upcoming = workflow.upcoming(now)
+    assert len(upcoming) == 5
+    assert upcoming[0] == datetime(2030, 1, 2, 9, 59, 30, tzinfo=UTC)
+    assert upcoming[1] - upcoming[0] == timedelta(days=1)
+    assert (await core.workflows.create({"name": "on demand", "enable": False})).upcoming(now) == []

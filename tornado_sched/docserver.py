@@ -1,6 +1,6 @@
 """The embedded MongoDB wire-protocol server (nx-27017) as an asyncio-managed child.
 
-Used when MONGODB_HOST is unset (see DESIGN.md "Stores"). The child is started through
+Used when MONGODB_HOST is unset (see docs/design.md). The child is started through
 ``tornado_sched.docserver_shim``, which fixes neosqlite's update type bugs and makes
 the child die with its parent on Linux.
 """

@@ -28,11 +28,11 @@ the operations our store code uses):
   ``$addToSet`` of a datetime and ``$max`` with a datetime likewise (``$min`` goes
   the same way, not measured). ``$setOnInsert`` on upsert, positional ``$`` updates
   and ``$currentDate`` were already right without the shim.
-- still wrong (the store code avoids each, see DESIGN.md "Stores"): an ObjectId value
+- still wrong (the store code avoids each, see docs/design.md): an ObjectId value
   outside ``_id`` is stored and read back fine but never matches a query;
   ``find_one_and_update`` returns None instead of raising on a duplicate key;
   standard ``array_filters`` modify nothing; ``index_information()`` names an index
-  ``idx_<coll>_<field>`` while ``create_index`` returned ``<field>_1``. DESIGN.md
+  ``idx_<coll>_<field>`` while ``create_index`` returned ``<field>_1``. docs/design.md
   lists more (``distinct`` over subdocument arrays, dropped index options, several
   nulls under a unique index) that this shim does not touch either.
 

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 class DocumentStore:
     """Business data in MongoDB (`modules`, `workflows`, `runs`, `counters`).
 
-    Rules the embedded server forces on us (DESIGN.md): reference documents by string
+    Rules the embedded server forces on us (docs/design.md): reference documents by string
     ids, create unique things with `insert_one`, counters are the only upserts.
     """
 

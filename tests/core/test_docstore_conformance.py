@@ -1,7 +1,7 @@
 """Conformance of the embedded document server (nx-27017 via our shim) with MongoDB.
 
 Each test pins one semantic our store code relies on, or one known deviation the store
-code is written to avoid (DESIGN.md "Stores"). When nx-27017, neosqlite or the shim
+code is written to avoid (docs/design.md). When nx-27017, neosqlite or the shim
 changes, these say what moved.
 """
 
@@ -335,7 +335,7 @@ async def test_find_by_objectid_in_id(db: AsyncDatabase) -> None:
     assert got == {"_id": result.inserted_id, "v": 1}
 
 
-# --- known deviations the store code avoids (DESIGN.md "Stores") ------------------------
+# --- known deviations the store code avoids (docs/design.md) ------------------------
 
 
 async def test_deviation_objectid_outside_id_does_not_match(db: AsyncDatabase) -> None:

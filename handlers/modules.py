@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 
 from tornado_sched.errors import Forbidden, Invalid, TooManyRequests
+from tornado_sched.logs import short_secret
 from tornado_sched.registry import parse_requirements
 
 from .auth import wrong_host
@@ -13,9 +14,12 @@ from .base import ApiHandler
 
 class RegisterHandler(ApiHandler):
     """`GET|POST /module/register` -> {hash, module_id}. Needs operator credentials
-    or REGISTRATION_TOKEN (`token` parameter or `X-Registration-Token` header)."""
+    or REGISTRATION_TOKEN (`token` parameter or `X-Registration-Token` header). With
+    the token alone, an existing name is updated only for a caller that passes its
+    current hash (`X-Module-Hash` header or `module_hash` parameter)."""
 
     auth = "operator"
+    by_token = False
 
     async def prepare(self) -> None:
         if wrong_host(self.ctx.settings, self.request):  # before the token short-cut
@@ -27,9 +31,14 @@ class RegisterHandler(ApiHandler):
             if self.ctx.throttle.blocked(address):
                 raise TooManyRequests("too many failed attempts from this address; try again later")
             if expected and hmac.compare_digest(token.encode(), expected.encode()):
+                self.by_token = True
                 return
             self.ctx.throttle.failure(address)  # token guesses count like password guesses
         await super().prepare()
+        if self.auth_method == "cookie" and self.request.method == "GET":
+            # Cross-site navigation carries SameSite=Lax cookies: a GET must not write.
+            raise Forbidden("registering by GET needs the registration token or Basic/Digest/Bearer "
+                            "credentials; a browser session must POST with the XSRF token")
         # Registering returns a module's hash, its WebSocket credential: even by GET
         # it is a write, which the viewer role may not do.
         if self.current_user is not None and not self.current_user.is_admin:
@@ -49,13 +58,24 @@ class RegisterHandler(ApiHandler):
         await self._register()
 
     async def _register(self) -> None:
-        record = await self.ctx.modules.register(
-            name=self.text_param("name", max_len=100),
-            description=self.text_param("description", required=False),
-            input_data=parse_requirements("input_data", self.param("input_data")),
-            output_data=parse_requirements("output_data", self.param("output_data")),
-            model_hash=self.text_param("modelHash", required=False, max_len=200),
-        )
+        proof = self.request.headers.get("X-Module-Hash") or self.text_param("module_hash", required=False, max_len=128)
+        try:
+            record = await self.ctx.modules.register(
+                name=self.text_param("name", max_len=100),
+                description=self.text_param("description", required=False),
+                input_data=parse_requirements("input_data", self.param("input_data")),
+                output_data=parse_requirements("output_data", self.param("output_data")),
+                model_hash=self.text_param("modelHash", required=False, max_len=200),
+                trusted=not self.by_token,
+                proof=proof,
+            )
+        except Forbidden:
+            if self.by_token:
+                self.ctx.throttle.failure(self.request.remote_ip or "")  # a hash guess
+            raise
+        actor = "registration-token" if self.by_token else self.current_user.username
+        await self.ctx.audit.record(actor, "register", f"module:{record.module_id}", {"name": record.name},
+                                    self.request.remote_ip)
         self.write_envelope({"hash": record.hash, "module_id": record.module_id})
 
 
@@ -75,7 +95,10 @@ class SendMessageHandler(ApiHandler):
     auth = "operator"
 
     async def post(self) -> None:
-        await self.ctx.modules.send_message(self.param("module_hash"), self.param("message"))
+        module_hash = self.param("module_hash")
+        size = await self.ctx.modules.send_message(module_hash, self.param("message"))
+        # The message itself may hold anything; its size and target are the record.
+        await self.audit("send_message", f"module:{short_secret(module_hash)}", {"bytes": size})
         self.write_envelope({"message": "消息已发送"})
 
 
@@ -102,10 +125,23 @@ class ModuleDetailHandler(ApiHandler):
         self.write_envelope({"module_id": record.module_id, "name": record.name, "deleted": True})
 
 
+class ModuleRotateHandler(ApiHandler):
+    """`POST /module/<hash>/rotate` (admin): a new hash for the module; the old one
+    stops working at once and its live socket is closed (4401 "hash rotated")."""
+
+    auth = "admin"
+
+    async def post(self, module_hash: str) -> None:
+        record = await self.ctx.modules.rotate_hash(module_hash)
+        await self.audit("rotate_hash", f"module:{record.module_id}", {"name": record.name})
+        self.write_envelope({"module_id": record.module_id, "name": record.name, "hash": record.hash})
+
+
 default_handlers = [
     (r"/module/register", RegisterHandler),
     (r"/module/online", OnlineHandler),
     (r"/module/send_message", SendMessageHandler),
     (r"/module/list", ModuleListHandler),
+    (r"/module/([^/]+)/rotate", ModuleRotateHandler),
     (r"/module/([^/]+)", ModuleDetailHandler),
 ]

@@ -11,7 +11,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -196,3 +196,23 @@ async def server(settings: Settings) -> AsyncIterator[RunningServer]:
     running, http_server = await start_server(settings)
     yield running
     await stop_server(running, http_server)
+
+
+MakeServer = Callable[..., Awaitable[RunningServer]]
+
+
+@pytest.fixture
+async def make_server(tmp_path: Path, docserver_uri: str) -> AsyncIterator[MakeServer]:
+    """Start servers with settings overrides; all are stopped at teardown."""
+    started: list[tuple[RunningServer, HTTPServer]] = []
+
+    async def make(**overrides: Any) -> RunningServer:
+        path = tmp_path / f"s{len(started)}"
+        path.mkdir()
+        running, http_server = await start_server(make_settings(path, docserver_uri, **overrides))
+        started.append((running, http_server))
+        return running
+
+    yield make
+    for running, http_server in reversed(started):
+        await stop_server(running, http_server)

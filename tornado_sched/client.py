@@ -233,6 +233,10 @@ class ModuleClient:
             }
         )
         headers = {"Accept": "application/json"}
+        if self.module_hash:
+            # With the registration token alone, the server re-registers an existing
+            # name only for a caller that proves it holds the current hash.
+            headers["X-Module-Hash"] = self.module_hash
         auth: dict[str, Any] = {}
         if self._token:
             # A header, not the `token` parameter: query strings end up in logs.

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 CLOSE_REPLACED = 4000
 CLOSE_DELETED = 4404
+CLOSE_ROTATED = 4401  # the module's hash was rotated: the old one is no credential
 CLOSE_SHUTDOWN = 1001
 
 

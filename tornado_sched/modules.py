@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from .errors import Invalid, NotFound
-from .hub import CLOSE_DELETED, ConnectionHub, ModuleSession
+from .hub import CLOSE_DELETED, CLOSE_ROTATED, ConnectionHub, ModuleSession
 from .registry import ModuleRecord, ModuleRegistry, validate_hash
 from .workflows import Workflow, WorkflowStore
 
@@ -65,11 +65,21 @@ class ModuleService:
 
     async def register(
         self, name: str, description: str, input_data: list[dict[str, Any]],
-        output_data: list[dict[str, Any]], model_hash: str,
+        output_data: list[dict[str, Any]], model_hash: str, *, trusted: bool = True, proof: str = "",
     ) -> ModuleRecord:
-        """Register or re-register by name; a live session shows the new description."""
-        record = await self._registry.register(name, description, input_data, output_data, model_hash)
+        """Register or re-register by name; a live session shows the new description.
+        Without `trusted` (operator credentials) an existing name needs its current
+        hash as `proof` (see ModuleRegistry.register)."""
+        record = await self._registry.register(name, description, input_data, output_data, model_hash,
+                                               trusted=trusted, proof=proof)
         self._hub.set_description(record.hash, record.description)
+        return record
+
+    async def rotate_hash(self, module_hash: str) -> ModuleRecord:
+        """A new hash for the module (workflows follow it); the old hash's live socket
+        is closed with 4401 at once."""
+        record, old_hash = await self._registry.rotate_hash(module_hash)
+        self._hub.disconnect(old_hash, CLOSE_ROTATED, "hash rotated")
         return record
 
     async def delete(self, module_hash: str) -> ModuleRecord:
@@ -108,8 +118,9 @@ class ModuleService:
     def session(self, module_hash: str) -> ModuleSession | None:
         return self._hub.session(module_hash)
 
-    async def send_message(self, module_hash: Any, message: Any) -> None:
-        """The seed's send_message: 404 for an unknown module, 409 when offline."""
+    async def send_message(self, module_hash: Any, message: Any) -> int:
+        """The seed's send_message: 404 for an unknown module, 409 when offline.
+        Returns the size sent, in UTF-8 bytes (for the audit row)."""
         module_hash = validate_hash(module_hash)
         if message is None or message == "":
             raise Invalid("message: required", field="message")
@@ -122,6 +133,7 @@ class ModuleService:
         if not isinstance(message, str):
             message = json.dumps(message, ensure_ascii=False)
         self._hub.send(module_hash, message)  # 409 when offline
+        return len(message.encode("utf-8"))
 
 
 def _has_operator_keys(value: Any, depth: int = 0) -> bool:

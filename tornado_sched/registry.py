@@ -2,11 +2,15 @@
 
 A module is identified by its name; registering again updates its description,
 data requirements and modelHash and keeps its hash and module_id. The hash is a
-server-generated secret, the module's only credential on the WebSocket.
+server-generated secret, the module's only credential on the WebSocket: registering
+an existing name hands it back only to a caller who proves it already holds it (the
+current hash) or who registers with operator credentials (the seed's "same name ->
+same hash"). An admin can rotate a hash; workflows follow the new one.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import secrets
 from dataclasses import dataclass
@@ -17,7 +21,7 @@ from pymongo import UpdateOne
 from pymongo.errors import DuplicateKeyError
 
 from .clock import read_datetime, utcnow
-from .errors import Conflict, Invalid, NotFound
+from .errors import Conflict, Forbidden, Invalid, NotFound
 from .logs import short_secret
 from .requirements import (
     DataRequirement,
@@ -92,12 +96,20 @@ def parse_requirements(field: str, raw: Any) -> list[dict[str, Any]]:
     return requirement_docs(parse_requirement_list(field, raw))
 
 
+def has_control_chars(text: str) -> bool:
+    """C0/C1 control characters (CR, LF, TAB, NUL, DEL...): they forge log lines and
+    headers, and no name or subject needs one."""
+    return any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text)
+
+
 def validate_module_name(name: Any) -> str:
     if not isinstance(name, str) or not name.strip():
         raise Invalid("name: required", field="name")
     name = name.strip()
     if len(name) > 100:
         raise Invalid("name: at most 100 characters", field="name")
+    if has_control_chars(name):
+        raise Invalid("name: must not contain control characters", field="name")
     return name
 
 
@@ -135,7 +147,13 @@ class ModuleRegistry:
         input_data: list[dict[str, Any]],
         output_data: list[dict[str, Any]],
         model_hash: str,
+        *,
+        trusted: bool = True,
+        proof: str = "",
     ) -> ModuleRecord:
+        """Create the module, or update an existing one of that name. `trusted`
+        (operator credentials) may update any module; otherwise the caller must pass
+        the module's current hash as `proof`, or the hash stays secret (Forbidden)."""
         name = validate_module_name(name)
         fields = {
             "description": description,
@@ -147,6 +165,12 @@ class ModuleRegistry:
         for _attempt in range(3):
             existing = await self._col.find_one({"name": name})
             if existing is not None:
+                if not trusted and not hmac.compare_digest(proof.encode(), str(existing["hash"]).encode()):
+                    raise Forbidden(
+                        f"module {name!r} is already registered: pass its current hash (X-Module-Hash "
+                        "header or module_hash parameter) or register with operator credentials",
+                        field="module_hash",
+                    )
                 await self._col.update_one({"_id": existing["_id"]}, {"$set": fields})
                 existing.update(fields)
                 return ModuleRecord.from_doc(existing)
@@ -210,6 +234,26 @@ class ModuleRegistry:
             raise Conflict(f"module {record.name!r} is used by {users} workflow(s)")
         await self._col.delete_one({"hash": record.hash})
         return record
+
+    async def rotate_hash(self, module_hash: str) -> tuple[ModuleRecord, str]:
+        """Give the module a new random hash; returns (updated record, old hash).
+        Workflows that run it are rewritten to the new hash, so schedules go on; the
+        caller closes the old hash's live socket."""
+        record = await self.get(module_hash)
+        new_hash = secrets.token_hex(20)
+        await self._col.update_one({"_id": record.doc_id}, {"$set": {"hash": new_hash, "updated_at": utcnow()}})
+        workflows = self._docs["workflows"]
+        async for doc in workflows.find({"module_hashes": record.hash}, {"_id": 1, "execute_modules": 1,
+                                                                         "module_hashes": 1}):
+            steps = [
+                {**step, "module_hash": new_hash} if step.get("module_hash") == record.hash else step
+                for step in doc.get("execute_modules") or []
+            ]
+            hashes = sorted({new_hash if h == record.hash else h for h in doc.get("module_hashes") or []})
+            await workflows.update_one({"_id": doc["_id"]}, {"$set": {"execute_modules": steps,
+                                                                      "module_hashes": hashes}})
+        log.info("rotated the hash of module %r (id %d)", record.name, record.module_id)
+        return await self.get(new_hash), record.hash
 
     async def save_states(self, states: dict[Any, dict[str, Any]]) -> None:
         """Bulk writes of many modules' online/heartbeat state, keyed by `_id`: the

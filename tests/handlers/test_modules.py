@@ -100,11 +100,18 @@ async def test_concurrent_registrations_of_one_name_make_one_module(server: Runn
     results = await asyncio.gather(
         *(register_get(server, name="burst", description=str(i)) for i in range(6))
     )
-    assert {status for status, _ in results} == {200}, results
-    assert len({json.dumps(envelope["result"], sort_keys=True) for _, envelope in results}) == 1
+    # With the token alone, exactly one caller creates it; the others do not hold its
+    # hash and are refused (403) without learning it.
+    winners = [envelope["result"] for status, envelope in results if status == 200]
+    assert len(winners) == 1, results
+    assert {status for status, _ in results} == {200, 403}, results
+    assert all(winners[0]["hash"] not in json.dumps(envelope) for status, envelope in results if status == 403)
     docs = await module_docs(server)
     assert [d["name"] for d in docs] == ["burst"]
-    assert docs[0]["module_id"] == results[0][1]["result"]["module_id"]
+    assert docs[0]["module_id"] == winners[0]["module_id"]
+    # Operator credentials keep the seed's "same name -> same hash", concurrently too.
+    by_admin = await asyncio.gather(*(server.api("/module/register?name=burst") for _ in range(4)))
+    assert {(status, envelope["result"]["hash"]) for status, envelope in by_admin} == {(200, winners[0]["hash"])}
 
     # HTTP requests tend to arrive one after another; the core's own race (every
     # caller sees no document, all insert, the unique index picks one) needs
@@ -149,8 +156,9 @@ async def test_registration_needs_a_token_or_operator_credentials(server: Runnin
     path = "/module/register?" + urlencode({"name": "cred"})
     status, envelope = await server.api(path + "&token=" + REGISTRATION_TOKEN, auth=None)
     assert status == 200, envelope
+    current = envelope["result"]["hash"]
     status, by_header = await server.api(
-        path, auth=None, headers={"X-Registration-Token": REGISTRATION_TOKEN}
+        path, auth=None, headers={"X-Registration-Token": REGISTRATION_TOKEN, "X-Module-Hash": current}
     )
     assert status == 200 and by_header["result"] == envelope["result"]
     status, by_operator = await server.api(path)  # fixture default: admin Basic credentials

@@ -33,6 +33,7 @@ from tornado_sched.docserver import EmbeddedDocumentServer
 from tornado_sched.errors import DomainError
 from tornado_sched.logs import configure_logging
 from tornado_sched.registry import ModuleRegistry
+from tornado_sched.sessions import BrowserSessions
 from tornado_sched.stores import DocumentStore, SqlStore
 
 log = logging.getLogger("tornado_sched")
@@ -43,6 +44,7 @@ class Accounts:
     operators: OperatorAccounts
     tokens: ApiTokens
     audit: AuditLog
+    sql: SqlStore
 
 
 async def serve(settings: Settings) -> None:
@@ -88,7 +90,7 @@ async def with_accounts(settings: Settings, action: Callable[[Accounts], Awaitab
     try:
         await sql.create_schema()
         accounts = OperatorAccounts(sql, settings.secret_key)
-        await action(Accounts(accounts, ApiTokens(sql, accounts), AuditLog(sql)))
+        await action(Accounts(accounts, ApiTokens(sql, accounts), AuditLog(sql), sql))
     finally:
         await sql.close()
 
@@ -166,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
 
             async def set_password(acc: Accounts) -> None:
                 await acc.operators.set_password(args.username, password)
-                await acc.audit.record("cli", "set-password", f"operator:{args.username}")
+                ended = await BrowserSessions(acc.sql, acc.operators).end_user(args.username, "password")
+                await acc.audit.record("cli", "set-password", f"operator:{args.username}", {"sessions_ended": ended})
                 print(f"password changed for {args.username!r}")
 
             asyncio.run(with_accounts(settings, set_password))

@@ -12,14 +12,14 @@ import tornado.web
 from tornado_sched.context import AppContext
 from tornado_sched.logs import redact_url
 
-from . import admin, health, modules, notifications, runs, scheduler, websocket, workflows
+from . import admin, health, modules, notifications, runs, scheduler, sessions, websocket, workflows
 from .base import AUTH_KINDS, NotFoundHandler
 from .dashboard import live, pages
 
 ROOT = Path(__file__).resolve().parent.parent
 access_log = logging.getLogger("tornado.access")
 
-HANDLER_MODULES = [health, modules, websocket, workflows, runs, scheduler, notifications, admin, pages, live]
+HANDLER_MODULES = [health, modules, websocket, workflows, runs, scheduler, notifications, admin, sessions, pages, live]
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:

@@ -4,14 +4,14 @@ request handlers and the dashboard's WebSocket. Scheme parsing is in httpauth.py
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-import hmac
-import json
 from typing import Any
 
 from tornado_sched.auth import Operator
 from tornado_sched.config import Settings
 from tornado_sched.context import AppContext
+from tornado_sched.errors import TooManyRequests
 
 from .httpauth import BASIC_CHALLENGE, DigestVerifier, parse_basic
 
@@ -84,20 +84,49 @@ class OperatorAuthMixin:
         return await self.session_operator()
 
     async def session_operator(self) -> Operator | None:
-        raw = self.get_signed_cookie(SESSION_COOKIE, max_age_days=1)
+        """The operator of the server-side session named by the signed cookie."""
+        raw = self.get_signed_cookie(SESSION_COOKIE, max_age_days=self.ctx.settings.session_max_seconds / 86400)
         if raw is None:
             return None
-        try:
-            data = json.loads(raw)
-            username, version = data["u"], data["v"]
-        except (ValueError, KeyError, TypeError):
-            return None
-        if not isinstance(username, str) or not isinstance(version, str):
-            return None
         self.auth_method = "cookie"
-        operator = await self.ctx.accounts.get(username)
-        if operator is None or not hmac.compare_digest(operator.session_version, version):
-            return None
+        return await self.ctx.sessions.resolve(raw.decode("ascii", "replace"))
+
+    def cookie_secure(self) -> bool:
+        """Secure cookies on https (as seen through a trusted proxy) or when configured."""
+        return self.ctx.settings.cookie_secure or self.request.protocol == "https"
+
+    async def start_session(self, operator: Operator) -> None:
+        """A new server-side session and its cookie (a browser-session cookie)."""
+        session_id = await self.ctx.sessions.start(
+            operator, self.request.remote_ip, self.request.headers.get("User-Agent", "")
+        )
+        self.set_signed_cookie(SESSION_COOKIE, session_id, expires_days=None, httponly=True, samesite="Lax",
+                               secure=self.cookie_secure())
+
+    async def end_session(self) -> None:
+        raw = self.get_signed_cookie(SESSION_COOKIE, max_age_days=self.ctx.settings.session_max_seconds / 86400)
+        if raw is not None:
+            await self.ctx.sessions.end(raw.decode("ascii", "replace"))
+        self.clear_cookie(SESSION_COOKIE)
+
+    async def throttled_authenticate(self) -> Operator | None:
+        """`authenticate` behind the one login throttle every entry point shares
+        (REST, pages, both WebSockets, the login form, registration tokens): while
+        the address is blocked even the right credentials get TooManyRequests; each
+        failed credential counts and is slowed down."""
+        throttle = self.ctx.throttle
+        address = self.request.remote_ip or ""
+        if throttle.blocked(address):
+            raise TooManyRequests("too many failed logins from this address; try again later")
+        operator = await self.authenticate()
+        if operator is None:
+            if self.auth_method in ("basic", "digest", "bearer"):
+                throttle.failure(address)
+                delay = throttle.delay(address)
+                if delay:
+                    await asyncio.sleep(delay)
+        elif self.auth_method != "cookie":
+            throttle.success(address)
         return operator
 
     def _digest_verifier(self) -> DigestVerifier:

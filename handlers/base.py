@@ -8,7 +8,6 @@ and store-outage handling.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -20,7 +19,7 @@ import tornado.websocket
 from tornado.log import app_log
 
 from tornado_sched.context import AppContext
-from tornado_sched.errors import DomainError, Forbidden, Invalid, TooManyRequests
+from tornado_sched.errors import DomainError, Forbidden, Invalid
 from tornado_sched.logs import redact_url, short_secret
 from tornado_sched.serialize import to_json
 from tornado_sched.stores import store_outage
@@ -88,27 +87,19 @@ class BaseHandler(OperatorAuthMixin, tornado.web.RequestHandler):
             return
         if self.auth not in ("operator", "admin"):  # make_app checks this too
             raise tornado.web.HTTPError(500, reason="route has no auth decision")
-        throttle = self.ctx.throttle
-        address = self.request.remote_ip or ""
-        if throttle.blocked(address):
-            raise TooManyRequests("too many failed logins from this address; try again later")
-        operator = await self.authenticate()
+        operator = await self.throttled_authenticate()
         if operator is None:
-            if self.auth_method in ("basic", "digest", "bearer"):
-                throttle.failure(address)
-                delay = throttle.delay(address)
-                if delay:
-                    await asyncio.sleep(delay)
             self.send_challenge()
             return
-        if self.auth_method != "cookie":
-            throttle.success(address)
         self.current_user = operator
         if self.sets_session and self.auth_method in ("basic", "digest"):
-            self.set_signed_cookie(
-                SESSION_COOKIE, json.dumps({"u": operator.username, "v": operator.session_version}), expires_days=None,
-                httponly=True, samesite="Lax", secure=self.request.protocol == "https",
-            )
+            # Browsers resend cached HTTP credentials on every request: one session
+            # per login, not one per page view.
+            method = self.auth_method
+            current = await self.session_operator() if self.get_cookie(SESSION_COOKIE) else None
+            self.auth_method = method
+            if current is None or current.username != operator.username:
+                await self.start_session(operator)
         if self.auth == "admin" and not operator.is_admin:
             raise Forbidden("admin role required")
         if self.request.method not in READ_METHODS and operator.role == "viewer" and not self.viewer_may_post:

@@ -46,6 +46,11 @@ class ModuleSocketHandler(SocketHandler):
     async def prepare(self) -> None:
         if self.refuse_wrong_host():
             return
+        address = self.request.remote_ip or ""
+        if self.ctx.throttle.blocked(address):
+            # The hash is a credential: guesses share the one login throttle.
+            self.refuse(429, "4290", "too many failed attempts from this address; try again later")
+            return
         module_hash = self.get_query_argument("hash", "")
         if not module_hash or len(module_hash) > 128:
             self.refuse(401, "4010", "hash: required")
@@ -53,6 +58,7 @@ class ModuleSocketHandler(SocketHandler):
         self.module = await self.ctx.registry.find(module_hash)  # an outage -> 503 (base)
         if self.module is None:
             log.info("websocket refused: unknown hash %s", short_secret(module_hash))
+            self.ctx.throttle.failure(address)
             self.refuse(403, "4030", "unknown module hash")
 
     def check_origin(self, origin: str) -> bool:

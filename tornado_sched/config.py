@@ -7,6 +7,7 @@ variable, so an operator never has to read a traceback to fix a typo.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import zoneinfo
@@ -70,6 +71,11 @@ class Settings:
     login_slow_after: int = 5
     login_block_after: int = 10
     login_block_seconds: float = 600.0
+    session_idle_seconds: float = 8 * 3600.0
+    session_max_seconds: float = 24 * 3600.0
+    # Addresses or networks of reverse proxies whose X-Forwarded-For/-Proto we believe.
+    trusted_proxies: tuple[str, ...] = ()
+    cookie_secure: bool = False
     sql_url_override: str = field(default="", repr=False)
 
     @property
@@ -168,6 +174,13 @@ class Settings:
         interval = number("WEBSOCKET_PING_INTERVAL", d.websocket_ping_interval, lo=0.05, hi=3600, integer=False)
         timeout = number("WEBSOCKET_PING_TIMEOUT", d.websocket_ping_timeout, lo=0.05, hi=3600, integer=False)
 
+        proxies = tuple(p.strip() for p in text("TRUSTED_PROXIES").split(",") if p.strip())
+        for proxy in proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ConfigError(f"TRUSTED_PROXIES: {proxy!r} is not an IP address or network") from None
+
         settings = cls(
             debug=debug,
             secret_key=text("SECRET_KEY"),
@@ -209,6 +222,10 @@ class Settings:
             login_slow_after=int(number("LOGIN_SLOW_AFTER", d.login_slow_after, lo=1, hi=1_000_000, integer=True)),
             login_block_after=int(number("LOGIN_BLOCK_AFTER", d.login_block_after, lo=1, hi=1_000_000, integer=True)),
             login_block_seconds=number("LOGIN_BLOCK_SECONDS", d.login_block_seconds, lo=1, hi=86400, integer=False),
+            session_idle_seconds=number("SESSION_IDLE_SECONDS", d.session_idle_seconds, lo=60, hi=30 * 86400, integer=False),
+            session_max_seconds=number("SESSION_MAX_SECONDS", d.session_max_seconds, lo=60, hi=365 * 86400, integer=False),
+            trusted_proxies=proxies,
+            cookie_secure=boolean("COOKIE_SECURE", d.cookie_secure),
             email_timeout_seconds=number("EMAIL_TIMEOUT_SECONDS", d.email_timeout_seconds, lo=0.1, hi=600, integer=False),
         )
         if not settings.mongodb_name.replace("_", "").replace("-", "").isalnum():

@@ -22,6 +22,7 @@ from .notify import Notifier
 from .registry import ModuleRegistry
 from .runs import RunTracker
 from .scheduler import WorkflowScheduler
+from .sessions import BrowserSessions
 from .stores import DocumentStore, SqlStore, check_ready
 from .workflows import WorkflowStore
 
@@ -37,6 +38,7 @@ class AppContext:
     sql: SqlStore
     accounts: OperatorAccounts
     tokens: ApiTokens
+    sessions: BrowserSessions
     throttle: LoginThrottle
     replay: ReplayGuard
     audit: AuditLog
@@ -106,6 +108,7 @@ async def open_context(settings: Settings) -> AppContext:
         generated = await accounts.ensure_admin(settings.admin_username, settings.admin_password)
 
         tokens = ApiTokens(sql, accounts)
+        sessions = BrowserSessions(sql, accounts, settings.session_idle_seconds, settings.session_max_seconds)
         throttle = LoginThrottle(
             settings.login_slow_after, settings.login_block_after, settings.login_block_seconds
         )
@@ -143,6 +146,7 @@ async def open_context(settings: Settings) -> AppContext:
         sql=sql,
         accounts=accounts,
         tokens=tokens,
+        sessions=sessions,
         throttle=throttle,
         replay=ReplayGuard(),
         audit=audit,

@@ -100,3 +100,22 @@ audit_log = Table(
     mysql_charset="utf8mb4",
 )
 
+# Browser sessions: only a SHA-256 digest of the random session id is stored, so a
+# copy of the database opens no session.
+browser_sessions = Table(
+    "browser_sessions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("username", String(64), nullable=False),
+    # The operator's session_version at login: a password change ends the session.
+    Column("version", String(32), nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("last_seen_at", DateTime, nullable=False),
+    Column("ended_at", DateTime, nullable=True),
+    Column("end_reason", String(16), nullable=True),
+    Column("remote_ip", String(64), nullable=True),
+    Column("user_agent", String(200), nullable=True),
+    Index("ix_browser_sessions_user", "username", "ended_at"),
+    mysql_charset="utf8mb4",
+)

@@ -24,6 +24,7 @@ import tornado.websocket
 
 from tornado_sched.auth import Operator
 from tornado_sched.context import AppContext
+from tornado_sched.errors import TooManyRequests
 from tornado_sched.events import MODULE_OFFLINE, MODULE_ONLINE, RUN_EVENTS
 from tornado_sched.runs import Run
 
@@ -52,7 +53,11 @@ class DashboardSocket(OperatorAuthMixin, SocketHandler):
     async def prepare(self) -> None:
         if self.refuse_wrong_host():
             return
-        self.operator = await self.authenticate()  # an outage -> 503 (base)
+        try:
+            self.operator = await self.throttled_authenticate()  # an outage -> 503 (base)
+        except TooManyRequests as exc:
+            self.refuse(429, exc.code, exc.message)
+            return
         if self.operator is None:
             self._add_challenges()
             self.refuse(401, "4010", "authentication required")

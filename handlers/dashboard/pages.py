@@ -29,7 +29,6 @@ from tornado_sched.notify import STATUSES as OUTBOX_STATUSES
 from tornado_sched.runs import RUN_STATUSES
 from tornado_sched.workflows import MISFIRE, OVERLAP, Workflow
 
-from ..auth import SESSION_COOKIE
 from ..base import BaseHandler
 from .forms import FORM_FIELDS, WorkflowForm
 from .views import (
@@ -371,8 +370,8 @@ class LogoutPage(PageHandler):
 
     viewer_may_post = True
 
-    def post(self) -> None:
-        self.clear_cookie(SESSION_COOKIE)
+    async def post(self) -> None:
+        await self.end_session()
         self.redirect("/logged-out", status=303)
 
 

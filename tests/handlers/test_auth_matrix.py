@@ -19,7 +19,7 @@ from tests.conftest import ADMIN, RunningServer, basic_auth
 from tests.support.httpauth import digest_header
 from tests.support.rawhttp import raw_request
 
-PUBLIC = {"/health", "/ready", "/websocket", "/lang/en_US", "/logged-out"}
+PUBLIC = {"/health", "/ready", "/websocket", "/lang/en_US", "/logged-out", "/login"}
 METHODS = ("get", "post", "put", "delete")
 
 

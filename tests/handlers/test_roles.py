@@ -51,7 +51,8 @@ ROLE_CASES = _role_cases()
 API_PATHS = {
     _sample_path(pattern) for pattern, handler in collect_routes() if issubclass(handler, ApiHandler)
 }
-ADMIN_ONLY = {"/tokens", "/tokens/1", "/audit"}
+ADMIN_ONLY = {"/tokens", "/tokens/1", "/audit", "/sessions", "/sessions/1", "/admin/sessions",
+              "/admin/sessions/1/end", "/module/abc/rotate"}
 # Registering hands out a module's hash (its WebSocket credential): a write even by GET.
 WRITES_BY_GET = {"/module/register"}
 
@@ -141,8 +142,8 @@ async def test_viewer_role_holds_for_a_session_cookie(shared: RunningServer) -> 
     """However the viewer authenticates (here: a valid session cookie with the XSRF
     token), writes stay refused."""
     secret = shared.ctx.settings.secret_key
-    version = (await shared.ctx.accounts.get(VIEWER[0])).session_version
-    session = create_signed_value(secret, SESSION_COOKIE, json.dumps({"u": VIEWER[0], "v": version})).decode()
+    session_id = await shared.ctx.sessions.start(await shared.ctx.accounts.get(VIEWER[0]), "127.0.0.1", "test")
+    session = create_signed_value(secret, SESSION_COOKIE, session_id).decode()
     xsrf = "2|00000000|" + "0" * 32 + "|1"
     cookie = f"{SESSION_COOKIE}={session}; _xsrf={xsrf}"
     read = await shared.fetch("/module/list", auth=None, headers={"Cookie": cookie})

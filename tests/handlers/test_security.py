@@ -82,10 +82,12 @@ def _cookies(response: HTTPResponse) -> dict[str, Morsel]:
 
 
 async def _session_cookie(server: RunningServer, username: str, **kwargs: Any) -> str:
+    """A signed cookie naming a real server-side session (or, for an unknown user, a
+    random id the store has never seen)."""
     operator = await server.ctx.accounts.get(username)
-    version = operator.session_version if operator else "0" * 16
-    value = create_signed_value(server.ctx.settings.secret_key, SESSION_COOKIE,
-                                json.dumps({"u": username, "v": version}), **kwargs)
+    session_id = (await server.ctx.sessions.start(operator, "127.0.0.1", "test") if operator
+                  else uuid.uuid4().hex + uuid.uuid4().hex)
+    value = create_signed_value(server.ctx.settings.secret_key, SESSION_COOKIE, session_id, **kwargs)
     return f"{SESSION_COOKIE}={value.decode()}"
 
 

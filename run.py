@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import getpass
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,7 @@ from tornado_sched.context import open_context
 from tornado_sched.docserver import EmbeddedDocumentServer
 from tornado_sched.errors import DomainError
 from tornado_sched.logs import configure_logging
+from tornado_sched.private import PRIVATE_UMASK
 from tornado_sched.registry import ModuleRegistry
 from tornado_sched.sessions import BrowserSessions
 from tornado_sched.stores import DocumentStore, SqlStore
@@ -126,6 +128,9 @@ def _read_password(prompt: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Everything this process creates (stores, logs, the secret key, the embedded
+    # document server's files and socket) is readable by the service user only.
+    os.umask(PRIVATE_UMASK)
     parser = argparse.ArgumentParser(prog="run.py", description="tornado_sched server")
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("serve", help="start the server (default)")

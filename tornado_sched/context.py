@@ -19,6 +19,7 @@ from .events import EventBus
 from .hub import ConnectionHub
 from .modules import ModuleService
 from .notify import Notifier
+from .private import make_private
 from .registry import ModuleRegistry
 from .runs import RunTracker
 from .scheduler import WorkflowScheduler
@@ -87,7 +88,7 @@ async def open_context(settings: Settings) -> AppContext:
     """Open stores and services for `settings`. On failure, closes what was opened."""
     closers: list[Callable[[], Awaitable[None]]] = []
     try:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        make_private(settings.data_dir)
         docserver = None
         mongo_uri = settings.mongodb_host
         if settings.uses_embedded_mongo:
@@ -103,6 +104,8 @@ async def open_context(settings: Settings) -> AppContext:
         closers.append(sql.close)
         await sql.create_schema()
         log.info("system data in %s", settings.sql_label)
+        # The stores made their files by now: private whatever the umask was.
+        make_private(settings.data_dir)
 
         accounts = OperatorAccounts(sql, settings.secret_key, settings.auth_cache_seconds)
         generated = await accounts.ensure_admin(settings.admin_username, settings.admin_password)

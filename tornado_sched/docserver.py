@@ -13,8 +13,11 @@ import contextlib
 import os
 import pathlib
 import re
+import shutil
 import signal
 import sys
+import tempfile
+from urllib.parse import quote
 
 # The child compares this with its parent's pid to notice a parent that died before
 # PR_SET_PDEATHSIG took effect (see docserver_shim).
@@ -24,18 +27,24 @@ STOP_TIMEOUT = 5.0
 _TAIL_LINES = 20
 # nx-27017 logs this (after its asyncio server has bound) to stderr via logging's
 # basicConfig, prefixed with time/name/level/pid; with -p 0 the port is the real one.
-_LISTENING_RE = re.compile(r"Listening on (?P<host>[^\s:]+):(?P<port>\d+)\s*$")
+# Our shim serves on a Unix socket instead and logs `Listening on unix:PATH`.
+_LISTENING_RE = re.compile(r"Listening on unix:(?P<path>\S+)\s*$")
+# sun_path holds 108 bytes; a longer DATA_DIR puts the socket in a private temp dir.
+_MAX_SOCKET_PATH = 100
 # The directory holding the ``tornado_sched`` package, so the child can import the
 # shim whatever its working directory is.
 _PACKAGE_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 class EmbeddedDocumentServer:
-    """An nx-27017 server on a free loopback port, storing its files under ``data_dir``.
+    """An nx-27017 server on a Unix socket, storing its files under ``data_dir``.
 
-    ``await start()`` returns the ``mongodb://`` URI; ``await stop()`` ends the child.
-    Files live in ``<data_dir>/mongo``: one SQLite file per database, ``nx.pid`` and
-    ``nx.log``.
+    nx-27017 has no authentication, so it does not listen on TCP at all (any local
+    user can reach a loopback port): the shim serves on ``<data_dir>/mongo/nx.sock``
+    (0600, in a 0700 directory), or in a private temporary directory when that path
+    is too long for a socket. ``await start()`` returns the ``mongodb://`` URI (the
+    socket path, percent-encoded); ``await stop()`` ends the child. Files live in
+    ``<data_dir>/mongo``: one SQLite file per database, ``nx.pid`` and ``nx.log``.
     """
 
     def __init__(self, data_dir: pathlib.Path) -> None:
@@ -43,6 +52,8 @@ class EmbeddedDocumentServer:
         self._mongo_dir = pathlib.Path(data_dir).resolve() / "mongo"
         self._pid_file = self._mongo_dir / "nx.pid"
         self._log_file = self._mongo_dir / "nx.log"
+        self._socket_dir: pathlib.Path | None = None  # a temp dir we made, removed on stop
+        self._socket: pathlib.Path = self._mongo_dir / "nx.sock"
         self._process: asyncio.subprocess.Process | None = None
         self._drain_task: asyncio.Task[None] | None = None
         self._uri: str | None = None
@@ -51,6 +62,11 @@ class EmbeddedDocumentServer:
     def uri(self) -> str | None:
         """``mongodb://127.0.0.1:PORT/`` while running, else None."""
         return self._uri
+
+    @property
+    def socket_path(self) -> pathlib.Path:
+        """The Unix socket the server listens on."""
+        return self._socket
 
     @property
     def pid(self) -> int | None:
@@ -91,6 +107,8 @@ class EmbeddedDocumentServer:
             str(self._pid_file),
             "--log-file",
             str(self._log_file),
+            "--unix-socket",
+            str(self._socket),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
@@ -103,7 +121,7 @@ class EmbeddedDocumentServer:
         self._process = process
         tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
         try:
-            port = await asyncio.wait_for(self._read_port(process, tail), START_TIMEOUT)
+            path = await asyncio.wait_for(self._read_socket(process, tail), START_TIMEOUT)
         except BaseException as exc:
             await self._kill_after_failed_start()
             if isinstance(exc, TimeoutError):
@@ -115,7 +133,7 @@ class EmbeddedDocumentServer:
 
         assert process.stderr is not None
         self._drain_task = asyncio.create_task(self._drain(process.stderr))
-        self._uri = f"mongodb://127.0.0.1:{port}/"
+        self._uri = f"mongodb://{quote(path, safe='')}/"
         return self._uri
 
     async def stop(self) -> None:
@@ -142,10 +160,17 @@ class EmbeddedDocumentServer:
                 self._drain_task = None
         # nx-27017 removes it on SIGTERM, but not after SIGKILL or a failed start.
         await asyncio.to_thread(self._pid_file.unlink, missing_ok=True)
+        await asyncio.to_thread(self._remove_socket)
 
-    async def _read_port(
+    def _remove_socket(self) -> None:
+        self._socket.unlink(missing_ok=True)
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._socket_dir = None
+
+    async def _read_socket(
         self, process: asyncio.subprocess.Process, tail: collections.deque[str]
-    ) -> int:
+    ) -> str:
         assert process.stderr is not None
         while True:
             raw = await process.stderr.readline()
@@ -158,8 +183,8 @@ class EmbeddedDocumentServer:
             line = raw.decode(errors="replace").rstrip()
             tail.append(line)
             match = _LISTENING_RE.search(line)
-            if match and int(match["port"]) != 0:
-                return int(match["port"])
+            if match:
+                return match["path"]
 
     async def _kill_after_failed_start(self) -> None:
         process, self._process = self._process, None
@@ -171,6 +196,7 @@ class EmbeddedDocumentServer:
                 await self._drain(process.stderr)
             await process.wait()
         await asyncio.to_thread(self._pid_file.unlink, missing_ok=True)
+        await asyncio.to_thread(self._remove_socket)
 
     @staticmethod
     async def _drain(stream: asyncio.StreamReader) -> None:
@@ -181,6 +207,10 @@ class EmbeddedDocumentServer:
 
     def _prepare_dir(self) -> None:
         self._mongo_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self._mongo_dir, 0o700)
+        if len(str(self._socket).encode()) > _MAX_SOCKET_PATH:
+            self._socket_dir = pathlib.Path(tempfile.mkdtemp(prefix="tsched-nx-"))  # 0700
+            self._socket = self._socket_dir / "nx.sock"
         try:
             text = self._pid_file.read_text().strip()
         except FileNotFoundError:

@@ -44,6 +44,7 @@ us exits, so spawn it from a long-lived thread (the event loop thread).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import datetime
 import os
@@ -110,10 +111,47 @@ def die_with_parent() -> None:
         sys.exit(1)
 
 
+UNIX_SOCKET_ARG = "--unix-socket"
+
+
+def listen_on_unix_socket(path: str) -> None:
+    """Serve on a Unix socket at `path` instead of TCP. nx-27017 has no
+    authentication, and any local user can reach a loopback port; a socket file
+    (0600, in a 0700 directory) only the service user can open. The `Listening on`
+    line names the socket so the parent knows it is ready."""
+    import asyncio
+    import logging
+
+    import nx_27017.server as nx_server
+
+    async def run_unix_server(_host: str, _port: int, handler: Any) -> None:
+        async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await nx_server.handle_client(reader, writer, handler)
+
+        # A file left by a killed predecessor (before anything else runs here).
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # noqa: ASYNC240
+        old_umask = os.umask(0o177)  # the socket file is created 0600
+        try:
+            server = await asyncio.start_unix_server(on_client, path)
+        finally:
+            os.umask(old_umask)
+        logging.getLogger("nx_27017").info("Listening on unix:%s", path)
+        async with server:
+            await server.serve_forever()
+
+    nx_server.run_server = run_unix_server
+
+
 def main() -> None:
-    """Patch neosqlite, then run nx-27017 with this process's arguments."""
+    """Patch neosqlite, then run nx-27017 with this process's arguments (less our
+    own `--unix-socket PATH`)."""
     die_with_parent()
     patch_neosqlite()
+    if UNIX_SOCKET_ARG in sys.argv:
+        at = sys.argv.index(UNIX_SOCKET_ARG)
+        listen_on_unix_socket(sys.argv[at + 1])
+        del sys.argv[at:at + 2]
     from nx_27017.nx_27017 import main as nx_main
 
     # nx-27017's argparse reads sys.argv; its prog name is fixed, so argv[0] is moot.

@@ -12,6 +12,9 @@ import logging.handlers
 import re
 from pathlib import Path
 
+from .private import make_private
+from .text import escape_controls
+
 _SENSITIVE_PARAMS = re.compile(
     r"(?i)([?&](?:hash|module_hash|token|password|secret|api_key|_xsrf)=)([^&#]*)"
 )
@@ -34,14 +37,26 @@ def short_secret(value: str) -> str:
     return (value[:6] + "…") if len(value) > 6 else "…"
 
 
+class SafeFormatter(logging.Formatter):
+    """The one place log records are made safe: every control character in the
+    message (a module's run_id, a user name, a URL...) is written as an escape, so no
+    value can forge a log line. Tracebacks, appended after, keep their lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
+
 def configure_logging(level: str, log_dir: Path) -> None:
-    """Console + `LOG_DIR/tornado_sched.log` (10 MB x 5), as the seed did."""
+    """Console + `LOG_DIR/tornado_sched.log` (10 MB x 5), as the seed did; the
+    directory is private (0700) and the files 0600."""
     log_dir.mkdir(parents=True, exist_ok=True)
+    make_private(log_dir)
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
-    formatter = logging.Formatter(_FORMAT)
+    formatter = SafeFormatter(_FORMAT)
     console = logging.StreamHandler()
     console.setFormatter(formatter)
     file_handler = logging.handlers.RotatingFileHandler(

@@ -26,6 +26,7 @@ from .events import RUN_FINISHED, STEP_FAILED, EventBus
 from .runs import Run, Step
 from .stores import SqlStore
 from .tables import notification_outbox
+from .text import one_line
 from .workflows import FAILED_RUN_STATUSES, WorkflowStore
 
 log = logging.getLogger(__name__)
@@ -353,7 +354,8 @@ def _reason(exc: BaseException | None) -> str:
 
 
 def _subject(payload: dict[str, Any]) -> str:
-    name = payload.get("workflow_name", "?")
+    # One line whatever was stored: a CR/LF would start a new mail header.
+    name = one_line(str(payload.get("workflow_name", "?")))
     if payload.get("kind") == "recovery":
         return f"[tornado_sched] 工作流 {name} 已恢复 / workflow recovered"
     count = len(payload.get("failures", []))

@@ -30,6 +30,7 @@ from .requirements import (
     requirements_from_docs,
 )
 from .stores import DocumentStore
+from .text import has_control_chars
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +95,6 @@ def parse_requirements(field: str, raw: Any) -> list[dict[str, Any]]:
     """input_data / output_data as submitted -> validated documents to store (see
     `requirements.parse_requirement_list`: 400 naming the field and entry)."""
     return requirement_docs(parse_requirement_list(field, raw))
-
-
-def has_control_chars(text: str) -> bool:
-    """C0/C1 control characters (CR, LF, TAB, NUL, DEL...): they forge log lines and
-    headers, and no name or subject needs one."""
-    return any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text)
 
 
 def validate_module_name(name: Any) -> str:

@@ -23,6 +23,7 @@ from .events import WORKFLOW_DELETED, WORKFLOW_SAVED, EventBus
 from .registry import ModuleRegistry, ModuleRequirements
 from .solver import Plan, StepRequirements, solve
 from .stores import DocumentStore
+from .text import has_control_chars
 from .triggers import ShiftedCronTrigger, parse_shift, validate_crontab
 
 # Form posts send numbers as text; only plain ASCII integers of sane length pass
@@ -192,6 +193,9 @@ def validate_workflow(body: dict[str, Any], default_tz: str) -> dict[str, Any]:
         raise Invalid("name: required string", field="name")
     if len(name.strip()) > 100:
         raise Invalid("name: at most 100 characters", field="name")
+    if has_control_chars(name):
+        # The name reaches email subjects and log lines.
+        raise Invalid("name: must not contain control characters", field="name")
     description = body.get("description", "")
     if description is None:
         description = ""

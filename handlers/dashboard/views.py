@@ -16,6 +16,7 @@ from tornado_sched.clock import read_datetime, utcnow
 from tornado_sched.errors import Invalid
 from tornado_sched.hub import ModuleSession
 from tornado_sched.runs import Run
+from tornado_sched.text import has_control_chars
 from tornado_sched.workflows import Workflow
 
 LANG_COOKIE = "lang"
@@ -109,8 +110,11 @@ def field_message(locale: tornado.locale.Locale, exc: Invalid) -> str:
 
 
 def safe_next(target: str | None, default: str = "/") -> str:
-    """A local path to redirect to; anything else (`//evil`, `https://...`) -> default."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """A same-site path to redirect to; anything else (`//evil`, `https://...`,
+    `/\\evil`, or any control character: browsers drop TAB/CR/LF from URLs, so
+    `/%09/evil` would become `//evil`) -> default."""
+    if (not target or not target.startswith("/") or target.startswith("//") or "\\" in target
+            or has_control_chars(target) or len(target) > 2000):
         return default
     return target
 

@@ -17,6 +17,7 @@ import textwrap
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from urllib.parse import quote
 
 import pymongo
 import pytest
@@ -376,7 +377,9 @@ async def test_stop_ends_process_and_removes_pid_file(tmp_path: pathlib.Path) ->
     uri = await server.start()
     pid = server.pid
     assert pid is not None and uri == server.uri
-    assert uri.startswith("mongodb://127.0.0.1:") and not uri.endswith(":0/")
+    # No TCP port: a Unix socket (the server has no authentication).
+    assert uri == f"mongodb://{quote(str(server.socket_path), safe='')}/"
+    assert server.socket_path.is_socket()
     assert server.pid_file.read_text().strip() == str(pid)
     client: AsyncMongoClient = AsyncMongoClient(uri)
     assert (await client.admin.command("ping"))["ok"] == 1
@@ -384,7 +387,7 @@ async def test_stop_ends_process_and_removes_pid_file(tmp_path: pathlib.Path) ->
 
     await server.stop()
     assert _process_gone(pid)
-    assert not server.pid_file.exists()
+    assert not server.pid_file.exists() and not server.socket_path.exists()
     assert server.pid is None and server.uri is None
     await server.stop()  # idempotent
 

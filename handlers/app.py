@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import tornado.locale
 import tornado.web
+from tornado.httputil import HTTPServerRequest
 
 from tornado_sched.context import AppContext
 from tornado_sched.logs import redact_url
+from tornado_sched.proxies import ProxyPolicy
+from tornado_sched.text import has_control_chars
 
 from . import admin, health, modules, notifications, runs, scheduler, sessions, websocket, workflows
+from .auth import wrong_host
 from .base import AUTH_KINDS, NotFoundHandler
 from .dashboard import live, pages
 
@@ -46,20 +51,65 @@ def collect_routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
     return routes
 
 
+class SchedulerApplication(tornado.web.Application):
+    """The Application, which first settles who the client is: forwarded headers
+    count only from TRUSTED_PROXIES (for every handler, static files included)."""
+
+    def __init__(self, *args: Any, proxies: ProxyPolicy, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.proxies = proxies
+
+    def find_handler(self, request: HTTPServerRequest, **kwargs: Any) -> Any:
+        if self.proxies.networks:
+            address, scheme = self.proxies.client(
+                request.remote_ip or "", request.headers.get("X-Forwarded-For"),
+                request.headers.get("X-Forwarded-Proto"),
+            )
+            request.remote_ip = address
+            if scheme:
+                request.protocol = scheme
+        return super().find_handler(request, **kwargs)
+
+
+class SafeStaticFileHandler(tornado.web.StaticFileHandler):
+    """Static files with the rules every other handler follows: the Host check, and
+    a 404 (not Tornado's 500 and traceback) for a path with NUL or other control
+    characters (`/static/css/app.css%00`)."""
+
+    def initialize(self, path: str, default_filename: str | None = None, app_settings: Any = None) -> None:
+        super().initialize(path, default_filename)
+        self.app_settings = app_settings
+
+    async def get(self, path: str, include_body: bool = True) -> None:
+        if self.app_settings is not None and wrong_host(self.app_settings, self.request):
+            raise tornado.web.HTTPError(400, reason="Host header not in ALLOWED_HOSTS")
+        if has_control_chars(path):
+            raise tornado.web.HTTPError(404)
+        await super().get(path, include_body)
+
+    def _request_summary(self) -> str:
+        return f"{self.request.method} {redact_url(self.request.uri or '')} ({self.request.remote_ip})"
+
+
 def make_app(ctx: AppContext) -> tornado.web.Application:
     settings = ctx.settings
     routes = [(pattern, handler, {"ctx": ctx}) for pattern, handler in collect_routes()]
     routes.append((r".*", NotFoundHandler, {"ctx": ctx}))
     static_path = settings.static_root or str(ROOT / "static")
     tornado.locale.load_translations(str(ROOT / "locale"))
-    return tornado.web.Application(
+    return SchedulerApplication(
         routes,
+        proxies=ProxyPolicy(settings.trusted_proxies),
+        static_handler_class=SafeStaticFileHandler,
+        static_handler_args={"app_settings": settings},
         template_path=str(ROOT / "templates"),
         ui_modules=pages.UI_MODULES,
         static_path=static_path,
         cookie_secret=settings.secret_key,
         xsrf_cookies=True,
-        xsrf_cookie_kwargs={"httponly": False, "samesite": "Strict"},
+        # COOKIE_SECURE marks the XSRF cookie too; session cookies are also Secure on
+        # any https request (BaseHandler.cookie_secure).
+        xsrf_cookie_kwargs={"httponly": False, "samesite": "Strict", **({"secure": True} if settings.cookie_secure else {})},
         log_function=_log_request,
         websocket_ping_interval=settings.websocket_ping_interval,
         websocket_ping_timeout=settings.websocket_ping_timeout,

@@ -117,6 +117,10 @@ class BaseHandler(OperatorAuthMixin, tornado.web.RequestHandler):
             return
         if not header and not self.get_cookie(SESSION_COOKIE):
             return
+        if self._cross_site():
+            # A cookie-authenticated change from another site's page (a sibling
+            # subdomain can plant an _xsrf pair): refused whatever the token says.
+            raise tornado.web.HTTPError(403, "cross-site request refused (Origin / Sec-Fetch-Site)")
         super().check_xsrf_cookie()
 
     def _cross_site(self) -> bool:

@@ -19,6 +19,7 @@ from urllib.parse import quote_plus, urlsplit
 from dotenv import dotenv_values
 
 from .clock import DEFAULT_TIME_ZONE
+from .text import has_control_chars
 
 
 class ConfigError(Exception):
@@ -166,7 +167,7 @@ class Settings:
         hosts = tuple(h.strip() for h in text("ALLOWED_HOSTS", ",".join(d.allowed_hosts)).split(",") if h.strip())
         emails = tuple(e.strip() for e in text("NOTIFICATION_EMAIL").split(",") if e.strip())
         for address in emails:
-            if "@" not in address or " " in address:
+            if "@" not in address or " " in address or has_control_chars(address):
                 raise ConfigError(f"NOTIFICATION_EMAIL: {address!r} is not an email address")
         mongodb_host = text("MONGODB_HOST")
         if mongodb_host and urlsplit(mongodb_host).scheme not in ("mongodb", "mongodb+srv"):

@@ -47,6 +47,9 @@ def test_mysql_url_quotes_credentials_and_label_hides_password() -> None:
         ({"EMAIL_API_URL": "ftp://x"}, "EMAIL_API_URL"),
         ({"NOTIFICATION_EMAIL": "not-an-address"}, "NOTIFICATION_EMAIL"),
         ({"WEBSOCKET_PING_INTERVAL": "-1"}, "WEBSOCKET_PING_INTERVAL"),
+        ({"TRUSTED_PROXIES": "10.0.0.1, proxy.example.com"}, "TRUSTED_PROXIES"),
+        ({"COOKIE_SECURE": "perhaps"}, "COOKIE_SECURE"),
+        ({"SESSION_IDLE_SECONDS": "5"}, "SESSION_IDLE_SECONDS"),
     ],
 )
 def test_bad_value_names_the_variable(env: dict[str, str], variable: str) -> None:
@@ -83,3 +86,11 @@ def test_generated_secret_survives_restart(tmp_path: Path) -> None:
     second = load_or_create_secret(s).secret_key
     assert first == second and len(first) >= 32
     assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0
+
+
+def test_security_settings() -> None:
+    settings = parse({"TRUSTED_PROXIES": "10.0.0.0/8, ::1", "COOKIE_SECURE": "true",
+                      "SESSION_IDLE_SECONDS": "600", "SESSION_MAX_SECONDS": "7200"})
+    assert settings.trusted_proxies == ("10.0.0.0/8", "::1") and settings.cookie_secure is True
+    assert (settings.session_idle_seconds, settings.session_max_seconds) == (600, 7200)
+    assert parse({}).trusted_proxies == () and parse({}).cookie_secure is False

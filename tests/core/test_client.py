@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -134,24 +136,31 @@ def test_backoff_delay_is_exponential_jittered_and_capped() -> None:
     assert backoff_delay(10_000, 0.5, 8.0, rng) <= 8.0
 
 
-async def test_backoff_grows_then_resets_after_a_long_lived_connection(peer: Peer) -> None:
+async def test_backoff_grows_then_resets_after_a_long_lived_connection(
+    peer: Peer, caplog: pytest.LogCaptureFixture
+) -> None:
     peer.close_with = 1011
     client = peer_client(peer, backoff_base=0.1, backoff_max=0.4, backoff_reset_after=0.3)
     task = client.start()
-    try:
-        await eventually(lambda: len(peer.closed) >= 4)
-        # From here on the peer keeps a connection 0.5 s (longer than reset_after).
-        peer.hold_then_close.extend([0.5, 0.5])
-        await eventually(lambda: len(peer.closed) >= 6, within=5)
-    finally:
-        await client.stop()
+    with caplog.at_level(logging.WARNING, logger="tornado_sched.client"):
+        try:
+            await eventually(lambda: len(peer.closed) >= 4)
+            # From here on the peer keeps a connection 0.5 s (longer than reset_after).
+            peer.hold_then_close.extend([0.5, 0.5])
+            await eventually(lambda: len(peer.closed) >= 6, within=5)
+        finally:
+            await client.stop()
     await task
+    # The delays the client chose (wall-clock gaps only add machine latency to them).
+    delays = [float(m) for m in re.findall(r"reconnecting in ([0-9.]+)s", caplog.text)]
     gaps = [peer.opened[i + 1] - peer.closed[i] for i in range(5)]
-    # Attempts 0, 1, 2 wait 0.05-0.1, 0.1-0.2, 0.2-0.4 s; latency only adds to a gap.
-    assert gaps[0] < 0.2 and gaps[2] >= 0.2 - 0.01, gaps
-    assert gaps[3] >= 0.2 - 0.01, gaps  # capped at 0.4, still long
+    # Attempts 0, 1, 2 wait 0.05-0.1, 0.1-0.2, 0.2-0.4 s.
+    assert delays[0] <= 0.1 and 0.2 - 0.01 <= delays[2] <= 0.4, delays
+    assert 0.2 - 0.01 <= delays[3] <= 0.4, delays  # capped at 0.4, still long
     # The fifth connection lived 0.5 s: back to the first step.
-    assert gaps[4] < 0.2, gaps
+    assert delays[4] <= 0.1, delays
+    # And the client really waited that long before each reconnect.
+    assert all(gap >= delay - 0.02 for gap, delay in zip(gaps, delays, strict=False)), (gaps, delays)
 
 
 # -- registration ---------------------------------------------------------------------------

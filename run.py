@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import getpass
 import logging
 import os
@@ -32,7 +33,7 @@ from tornado_sched.config import ConfigError, Settings, load_or_create_secret
 from tornado_sched.context import open_context
 from tornado_sched.docserver import EmbeddedDocumentServer
 from tornado_sched.errors import DomainError
-from tornado_sched.logs import configure_logging
+from tornado_sched.logs import FILE_ONLY, configure_logging
 from tornado_sched.private import PRIVATE_UMASK
 from tornado_sched.registry import ModuleRegistry
 from tornado_sched.sessions import BrowserSessions
@@ -52,12 +53,19 @@ class Accounts:
 async def serve(settings: Settings) -> None:
     from handlers.app import make_app
 
-    ctx = await open_context(settings)
+    # Bind first: a port in use must stop start-up before anything is created (the
+    # first start's admin password is shown only once, after this point).
+    sockets = bind_sockets(settings.server_port, settings.server_host)
+    port = sockets[0].getsockname()[1]
+    try:
+        ctx = await open_context(settings)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
     server = None
     try:
         app = make_app(ctx)
-        sockets = bind_sockets(settings.server_port, settings.server_host)
-        port = sockets[0].getsockname()[1]
         server = HTTPServer(app)
         server.add_sockets(sockets)
         if ctx.generated_admin_password:
@@ -68,8 +76,9 @@ async def serve(settings: Settings) -> None:
                 "change it with `python run.py set-password`)",
                 flush=True,
             )
-        log.info("tornado_sched listening on http://%s:%d", settings.server_host, port)
+        # Once on the console (the line scripts wait for), once in the log file.
         print(f"listening on port {port}", flush=True)
+        log.info("tornado_sched listening on http://%s:%d", settings.server_host, port, extra=FILE_ONLY)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -151,12 +160,19 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_dir)
+    configure_logging(settings.log_level, settings.log_dir, settings.log_format)
 
     command = args.command or "serve"
     try:
         if command == "serve":
-            asyncio.run(serve(settings))
+            try:
+                asyncio.run(serve(settings))
+            except OSError as exc:
+                if exc.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+                    raise
+                print(f"cannot listen on {settings.server_host}:{settings.server_port}: "
+                      f"{exc.strerror} (set SERVER_PORT / SERVER_HOST)", file=sys.stderr)
+                return 2
         elif command == "expire-modules":
             asyncio.run(expire_modules(settings))
         elif command == "create-user":

@@ -53,6 +53,7 @@ class Settings:
     public_url: str = ""
     static_root: str = ""
     log_level: str = "INFO"
+    log_format: str = "text"
     log_dir: Path = Path("logs")
     data_dir: Path = Path("data")
     time_zone: str = DEFAULT_TIME_ZONE
@@ -159,6 +160,9 @@ class Settings:
         log_level = text("LOG_LEVEL", d.log_level).upper()
         if log_level not in _LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL: expected one of {sorted(_LOG_LEVELS)}, got {log_level!r}")
+        log_format = text("LOG_FORMAT", d.log_format).lower()
+        if log_format not in ("text", "json"):
+            raise ConfigError(f"LOG_FORMAT: expected text or json, got {log_format!r}")
         tz = text("TIME_ZONE", d.time_zone)
         try:
             zoneinfo.ZoneInfo(tz)
@@ -201,6 +205,7 @@ class Settings:
             public_url=url("PUBLIC_URL", ("http", "https")).rstrip("/"),
             static_root=text("STATIC_ROOT"),
             log_level=log_level,
+            log_format=log_format,
             log_dir=Path(text("LOG_DIR", str(d.log_dir))),
             data_dir=Path(text("DATA_DIR", str(d.data_dir))),
             time_zone=tz,

@@ -7,9 +7,11 @@ through :func:`redact_url` and only a short prefix of a hash is ever printed.
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.handlers
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .private import make_private
@@ -22,6 +24,14 @@ _SENSITIVE_PARAMS = re.compile(
 _MODULE_PATH = re.compile(r"(/module/)(?!(?:register|online|send_message|list)(?:[/?#]|$))([^/?#]+)")
 _API_TOKEN = re.compile(r"tsk_[A-Za-z0-9_\-]{7,}")
 _FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"
+# `log.info(..., extra=FILE_ONLY)`: a line already printed to the console for people
+# (run.py's "listening on port") goes to the log file only.
+FILE_ONLY = {"file_only": True}
+
+
+class _ConsoleFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "file_only", False)
 
 
 def redact_url(url: str) -> str:
@@ -47,18 +57,36 @@ class SafeFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
-def configure_logging(level: str, log_dir: Path) -> None:
-    """Console + `LOG_DIR/tornado_sched.log` (10 MB x 5), as the seed did; the
-    directory is private (0700) and the files 0600."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line (LOG_FORMAT=json); json.dumps escapes control characters, so no value can forge a line either for log shippers: time (ISO 8601,
+    UTC), level, logger, message, and the traceback when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc_info"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(level: str, log_dir: Path, log_format: str = "text") -> None:
+    """Console + `LOG_DIR/tornado_sched.log` (10 MB x 5), as the seed did; plain text
+    or, with `log_format="json"`, one JSON object per line in both. The directory is
+    private (0700) and the files 0600."""
     log_dir.mkdir(parents=True, exist_ok=True)
     make_private(log_dir)
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
-    formatter = SafeFormatter(_FORMAT)
+    formatter = JsonFormatter() if log_format == "json" else SafeFormatter(_FORMAT)
     console = logging.StreamHandler()
     console.setFormatter(formatter)
+    console.addFilter(_ConsoleFilter())
     file_handler = logging.handlers.RotatingFileHandler(
         log_dir / "tornado_sched.log", maxBytes=10 * 1024 * 1024, backupCount=5, encoding="utf-8"
     )
@@ -68,3 +96,8 @@ def configure_logging(level: str, log_dir: Path) -> None:
     root.setLevel(level)
     # The driver logs every heartbeat at DEBUG; keep it quiet unless asked.
     logging.getLogger("pymongo").setLevel(max(logging.INFO, logging.getLevelName(level)))
+    # APScheduler logs "Running job" / "executed successfully" at INFO for every run of
+    # every job, the 30 s liveness mark included (~5,760 lines a day): DEBUG only.
+    # Its warnings (missed runs, errors) still come through.
+    if logging.getLevelName(level) > logging.DEBUG:
+        logging.getLogger("apscheduler.executors").setLevel(logging.WARNING)

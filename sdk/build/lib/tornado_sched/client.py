@@ -1,0 +1,542 @@
+"""Module SDK: register a module, keep its WebSocket open, run its commands.
+
+A module author writes one coroutine and hands it to :class:`ModuleClient`::
+
+    import asyncio
+    from tornado_sched.client import ModuleClient
+
+    async def handler(args: dict, meta: dict) -> dict:
+        # args: this module's args from the workflow; meta: workflow_id, run_id, ...
+        return {"rows": len(args.get("stock_list", []))}
+
+    client = ModuleClient("http://127.0.0.1:10080", "my-module", handler,
+                          token="<REGISTRATION_TOKEN>")
+    asyncio.run(client.run())   # registers, connects, reconnects; stop() ends it
+
+The wire protocol is the seed's (see ``tornado_sched.protocol``): the server sends
+``{"type": "execute", "meta": {...}, "args": {...}}`` and the module answers
+``{"type": "result", "status": "success"|"failure", ...}``, acknowledged with the
+text ``receive result``. Liveness is WebSocket ping/pong, answered by Tornado's
+client on its own; nothing here sends heartbeat messages.
+
+Everything is asyncio and non-blocking: registration uses Tornado's HTTP client,
+the connection Tornado's WebSocket client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.iostream import StreamClosedError
+from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect
+
+from .logs import short_secret
+from .protocol import RESULT_ACK
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any], dict[str, Any]], Awaitable[str | dict[str, Any] | None]]
+MessageCallback = Callable[[str], Awaitable[None] | None]
+
+# Close codes the server uses (tornado_sched.hub / handlers.modules).
+CLOSE_REPLACED = 4000
+CLOSE_DELETED = 4404
+_CLOSE_REFUSED = (4401, 4403)
+_NORMAL_CLOSE = 1000
+
+
+class ModuleClientError(Exception):
+    """The client stopped for a reason retrying cannot fix; the message says why."""
+
+
+class RegistrationError(ModuleClientError):
+    """`/module/register` refused the module (bad credentials, bad input_data...)."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, field: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.field = field
+
+    @property
+    def transient(self) -> bool:
+        """Network errors, 429 and 5xx are worth retrying; other refusals are not."""
+        return self.status is None or self.status == 429 or self.status >= 500
+
+
+class UnknownModule(ModuleClientError):
+    """The server does not know this module's hash (refused with 401/403 at the handshake)."""
+
+
+class ModuleDeleted(UnknownModule):
+    """An operator deleted the module while it was connected (close code 4404)."""
+
+
+class ModuleReplaced(ModuleClientError):
+    """Another connection with the same hash took over (close code 4000, "replaced")."""
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Delay before reconnect number `attempt` (0-based): exponential, capped, jittered.
+
+    "Equal jitter": half of the exponential step is fixed and half random, so a fleet
+    of modules that lost the server at the same instant does not come back in one
+    wave, and no module retries in a tight loop.
+    """
+    step = min(cap, base * (2 ** min(attempt, 32)))
+    return step / 2 + (rng or random).uniform(0, step / 2)
+
+
+def _ignore_write_error(future: asyncio.Future[None]) -> None:
+    # A write that fails because the socket closed is reported by the read loop
+    # (read_message returns None); here it only has to be retrieved.
+    if not future.cancelled():
+        future.exception()
+
+
+class ModuleClient:
+    """One module's connection to a tornado_sched server.
+
+    ``run()`` registers (when credentials are given), connects to
+    ``/websocket?hash=...``, calls ``handler(args, meta)`` for every ``execute``
+    command, each in its own task, and answers with a ``result`` that echoes
+    ``meta["run_id"]``. A lost connection is retried with jittered exponential
+    backoff (``backoff_base`` doubling up to ``backoff_max``; back to the start after
+    a connection that lived ``backoff_reset_after`` seconds). Results finished while
+    disconnected are kept (up to ``max_pending_results``) and sent on reconnect.
+
+    ``run()`` ends when ``stop()`` is called (a stopped client stays stopped: make a
+    new one to start again), or raises:
+
+    - :class:`RegistrationError` when registration is refused (not for network
+      errors or 5xx, which are retried);
+    - :class:`UnknownModule` when the handshake is refused for the hash, and its
+      subclass :class:`ModuleDeleted` on close code 4404;
+    - :class:`ModuleReplaced` on close code 4000. The server closes the older of
+      two connections with one hash, so another instance of this module is now
+      connected. Reconnecting would close that one in turn, and the two would
+      take the module from each other for ever; so this instance stops and leaves
+      the decision to the operator.
+
+    Credentials: ``token`` (the server's REGISTRATION_TOKEN, sent in the
+    ``X-Registration-Token`` header) or ``username``/``password`` (operator, HTTP
+    Basic). With neither, pass the ``module_hash`` from an earlier registration and
+    the client connects without registering.
+    """
+
+    def __init__(
+        self,
+        server_url: str,
+        name: str,
+        handler: Handler,
+        *,
+        description: str = "",
+        input_data: list[dict[str, Any]] | None = None,
+        output_data: list[dict[str, Any]] | None = None,
+        model_hash: str = "",
+        token: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        module_hash: str | None = None,
+        on_message: MessageCallback | None = None,
+        backoff_base: float = 1.0,
+        backoff_max: float = 60.0,
+        backoff_reset_after: float = 60.0,
+        connect_timeout: float = 10.0,
+        ping_interval: float | None = 30.0,
+        ping_timeout: float | None = 30.0,
+        stop_timeout: float = 10.0,
+        max_pending_results: int = 1000,
+    ) -> None:
+        parts = urlsplit(server_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("server_url: expected http://host:port or https://host:port")
+        if not token and not (username and password) and not module_hash:
+            raise ValueError(
+                "give token, username and password, or a module_hash from an earlier registration"
+            )
+        if not 0 < backoff_base <= backoff_max:
+            raise ValueError("backoff: need 0 < backoff_base <= backoff_max")
+        self.server_url = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+        self.name = name
+        self.handler = handler
+        self.description = description
+        self.input_data = list(input_data or [])
+        self.output_data = list(output_data or [])
+        self.model_hash = model_hash
+        self.module_hash = module_hash
+        self.module_id: int | None = None
+        self.on_message = on_message
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.backoff_reset_after = backoff_reset_after
+        self.connect_timeout = connect_timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.stop_timeout = stop_timeout
+        self._token = token
+        self._username = username
+        self._password = password
+
+        # Counters, for logs, health pages and tests.
+        self.connections = 0
+        self.results_sent = 0
+        self.results_acknowledged = 0
+
+        self._conn: WebSocketClientConnection | None = None
+        self._connected = asyncio.Event()
+        self._finished = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._running = False
+        self._stopping = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._outbox: deque[str] = deque(maxlen=max_pending_results)
+
+    # -- public API ------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    @property
+    def websocket_url(self) -> str:
+        if not self.module_hash:
+            raise ModuleClientError("not registered yet: no module hash")
+        parts = urlsplit(self.server_url)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        query = urlencode({"hash": self.module_hash})
+        return urlunsplit((scheme, parts.netloc, parts.path + "/websocket", query, ""))
+
+    async def register(self) -> str:
+        """One `GET /module/register`; sets and returns the module hash.
+
+        Raises :class:`RegistrationError` (its ``transient`` says whether a retry
+        may help)."""
+        if not self._token and not (self._username and self._password):
+            raise RegistrationError("no registration credentials (token or username/password)")
+        query = urlencode(
+            {
+                "name": self.name,
+                "description": self.description,
+                "input_data": json.dumps(self.input_data, ensure_ascii=False),
+                "output_data": json.dumps(self.output_data, ensure_ascii=False),
+                "modelHash": self.model_hash,
+            }
+        )
+        headers = {"Accept": "application/json"}
+        auth: dict[str, Any] = {}
+        if self._token:
+            # A header, not the `token` parameter: query strings end up in logs.
+            headers["X-Registration-Token"] = self._token
+        else:
+            auth = {
+                "auth_username": self._username,
+                "auth_password": self._password,
+                "auth_mode": "basic",
+            }
+        request = HTTPRequest(
+            f"{self.server_url}/module/register?{query}",
+            headers=headers,
+            connect_timeout=self.connect_timeout,
+            request_timeout=self.connect_timeout,
+            **auth,
+        )
+        response = await AsyncHTTPClient().fetch(request, raise_error=False)
+        if response.code == 599:
+            raise RegistrationError(f"cannot reach {self.server_url}: {response.error}")
+        try:
+            envelope = json.loads(response.body)
+        except (ValueError, TypeError):
+            envelope = None
+        if not isinstance(envelope, dict):
+            raise RegistrationError(
+                f"register: HTTP {response.code}, not a JSON envelope", status=response.code
+            )
+        result = envelope.get("result")
+        if response.code != 200 or envelope.get("code") != "2000" or not isinstance(result, dict):
+            field = result.get("field") if isinstance(result, dict) else None
+            raise RegistrationError(
+                f"register refused (HTTP {response.code}, code {envelope.get('code')}): {envelope.get('message')}",
+                status=response.code,
+                field=field,
+            )
+        self.module_hash = str(result["hash"])
+        self.module_id = int(result["module_id"])
+        log.info(
+            "module %r registered (id %d, hash %s)",
+            self.name,
+            self.module_id,
+            short_secret(self.module_hash),
+        )
+        return self.module_hash
+
+    async def run(self) -> None:
+        """Register, connect and serve until :meth:`stop` (or a fatal error, raised)."""
+        if self._running:
+            raise RuntimeError("run() is already running")
+        self._running = True
+        self._finished.clear()
+        try:
+            if self._token or (self._username and self._password):
+                await self._register_with_retry()
+            await self._connect_loop()
+        finally:
+            if not self._stopping:
+                # A fatal stop: nobody will read these handlers' results.
+                await self._cancel_tasks(set(self._tasks))
+            self._running = False
+            self._finished.set()
+
+    def start(self) -> asyncio.Task[None]:
+        """Run in a background task; await the task to see how it ended."""
+        return asyncio.get_running_loop().create_task(self.run(), name=f"module-client:{self.name}")
+
+    async def wait_connected(self) -> None:
+        """Wait until the WebSocket is open (wrap in ``asyncio.timeout`` to bound it)."""
+        await self._connected.wait()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop reconnecting, let running handlers finish (up to `grace` seconds, default
+        ``stop_timeout``) so their results go out, cancel the rest (each reported as
+        a failure), close the socket with 1000 and wait for ``run()`` to return."""
+        self._stopping = True
+        self._wake.set()
+        limit = self.stop_timeout if grace is None else grace
+        # A handler may call stop() itself; it cannot wait for its own task.
+        pending = {t for t in self._tasks if t is not asyncio.current_task()}
+        if pending:
+            _done, late = await asyncio.wait(pending, timeout=limit)
+            if late:
+                log.warning("module %r: %d handler(s) cancelled at stop", self.name, len(late))
+                await self._cancel_tasks(late)
+        conn = self._conn
+        if conn is not None:
+            conn.close(_NORMAL_CLOSE, "module stopping")
+        if self._running:
+            try:
+                # The server echoes our close frame within a round trip; this bounds a
+                # server that does not.
+                await asyncio.wait_for(self._finished.wait(), max(limit, 1.0))
+            except TimeoutError:
+                log.warning("module %r: connection did not close in time", self.name)
+
+    async def _cancel_tasks(self, tasks: set[asyncio.Task[None]]) -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- connection loop -------------------------------------------------------------
+    async def _sleep(self, delay: float) -> None:
+        """Sleep, but wake at once when stop() is called."""
+        try:
+            async with asyncio.timeout(delay):  # wait_for may swallow a cancel on 3.11
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+
+    async def _register_with_retry(self) -> None:
+        attempt = 0
+        while not self._stopping:
+            try:
+                await self.register()
+                return
+            except RegistrationError as exc:
+                if not exc.transient:
+                    raise
+                delay = backoff_delay(attempt, self.backoff_base, self.backoff_max)
+                log.warning("module %r: %s; retrying in %.1fs", self.name, exc, delay)
+            attempt += 1
+            await self._sleep(delay)
+
+    async def _connect_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        while not self._stopping:
+            request = HTTPRequest(
+                self.websocket_url,
+                connect_timeout=self.connect_timeout,
+                request_timeout=self.connect_timeout,
+            )
+            opened_at = loop.time()
+            try:
+                conn = await websocket_connect(
+                    request,
+                    ping_interval=self.ping_interval,
+                    ping_timeout=self.ping_timeout,
+                )
+            except HTTPClientError as exc:
+                if exc.code in (401, 403):
+                    raise UnknownModule(
+                        f"module {self.name!r}: the server refused hash {short_secret(self.module_hash or '')} "
+                        f"(HTTP {exc.code}); register again to get a valid hash"
+                    ) from None
+                if exc.code == 404:
+                    raise ModuleClientError(
+                        f"no WebSocket endpoint at {self.server_url}/websocket"
+                    ) from None
+                problem = f"handshake failed: HTTP {exc.code}"
+            except (OSError, StreamClosedError, TimeoutError) as exc:
+                problem = f"cannot connect: {type(exc).__name__}: {exc}"
+            else:
+                code, reason = await self._serve(conn)
+                if code == CLOSE_REPLACED:
+                    raise ModuleReplaced(
+                        f"module {self.name!r}: another connection with the same hash took over "
+                        f"({reason or 'replaced'}); this instance stops"
+                    )
+                if code == CLOSE_DELETED:
+                    raise ModuleDeleted(
+                        f"module {self.name!r} was deleted on the server ({reason or code})"
+                    )
+                if code in _CLOSE_REFUSED:
+                    raise UnknownModule(
+                        f"module {self.name!r}: refused by the server ({code} {reason})"
+                    )
+                if self._stopping:
+                    return
+                if loop.time() - opened_at >= self.backoff_reset_after:
+                    attempt = 0
+                problem = f"connection closed ({code} {reason or ''})".rstrip()
+            if self._stopping:
+                return
+            delay = backoff_delay(attempt, self.backoff_base, self.backoff_max)
+            attempt += 1
+            log.warning("module %r: %s; reconnecting in %.2fs", self.name, problem, delay)
+            await self._sleep(delay)
+
+    async def _serve(self, conn: WebSocketClientConnection) -> tuple[int | None, str | None]:
+        """Read frames until the connection closes; returns (close code, reason)."""
+        if self._stopping:
+            conn.close(_NORMAL_CLOSE, "module stopping")
+        else:
+            self._conn = conn
+            self.connections += 1
+            self._connected.set()
+            log.info("module %r connected", self.name)
+            self._flush_outbox()
+        try:
+            while True:
+                # Read continuously: Tornado answers server pings in the same loop
+                # that fills this queue, so a slow consumer would look like a dead peer.
+                message = await conn.read_message()
+                if message is None:
+                    break
+                self._dispatch(message)
+        finally:
+            if self._conn is conn:
+                self._conn = None
+                self._connected.clear()
+            # Also after the server closed it: Tornado's client keeps its protocol
+            # object (and warns when collected) until close() is called.
+            code, reason = conn.close_code, conn.close_reason
+            conn.close()
+        return code, reason
+
+    # -- frames ----------------------------------------------------------------------
+    def _dispatch(self, message: str | bytes) -> None:
+        if isinstance(message, bytes):
+            log.debug("module %r: ignoring a binary frame (%d bytes)", self.name, len(message))
+            return
+        if message == RESULT_ACK:
+            self.results_acknowledged += 1
+            return
+        data: Any = None
+        if message.lstrip()[:1] == "{":
+            try:
+                data = json.loads(message)
+            except ValueError:
+                data = None
+        if isinstance(data, dict) and data.get("type") == "execute":
+            self._spawn(self._execute(data))
+            return
+        if isinstance(data, dict) and data.get("type") == "error":
+            log.warning("module %r: the server refused a frame: %s", self.name, data.get("error"))
+        if self.on_message is not None:
+            self._spawn(self._deliver(message))
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, message: str) -> None:
+        assert self.on_message is not None
+        try:
+            outcome = self.on_message(message)
+            if inspect.isawaitable(outcome):
+                await outcome
+        except Exception:
+            log.exception("module %r: on_message callback failed", self.name)
+
+    async def _execute(self, command: dict[str, Any]) -> None:
+        meta = command.get("meta") if isinstance(command.get("meta"), dict) else {}
+        args = command.get("args") if command.get("args") is not None else {}
+        status, message, error = "success", None, None
+        if self._stopping:
+            status, error = "failure", "module is stopping"
+        elif not isinstance(args, dict):
+            status, error = "failure", "args: expected a JSON object"
+        else:
+            try:
+                outcome = await self.handler(args, meta)
+                message = (
+                    outcome
+                    if outcome is None or isinstance(outcome, str | dict | list)
+                    else str(outcome)
+                )
+            except asyncio.CancelledError:
+                # stop() gave up waiting: tell the server rather than leave the step open.
+                self._send_result(meta, "failure", None, "cancelled: module stopping")
+                raise
+            except Exception as exc:
+                log.warning("module %r: handler failed: %s: %s", self.name, type(exc).__name__, exc)
+                status, error = "failure", f"{type(exc).__name__}: {exc}"
+        self._send_result(meta, status, message, error)
+
+    def _send_result(
+        self, meta: dict[str, Any], status: str, message: Any, error: str | None
+    ) -> None:
+        frame = {
+            "type": "result",
+            "status": status,
+            "workflow_id": meta.get("workflow_id"),
+            "workflow_name": meta.get("workflow_name"),
+            "module_name": self.name,
+            "run_id": meta.get("run_id"),
+            "message": message,
+            "error": error,
+        }
+        self._send(json.dumps(frame, ensure_ascii=False, default=str))
+        self.results_sent += 1
+
+    def _send(self, text: str) -> None:
+        if self._write(text):
+            return
+        if len(self._outbox) == self._outbox.maxlen:
+            log.warning("module %r: pending results full; dropping the oldest", self.name)
+        self._outbox.append(text)
+
+    def _write(self, text: str) -> bool:
+        conn = self._conn
+        if conn is None:
+            return False
+        try:
+            conn.write_message(text).add_done_callback(_ignore_write_error)
+        except (WebSocketClosedError, StreamClosedError):
+            return False
+        return True
+
+    def _flush_outbox(self) -> None:
+        while self._outbox:
+            if not self._write(self._outbox[0]):
+                return
+            self._outbox.popleft()

@@ -1,0 +1,97 @@
+"""The seed's WebSocket message shapes, parsed and validated in one place.
+
+Server -> module: `{"type": "execute", "meta": {...}, "args": {...}}`.
+Module -> server: `{"type": "result", "status": "success"|"failure", "workflow_id",
+"workflow_name", "module_name", "error", "message"}` (plus our optional `run_id`),
+answered with the text `receive result`; `{"type": "heartbeat"}` from older clients
+is accepted quietly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+RESULT_ACK = "receive result"
+RESULT_STATUSES = ("success", "failure")
+_TEXT_LIMIT = 64 * 1024
+
+
+class ProtocolError(ValueError):
+    """A frame the server cannot accept; the message is sent back to the module."""
+
+
+@dataclass(frozen=True)
+class ResultMessage:
+    status: str
+    workflow_id: str | None
+    workflow_name: str | None
+    module_name: str | None
+    error: str | None
+    message: str | None
+    run_id: str | None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "success"
+
+
+@dataclass(frozen=True)
+class HeartbeatMessage:
+    pass
+
+
+def _optional_text(data: dict[str, Any], name: str) -> str | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ProtocolError(f"{name}: expected a string")
+    text = str(value)
+    if len(text) > _TEXT_LIMIT:
+        text = text[:_TEXT_LIMIT] + "…"
+    return text
+
+
+def _message_text(data: dict[str, Any]) -> str | None:
+    # The seed calls `message` "结果消息" (a result message); modules in the wild send
+    # objects too, so keep structured values as JSON text instead of refusing them.
+    value = data.get("message")
+    if value is None or isinstance(value, str):
+        return value if value is None or len(value) <= _TEXT_LIMIT else value[:_TEXT_LIMIT] + "…"
+    if isinstance(value, dict | list | int | float | bool):
+        return json.dumps(value, ensure_ascii=False)[:_TEXT_LIMIT]
+    raise ProtocolError("message: unsupported type")
+
+
+def parse_module_message(raw: str | bytes) -> ResultMessage | HeartbeatMessage:
+    if isinstance(raw, bytes):
+        raise ProtocolError("binary frames are not part of the protocol; send JSON text")
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise ProtocolError("not JSON") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("expected a JSON object")
+    kind = data.get("type")
+    if kind == "heartbeat":
+        return HeartbeatMessage()
+    if kind != "result":
+        raise ProtocolError(f"unknown message type {kind!r}" if isinstance(kind, str) else "type: required")
+    status = data.get("status")
+    if status not in RESULT_STATUSES:
+        raise ProtocolError("status: expected \"success\" or \"failure\"")
+    return ResultMessage(
+        status=status,
+        workflow_id=_optional_text(data, "workflow_id"),
+        workflow_name=_optional_text(data, "workflow_name"),
+        module_name=_optional_text(data, "module_name"),
+        error=_optional_text(data, "error"),
+        message=_message_text(data),
+        run_id=_optional_text(data, "run_id"),
+    )
+
+
+def error_reply(reason: str) -> str:
+    return json.dumps({"type": "error", "error": reason}, ensure_ascii=False)

@@ -1,0 +1,51 @@
+"""LOG_FORMAT=json and the absence of periodic INFO noise, on a real `run.py`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient
+
+from tests.test_process import ServerProcess
+from tornado_sched.logs import configure_logging
+
+pytestmark = pytest.mark.slow
+
+
+async def test_json_log_lines_from_a_real_server(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "site", {"LOG_FORMAT": "json"})
+    await server.start()
+    await AsyncHTTPClient().fetch(f"http://127.0.0.1:{server.port}/health")
+    assert await server.stop() == 0
+    lines = (tmp_path / "site" / "logs" / "tornado_sched.log").read_text().splitlines()
+    entries = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert {"time", "level", "logger", "message"} <= set(entries[0])
+    assert entries[0]["time"].endswith("+00:00")
+    assert sum("listening on" in e["message"] for e in entries) == 1
+    assert any(e["logger"] == "tornado.access" and "/health" in e["message"] for e in entries)
+    console = [line for line in server.output if line.startswith("{")]
+    assert console and all(json.loads(line)["message"] for line in console)
+
+
+def test_apscheduler_job_lines_are_debug_only(tmp_path: Path) -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging("INFO", tmp_path)
+        logging.getLogger("apscheduler.executors.default").info('Running job "scheduler liveness mark"')
+        logging.getLogger("apscheduler.executors.default").warning("Run time of job was missed")
+        for handler in root.handlers:
+            handler.flush()
+        text = (tmp_path / "tornado_sched.log").read_text()
+        assert "liveness" not in text and "was missed" in text
+    finally:
+        for handler in root.handlers[:]:
+            root.removeHandler(handler)
+            handler.close()
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
+        logging.getLogger("apscheduler.executors").setLevel(logging.NOTSET)

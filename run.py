@@ -2,6 +2,7 @@
 
     python run.py                 start the server (settings from env / .env)
     python run.py expire-modules  mark every module offline (the seed's manual command)
+    python run.py list-jobs       scheduled jobs and their next run time (the seed's listing)
     python run.py create-user NAME [--role admin|viewer]   (password read from stdin/prompt)
     python run.py set-password NAME
     python run.py list-users
@@ -21,8 +22,11 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
@@ -36,8 +40,10 @@ from tornado_sched.errors import DomainError
 from tornado_sched.logs import FILE_ONLY, configure_logging
 from tornado_sched.private import PRIVATE_UMASK
 from tornado_sched.registry import ModuleRegistry
+from tornado_sched.scheduler import job_id
 from tornado_sched.sessions import BrowserSessions
 from tornado_sched.stores import DocumentStore, SqlStore
+from tornado_sched.workflows import WorkflowStore
 
 log = logging.getLogger("tornado_sched")
 
@@ -106,7 +112,10 @@ async def with_accounts(settings: Settings, action: Callable[[Accounts], Awaitab
         await sql.close()
 
 
-async def expire_modules(settings: Settings) -> None:
+@asynccontextmanager
+async def document_store(settings: Settings) -> AsyncIterator[DocumentStore]:
+    """The business-data store for a one-off command (starting the embedded server
+    when MONGODB_HOST is unset; a running server owns it then)."""
     docserver = None
     uri = settings.mongodb_host
     if settings.uses_embedded_mongo:
@@ -115,16 +124,37 @@ async def expire_modules(settings: Settings) -> None:
             uri = await docserver.start()
         except RuntimeError:
             print("the embedded document server is in use: the running server owns DATA_DIR "
-                  "(it marks every module offline itself when it starts)", file=sys.stderr)
+                  "(stop it, or ask it over REST: GET /scheduler/jobs, GET /module/online)", file=sys.stderr)
             raise SystemExit(1) from None
     docs = DocumentStore(uri, settings.mongodb_name)
     try:
-        count = await ModuleRegistry(docs).mark_all_offline()
-        print(f"{count} module(s) marked offline")
+        yield docs
     finally:
         await docs.close()
         if docserver is not None:
             await docserver.stop()
+
+
+async def expire_modules(settings: Settings) -> None:
+    async with document_store(settings) as docs:
+        count = await ModuleRegistry(docs).mark_all_offline()
+        print(f"{count} module(s) marked offline")
+
+
+async def list_jobs(settings: Settings) -> None:
+    """The seed's scheduled-jobs listing: the jobs the scheduler builds from the store
+    (one per enabled workflow with crontab lines) and when each fires next (UTC)."""
+    async with document_store(settings) as docs:
+        workflows = WorkflowStore(docs, ModuleRegistry(docs), settings.time_zone)
+        now = datetime.now(UTC)
+        print("job_id\tworkflow_id\tname\tnext_run_time\ttrigger")
+        for workflow in await workflows.list(enabled_only=True):
+            if not workflow.schedulable:
+                continue
+            trigger = workflow.trigger()
+            next_time = trigger.get_next_fire_time(None, now)
+            when = next_time.astimezone(UTC).isoformat() if next_time else "-"
+            print(f"{job_id(workflow.workflow_id)}\t{workflow.workflow_id}\t{workflow.name}\t{when}\t{trigger}")
 
 
 def _read_password(prompt: str) -> str:
@@ -140,10 +170,13 @@ def main(argv: list[str] | None = None) -> int:
     # Everything this process creates (stores, logs, the secret key, the embedded
     # document server's files and socket) is readable by the service user only.
     os.umask(PRIVATE_UMASK)
-    parser = argparse.ArgumentParser(prog="run.py", description="tornado_sched server")
+    parser = argparse.ArgumentParser(
+        prog=Path(sys.argv[0]).name if argv is None else "run.py", description="tornado_sched server"
+    )
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("serve", help="start the server (default)")
     sub.add_parser("expire-modules", help="mark every module offline")
+    sub.add_parser("list-jobs", help="list scheduled jobs and their next run time (UTC)")
     create = sub.add_parser("create-user", help="create an operator (password from stdin)")
     create.add_argument("username")
     create.add_argument("--role", default="admin", choices=["admin", "viewer"])
@@ -175,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
         elif command == "expire-modules":
             asyncio.run(expire_modules(settings))
+        elif command == "list-jobs":
+            asyncio.run(list_jobs(settings))
         elif command == "create-user":
             password = _read_password("password: ")
 

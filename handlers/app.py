@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,17 @@ from .auth import wrong_host
 from .base import AUTH_KINDS, NotFoundHandler
 from .dashboard import live, pages
 
-ROOT = Path(__file__).resolve().parent.parent
+
+def _asset_root() -> Path:
+    """templates/, static/ and locale/: beside the packages in a checkout, under
+    <prefix>/share/tornado-sched after `pip install .` (pyproject's data-files)."""
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "templates").is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "tornado-sched"
+
+
+ROOT = _asset_root()
 access_log = logging.getLogger("tornado.access")
 
 HANDLER_MODULES = [health, modules, websocket, workflows, runs, scheduler, notifications, admin, sessions, pages, live]

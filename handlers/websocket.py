@@ -77,6 +77,7 @@ class ModuleSocketHandler(SocketHandler):
     async def on_message(self, message: str | bytes) -> None:
         if self.session is None:
             return
+        self.ctx.hub.frames_in += 1
         limit = self.ctx.settings.websocket_max_message_size
         # The limit is in bytes, as on the wire: a text frame's len() counts characters,
         # and CJK text is three bytes per character.
@@ -107,6 +108,10 @@ class ModuleSocketHandler(SocketHandler):
             self.reply(error_reply("result not stored (server unavailable); send it again later"))
             return
         self.reply(RESULT_ACK)
+
+    def reply(self, text: str) -> None:
+        self.ctx.hub.frames_out += 1  # for /metrics: frames to modules, acks and errors too
+        super().reply(text)
 
     def on_pong(self, data: bytes) -> None:
         if self.session is not None:

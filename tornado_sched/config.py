@@ -60,6 +60,7 @@ class Settings:
     admin_username: str = "admin"
     admin_password: str = field(default="", repr=False)
     registration_token: str = field(default="", repr=False)
+    metrics_token: str = field(default="", repr=False)
     websocket_ping_interval: float = 20.0
     websocket_ping_timeout: float = 20.0
     websocket_max_message_size: int = 1024 * 1024
@@ -212,6 +213,7 @@ class Settings:
             admin_username=text("ADMIN_USERNAME", d.admin_username),
             admin_password=env.get("ADMIN_PASSWORD", ""),
             registration_token=env.get("REGISTRATION_TOKEN", "").strip(),
+            metrics_token=env.get("METRICS_TOKEN", "").strip(),
             websocket_ping_interval=interval,
             # Tornado clamps the timeout to the interval; do it here so /health-style
             # introspection reports the value really in force.

@@ -17,6 +17,7 @@ from .config import Settings
 from .docserver import EmbeddedDocumentServer
 from .events import EventBus
 from .hub import ConnectionHub
+from .metrics import ServerMetrics
 from .modules import ModuleService
 from .notify import Notifier
 from .private import make_private
@@ -54,6 +55,7 @@ class AppContext:
     docserver: EmbeddedDocumentServer | None = None
     started_at: float = field(default_factory=time.time)
     generated_admin_password: str | None = None
+    metrics: ServerMetrics | None = None
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def store_failures(self) -> dict[str, int]:
@@ -165,4 +167,5 @@ async def open_context(settings: Settings) -> AppContext:
         generated_admin_password=generated,
     )
     ctx._closers.extend(closers)
+    ctx.metrics = ServerMetrics(ctx)
     return ctx

@@ -24,6 +24,7 @@ RUN_FINISHED = "run.finished"  # run
 STEP_FAILED = "step.failed"  # run, step
 WORKFLOW_SAVED = "workflow.saved"  # workflow (created, changed, enabled or disabled)
 WORKFLOW_DELETED = "workflow.deleted"  # workflow_id
+SCHEDULE_FIRED = "schedule.fired"  # workflow_id, lateness_seconds (scheduled fire time -> firing)
 RUN_EVENTS = (RUN_STARTED, RUN_UPDATED, RUN_FINISHED)
 
 

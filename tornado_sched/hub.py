@@ -89,6 +89,9 @@ class ConnectionHub:
         self._flusher: asyncio.Task[None] | None = None
         self.flush_failures = 0
         self.last_flush_error: str | None = None
+        # WebSocket frames to and from modules, for /metrics (counted, never stored).
+        self.frames_in = 0
+        self.frames_out = 0
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -194,6 +197,7 @@ class ConnectionHub:
             # The socket is closing (ping timeout, replaced, peer gone) but on_close has
             # not run yet: to the caller that is "offline", not a server error.
             raise Conflict(f"module {short_secret(module_hash)} is offline ({type(exc).__name__})") from None
+        self.frames_out += 1
         if isinstance(written, asyncio.Future):
             # A write that fails later is reported by the close; retrieve it so the
             # loop does not log "exception was never retrieved".

@@ -22,7 +22,7 @@ from sqlalchemy import delete, insert
 
 from .clock import naive_utc, utcnow
 from .errors import Unavailable
-from .events import MODULE_ONLINE, WORKFLOW_DELETED, WORKFLOW_SAVED, EventBus
+from .events import MODULE_ONLINE, SCHEDULE_FIRED, WORKFLOW_DELETED, WORKFLOW_SAVED, EventBus
 from .runs import RunTracker
 from .stores import DocumentStore, SqlStore
 from .tables import execution_log
@@ -187,6 +187,10 @@ class WorkflowScheduler:
         # time at or before now (coalesce=True runs one job for a burst).
         fire_time = _latest_fire(trigger, now)
         tick = trigger.nominal_tick(fire_time) if fire_time else now
+        if fire_time is not None and self._events is not None:
+            self._events.publish(SCHEDULE_FIRED, {
+                "workflow_id": workflow_id, "lateness_seconds": (now - fire_time).total_seconds(),
+            })
         await self.fire(workflow, "schedule", tick)
 
     async def run_now(self, workflow_id: int) -> tuple[Workflow, str | None]:

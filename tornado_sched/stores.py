@@ -13,7 +13,8 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ConnectionFailure
-from sqlalchemy import text
+from pymongo.monitoring import ConnectionPoolListener
+from sqlalchemy import event, text
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -21,6 +22,27 @@ from .errors import Unavailable
 from .tables import metadata
 
 log = logging.getLogger(__name__)
+
+
+class _ConnectionCounter(ConnectionPoolListener):
+    """Counts the driver's new connections; every other pool event is ignored."""
+
+    def __init__(self, store: DocumentStore) -> None:
+        self._store = store
+
+    def connection_created(self, event: Any) -> None:
+        self._store.connections_opened += 1
+
+    def pool_created(self, event: Any) -> None: ...
+    def pool_ready(self, event: Any) -> None: ...
+    def pool_cleared(self, event: Any) -> None: ...
+    def pool_closed(self, event: Any) -> None: ...
+    def connection_ready(self, event: Any) -> None: ...
+    def connection_closed(self, event: Any) -> None: ...
+    def connection_check_out_started(self, event: Any) -> None: ...
+    def connection_check_out_failed(self, event: Any) -> None: ...
+    def connection_checked_out(self, event: Any) -> None: ...
+    def connection_checked_in(self, event: Any) -> None: ...
 
 
 class DocumentStore:
@@ -31,12 +53,15 @@ class DocumentStore:
     """
 
     def __init__(self, uri: str, db_name: str, *, timeout_ms: int = 5000) -> None:
+        # Connections the driver opened (for /metrics: growth after start = reconnects).
+        self.connections_opened = 0
         self.client: AsyncMongoClient = AsyncMongoClient(
             uri,
             tz_aware=True,
             serverSelectionTimeoutMS=timeout_ms,
             connectTimeoutMS=timeout_ms,
             appname="tornado_sched",
+            event_listeners=[_ConnectionCounter(self)],
         )
         self.db: AsyncDatabase = self.client[db_name]
 
@@ -79,6 +104,12 @@ class SqlStore:
             kwargs["pool_recycle"] = 3600
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         self.dialect = self.engine.dialect.name
+        # DBAPI connections opened (for /metrics: growth after start = reconnects).
+        self.connections_opened = 0
+        event.listen(self.engine.sync_engine, "connect", self._count_connect)
+
+    def _count_connect(self, dbapi_connection: Any, record: Any) -> None:
+        self.connections_opened += 1
 
     async def create_schema(self) -> None:
         async with self.engine.begin() as conn:

@@ -2,6 +2,7 @@
 the args it was given. Stops cleanly on Ctrl-C / SIGTERM.
 
     python -m examples.echo_module --server http://127.0.0.1:10080 --token "$REGISTRATION_TOKEN"
+    python -m examples.echo_module --server http://127.0.0.1:10080 --api-token "$API_TOKEN"
 
 (run from the repository root so `tornado_sched` is importable).
 """
@@ -52,6 +53,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the server's REGISTRATION_TOKEN (default: $REGISTRATION_TOKEN)",
     )
     parser.add_argument(
+        "--api-token",
+        default=os.environ.get("API_TOKEN", ""),
+        help="an admin's API token (`run.py create-token`; default: $API_TOKEN)",
+    )
+    parser.add_argument(
         "--username", help="operator name, instead of a token (password from $MODULE_PASSWORD)"
     )
     parser.add_argument(
@@ -63,9 +69,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
     password = os.environ.get("MODULE_PASSWORD", "")
-    if not options.token and not (options.username and password):
+    if not options.token and not options.api_token and not (options.username and password):
         print(
-            "echo_module: give --token (or $REGISTRATION_TOKEN), or --username with $MODULE_PASSWORD",
+            "echo_module: give --token (or $REGISTRATION_TOKEN), --api-token (or $API_TOKEN), "
+            "or --username with $MODULE_PASSWORD",
             file=sys.stderr,
         )
         return 2
@@ -77,6 +84,7 @@ async def main(argv: list[str] | None = None) -> int:
         input_data=[{"name": "anything", "description": "any JSON args"}],
         output_data=[{"name": "echo"}],
         token=options.token or None,
+        api_token=options.api_token or None,
         username=options.username,
         password=password or None,
         on_message=on_message,

@@ -17,7 +17,19 @@ from tornado_sched.logs import redact_url
 from tornado_sched.proxies import ProxyPolicy
 from tornado_sched.text import has_control_chars
 
-from . import admin, health, metrics, modules, notifications, runs, scheduler, sessions, websocket, workflows
+from . import (
+    admin,
+    docs,
+    health,
+    metrics,
+    modules,
+    notifications,
+    runs,
+    scheduler,
+    sessions,
+    websocket,
+    workflows,
+)
 from .auth import wrong_host
 from .base import AUTH_KINDS, NotFoundHandler
 from .dashboard import live, pages
@@ -35,7 +47,7 @@ def _asset_root() -> Path:
 ROOT = _asset_root()
 access_log = logging.getLogger("tornado.access")
 
-HANDLER_MODULES = [health, metrics, modules, websocket, workflows, runs, scheduler, notifications, admin, sessions, pages, live]
+HANDLER_MODULES = [health, metrics, docs, modules, websocket, workflows, runs, scheduler, notifications, admin, sessions, pages, live]
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:

@@ -7,10 +7,10 @@ import hmac
 from tornado_sched.errors import Invalid
 from tornado_sched.metrics import CONTENT_TYPE
 
-from .base import ApiHandler, wrong_host
+from .base import BaseHandler, wrong_host
 
 
-class MetricsHandler(ApiHandler):
+class MetricsHandler(BaseHandler):
     """Operator credentials like the API, or `Authorization: Bearer <METRICS_TOKEN>`
     when that setting is set (a scraper then needs no operator account)."""
 

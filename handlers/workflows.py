@@ -5,6 +5,7 @@ so each verb is one core call plus its audit."""
 from __future__ import annotations
 
 from tornado_sched.clock import utcnow
+from tornado_sched.errors import NotFound
 
 from .base import ApiHandler
 
@@ -99,6 +100,24 @@ class WorkflowPlanHandler(ApiHandler):
         self.write_envelope((await self.ctx.workflows.plan(int(workflow_id))).public())
 
 
+class WorkflowDocumentIdHandler(ApiHandler):
+    """`/workflow/<ObjectId>[/...]`: paths take the integer `workflow_id`; the
+    create response's `id` (the document's ObjectId) gets a 404 naming the right one."""
+
+    auth = "operator"
+
+    async def _refuse(self, document_id: str, rest: str | None = None) -> None:
+        workflow_id = await self.ctx.workflows.workflow_id_for(document_id)
+        if workflow_id is None:
+            raise NotFound(f"workflow {document_id} not found; paths take the integer workflow_id, not id")
+        raise NotFound(
+            f"{document_id} is the workflow's document id; paths take its workflow_id: "
+            f"/workflow/{workflow_id}{rest or ''}"
+        )
+
+    get = put = delete = post = _refuse
+
+
 default_handlers = [
     (r"/workflow/create", WorkflowCreateHandler),
     (r"/workflow/list", WorkflowListHandler),
@@ -106,4 +125,5 @@ default_handlers = [
     (r"/workflow/(\d{1,18})/(enable|disable)", WorkflowEnableHandler),
     (r"/workflow/(\d{1,18})/execute", WorkflowExecuteHandler),
     (r"/workflow/(\d{1,18})/plan", WorkflowPlanHandler),
+    (r"/workflow/([0-9a-fA-F]{24})(/enable|/disable|/execute|/runs|/plan)?", WorkflowDocumentIdHandler),
 ]

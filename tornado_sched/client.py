@@ -129,8 +129,9 @@ class ModuleClient:
       the decision to the operator.
 
     Credentials: ``token`` (the server's REGISTRATION_TOKEN, sent in the
-    ``X-Registration-Token`` header) or ``username``/``password`` (operator, HTTP
-    Basic). With neither, pass the ``module_hash`` from an earlier registration and
+    ``X-Registration-Token`` header), ``api_token`` (an admin's API token from
+    ``POST /tokens`` or ``create-token``, sent as ``Authorization: Bearer``) or
+    ``username``/``password`` (operator, HTTP Basic). With neither, pass the ``module_hash`` from an earlier registration and
     the client connects without registering.
     """
 
@@ -145,6 +146,7 @@ class ModuleClient:
         output_data: list[dict[str, Any]] | None = None,
         model_hash: str = "",
         token: str | None = None,
+        api_token: str | None = None,
         username: str | None = None,
         password: str | None = None,
         module_hash: str | None = None,
@@ -161,9 +163,9 @@ class ModuleClient:
         parts = urlsplit(server_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError("server_url: expected http://host:port or https://host:port")
-        if not token and not (username and password) and not module_hash:
+        if not token and not api_token and not (username and password) and not module_hash:
             raise ValueError(
-                "give token, username and password, or a module_hash from an earlier registration"
+                "give token, api_token, username and password, or a module_hash from an earlier registration"
             )
         if not 0 < backoff_base <= backoff_max:
             raise ValueError("backoff: need 0 < backoff_base <= backoff_max")
@@ -185,6 +187,7 @@ class ModuleClient:
         self.ping_timeout = ping_timeout
         self.stop_timeout = stop_timeout
         self._token = token
+        self._api_token = api_token
         self._username = username
         self._password = password
 
@@ -201,6 +204,10 @@ class ModuleClient:
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._outbox: deque[str] = deque(maxlen=max_pending_results)
+
+    @property
+    def _can_register(self) -> bool:
+        return bool(self._token or self._api_token or (self._username and self._password))
 
     # -- public API ------------------------------------------------------------------
     @property
@@ -221,8 +228,8 @@ class ModuleClient:
 
         Raises :class:`RegistrationError` (its ``transient`` says whether a retry
         may help)."""
-        if not self._token and not (self._username and self._password):
-            raise RegistrationError("no registration credentials (token or username/password)")
+        if not self._can_register:
+            raise RegistrationError("no registration credentials (token, api_token or username/password)")
         query = urlencode(
             {
                 "name": self.name,
@@ -241,6 +248,8 @@ class ModuleClient:
         if self._token:
             # A header, not the `token` parameter: query strings end up in logs.
             headers["X-Registration-Token"] = self._token
+        elif self._api_token:
+            headers["Authorization"] = f"Bearer {self._api_token}"
         else:
             auth = {
                 "auth_username": self._username,
@@ -290,7 +299,7 @@ class ModuleClient:
         self._running = True
         self._finished.clear()
         try:
-            if self._token or (self._username and self._password):
+            if self._can_register:
                 await self._register_with_retry()
             await self._connect_loop()
         finally:

@@ -81,6 +81,7 @@ class ServerMetrics:
         self.ctx = ctx
         self.registry = CollectorRegistry(auto_describe=True)
         self.open_runs: set[str] = set()
+        self._finished_first: set[str] = set()
         self.outbox_pending = 0
         self.outbox_oldest_age = 0.0
         self.outbox_read_ok = True
@@ -114,10 +115,18 @@ class ServerMetrics:
         elif kind == RUN_STARTED:
             run = data["run"]
             self.runs_started.labels(run.trigger).inc()
-            self.open_runs.add(run.run_id)
+            if run.run_id in self._finished_first:
+                self._finished_first.discard(run.run_id)
+            else:
+                self.open_runs.add(run.run_id)
         elif kind == RUN_FINISHED:
             run = data["run"]
-            self.open_runs.discard(run.run_id)
+            if run.run_id in self.open_runs:
+                self.open_runs.discard(run.run_id)
+            elif run.status != "skipped":
+                # A fast module can finish a run before its "started" is published
+                # (the tracker awaits a store write in between). Skipped runs never start.
+                self._finished_first.add(run.run_id)
             self.runs_finished.labels(run.status).inc()
             for step in run.steps:
                 if step.sent_at is not None and step.ended_at is not None:

@@ -21,7 +21,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import delete, insert
 
 from .clock import naive_utc, utcnow
-from .errors import Unavailable
+from .errors import Invalid, Unavailable
 from .events import MODULE_ONLINE, SCHEDULE_FIRED, WORKFLOW_DELETED, WORKFLOW_SAVED, EventBus
 from .runs import RunTracker
 from .stores import DocumentStore, SqlStore
@@ -202,6 +202,9 @@ class WorkflowScheduler:
         self, workflow: Workflow, trigger: str, nominal: datetime
     ) -> str | None:
         """Start a run and write the execution-log row; returns the run id."""
+        if not workflow.execute_modules:
+            # A run with no steps would "succeed" having done nothing.
+            raise Invalid("execute_modules: the workflow has no modules to run", field="execute_modules")
         fired_at = utcnow()
         run_id, outcome, error = None, "started", None
         try:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from bson import ObjectId
+from bson.errors import InvalidId
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
@@ -208,9 +210,11 @@ def validate_workflow(body: dict[str, Any], default_tz: str) -> dict[str, Any]:
         raise Invalid("enable: expected true or false", field="enable")
 
     cron_list = body.get("execute_cron_list", [])
-    if isinstance(cron_list, str):
-        cron_list = [cron_list]
-    if not isinstance(cron_list, list) or len(cron_list) > MAX_CRON_LINES:
+    if not isinstance(cron_list, list):
+        # A plain string was once wrapped into a list; "* * * * *" vs ["* * * * *"] is
+        # a mistake worth naming, not guessing around.
+        raise Invalid("execute_cron_list: expected a JSON list of crontab strings", field="execute_cron_list")
+    if len(cron_list) > MAX_CRON_LINES:
         raise Invalid(f"execute_cron_list: expected a list of at most {MAX_CRON_LINES} crontab lines", field="execute_cron_list")
     crons = []
     for index, line in enumerate(cron_list):
@@ -248,6 +252,10 @@ def validate_workflow(body: dict[str, Any], default_tz: str) -> dict[str, Any]:
     modules = body.get("execute_modules", [])
     if not isinstance(modules, list) or len(modules) > MAX_MODULES:
         raise Invalid(f"execute_modules: expected a list of at most {MAX_MODULES} modules", field="execute_modules")
+    if enable and not modules:
+        # Its runs would "succeed" having done nothing (a disabled draft may be empty;
+        # running it by hand is refused too).
+        raise Invalid("execute_modules: an enabled workflow needs at least one module", field="execute_modules")
     steps = []
     for index, item in enumerate(modules):
         where = f"execute_modules[{index}]"
@@ -337,7 +345,7 @@ class WorkflowStore:
     async def create(self, body: dict[str, Any]) -> Workflow:
         fields, warnings = await self._validated(body)
         if await self._col.find_one({"name": fields["name"]}, {"_id": 1}):
-            raise Invalid(f"name: a workflow named {fields['name']!r} already exists", field="name")
+            raise Conflict(f"name: a workflow named {fields['name']!r} already exists", field="name")
         now = utcnow()
         doc = {
             **fields,
@@ -349,7 +357,7 @@ class WorkflowStore:
         try:
             await self._col.insert_one(doc)
         except DuplicateKeyError:
-            raise Invalid(f"name: a workflow named {fields['name']!r} already exists", field="name") from None
+            raise Conflict(f"name: a workflow named {fields['name']!r} already exists", field="name") from None
         created = Workflow.from_doc(doc)
         created.warnings = warnings
         return self._saved(created)
@@ -363,7 +371,7 @@ class WorkflowStore:
             merged, check_plan="order" in body or "execute_modules" in body
         )
         if fields["name"] != current.name and await self._col.find_one({"name": fields["name"]}, {"_id": 1}):
-            raise Invalid(f"name: a workflow named {fields['name']!r} already exists", field="name")
+            raise Conflict(f"name: a workflow named {fields['name']!r} already exists", field="name")
         # Write only what the body changes (and what derives from it): a concurrent
         # enable/disable or edit of other fields is not overwritten with stale values.
         changed = {k: v for k, v in fields.items() if k in body}
@@ -375,7 +383,7 @@ class WorkflowStore:
                 {"workflow_id": workflow_id}, {"$set": changed}, return_document=ReturnDocument.AFTER
             )
         except DuplicateKeyError:
-            raise Invalid(f"name: a workflow named {fields['name']!r} already exists", field="name") from None
+            raise Conflict(f"name: a workflow named {fields['name']!r} already exists", field="name") from None
         if doc is None:
             raise Conflict("workflow changed concurrently; retry")
         updated = Workflow.from_doc(doc)
@@ -386,6 +394,8 @@ class WorkflowStore:
         current = await self.get(workflow_id)
         if enable and not current.execute_cron_list:
             raise Invalid("enable: the workflow has no crontab lines to run on", field="enable")
+        if enable and not current.execute_modules:
+            raise Invalid("enable: the workflow has no modules to run", field="enable")
         await self._col.update_one(
             {"workflow_id": workflow_id}, {"$set": {"enable": enable, "updated_at": utcnow()}}
         )
@@ -403,6 +413,16 @@ class WorkflowStore:
         if doc is None:
             raise NotFound(f"workflow {workflow_id} not found")
         return Workflow.from_doc(doc)
+
+    async def workflow_id_for(self, document_id: str) -> int | None:
+        """The integer workflow_id of the document whose ObjectId is `document_id`
+        (the `id` field), to tell a client which id paths take."""
+        try:
+            oid = ObjectId(document_id)
+        except (InvalidId, TypeError):
+            return None
+        doc = await self._col.find_one({"_id": oid}, {"workflow_id": 1})
+        return None if doc is None else int(doc["workflow_id"])
 
     async def find(self, workflow_id: int) -> Workflow | None:
         doc = await self._col.find_one({"workflow_id": int(workflow_id)})

@@ -286,11 +286,11 @@ async def test_args_must_be_a_plain_object(server: RunningServer, label: str, ar
     assert await server.ctx.docs["workflows"].count_documents({}) == 0
 
 
-async def test_duplicate_name_is_400_and_keeps_the_first(server: RunningServer) -> None:
+async def test_duplicate_name_is_409_and_keeps_the_first(server: RunningServer) -> None:
     module_hash = await register(server)
     wid = await create_workflow(server, workflow_body("同名", [module_hash]))
     status, env = await server.api("/workflow/create", "POST", json_body=workflow_body("同名", [module_hash], enable=False))
-    assert status == 400 and env["result"] == {"field": "name"}, env
+    assert status == 409 and env["result"] == {"field": "name"}, env
     assert env["message"].startswith("name")
     status, env = await server.api("/workflow/list")
     assert [(w["workflow_id"], w["enable"]) for w in env["result"]] == [(wid, True)]
@@ -298,7 +298,7 @@ async def test_duplicate_name_is_400_and_keeps_the_first(server: RunningServer) 
     # Renaming another workflow onto it is refused the same way, and changes nothing.
     other = await create_workflow(server, workflow_body("另一个", [module_hash]))
     status, env = await server.api(f"/workflow/{other}", "PUT", json_body={"name": "同名"})
-    assert status == 400 and env["result"] == {"field": "name"}, env
+    assert status == 409 and env["result"] == {"field": "name"}, env
     status, env = await server.api(f"/workflow/{other}")
     assert env["result"]["name"] == "另一个"
 

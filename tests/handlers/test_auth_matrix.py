@@ -19,21 +19,25 @@ from tests.conftest import ADMIN, RunningServer, basic_auth
 from tests.support.httpauth import digest_header
 from tests.support.rawhttp import raw_request
 
-PUBLIC = {"/health", "/ready", "/websocket", "/lang/en_US", "/logged-out", "/login"}
+PUBLIC = {"/health", "/ready", "/websocket", "/lang/en_US", "/logged-out", "/login", "/openapi.json", "/docs"}
 METHODS = ("get", "post", "put", "delete")
 
 
 def _sample_path(pattern: str) -> str:
     """Fill each regex group of a route with a plausible value."""
     def sample(group: str) -> str:
+        if group.endswith("?"):
+            return ""  # an optional group: the shortest path
         body = group[1:-1]
+        if "{24}" in body:
+            return "0" * 24  # an ObjectId
         if r"\d" in body:
             return "1"
         if "|" in body and re.fullmatch(r"[\w|]+", body):
             return body.split("|")[0]
         return "abc"
 
-    path = re.sub(r"\((?:[^()]|\([^()]*\))*\)", lambda m: sample(m.group(0)), pattern)
+    path = re.sub(r"\((?:[^()]|\([^()]*\))*\)\??", lambda m: sample(m.group(0)), pattern)
     return path.rstrip("$").replace("\\", "")
 
 

@@ -181,8 +181,10 @@ async def test_query_string_filters(target: Target) -> None:
     """Query strings only carry strings: bracket keys are unknown parameters (ignored),
     and JSON text where a number or a status belongs is a 400."""
     server = target.server
-    # A workflow without modules: its run finishes at once, so none is left open.
-    status, env = await server.api("/workflow/create", "POST", json_body={"name": "empty", "enable": False})
+    # Its module is offline: the run finishes at once, so none is left open.
+    offline = await register(server.base_url, "never-connected")
+    status, env = await server.api("/workflow/create", "POST", json_body={
+        "name": "empty", "enable": False, "execute_modules": [{"module_hash": offline["hash"], "args": {}}]})
     assert status == 200, env
     empty = env["result"]["workflow_id"]
     status, env = await server.api(f"/workflow/{empty}/execute", "POST")

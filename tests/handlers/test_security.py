@@ -391,10 +391,11 @@ async def test_security_headers_on_every_kind_of_api_response(server: RunningSer
 async def test_every_kind_of_change_leaves_an_audit_row(server: RunningServer) -> None:
     await server.ctx.accounts.create(*VIEWER, "viewer")
     module = await register(server.base_url, "audited-module")
-    # No modules: the run finishes at once (a run left open at shutdown would only
-    # add an "interrupted" notification to the teardown).
+    # The module is offline: its step fails at once and the run finishes (a run left
+    # open at shutdown would only add an "interrupted" notification to the teardown).
     status, env = await server.api("/workflow/create", "POST", json_body={
-        "name": "audited", "execute_cron_list": ["0 3 * * *"], "execute_modules": [],
+        "name": "audited", "execute_cron_list": ["0 3 * * *"],
+        "execute_modules": [{"module_hash": module["hash"], "args": {}}],
     })
     assert status == 200, env
     wf = env["result"]["workflow_id"]

@@ -1,0 +1,434 @@
+"""The OpenAPI 3.1 description of the REST API, served at /openapi.json.
+
+Written by hand next to the handlers (not generated from them) so it can say what
+the code cannot: units, defaults, which error a client gets and why. Each path item
+carries `x-tornado-route`, the route regex it documents; tests/handlers/test_openapi.py
+walks the Application's routes and fails on any API route or method missing here,
+and validates real responses against these schemas.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+TIMESTAMP = {"type": "string", "format": "date-time", "description": "ISO 8601, UTC, with its offset (+00:00)"}
+MAYBE_TIMESTAMP = {"type": ["string", "null"], "format": "date-time", "description": TIMESTAMP["description"]}
+PAGE_PARAMS = [
+    {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1_000_000, "default": 1}},
+    {"name": "page_size", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 20}},
+]
+ERRORS = {
+    "400": "Bad input: `result.field` names the field (code 4000)",
+    "401": "No or bad credentials (code 4010); `WWW-Authenticate` offers Digest and Basic",
+    "403": "Authenticated, not allowed: a viewer writing, a non-admin on admin routes (code 4030)",
+    "404": "No such thing (code 4040)",
+    "405": "Method not allowed on this path (code 4050)",
+    "409": "Conflict: duplicate name, module offline, module still used (code 4090)",
+    "429": "Too many failed logins from this address (code 4290)",
+    "503": "A store is unreachable (code 5030)",
+}
+
+
+def _ok(result: dict[str, Any], description: str = "Success (code 2000)") -> dict[str, Any]:
+    schema = {
+        "allOf": [_ref("Envelope")],
+        "properties": {"code": {"const": "2000"}, "result": result},
+    }
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def _errors(*statuses: str) -> dict[str, Any]:
+    return {
+        status: {"description": ERRORS[status], "content": {JSON: {"schema": _ref("ErrorEnvelope")}}}
+        for status in statuses
+    }
+
+
+def _op(summary: str, result: dict[str, Any], *errors: str, params: list[dict[str, Any]] | None = None,
+        body: dict[str, Any] | None = None, security: list[dict[str, list[str]]] | None = None,
+        tag: str = "") -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {"200": _ok(result), **_errors(*errors)}}
+    if tag:
+        op["tags"] = [tag]
+    if params:
+        op["parameters"] = params
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {
+            JSON: {"schema": body},
+            "application/x-www-form-urlencoded": {"schema": body},
+        }}
+    if security is not None:
+        op["security"] = security
+    return op
+
+
+def _path_param(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema, "description": description}
+
+
+WORKFLOW_ID = _path_param(
+    "workflow_id", {"type": "integer", "minimum": 0, "maximum": 999_999_999_999_999_999},
+    "The integer `workflow_id`. The document `id` (24 hex digits) here gets a 404 naming the path to use",
+)
+MODULE_HASH = _path_param("module_hash", {"type": "string", "minLength": 1, "maxLength": 128}, "The module's hash")
+RUN_ID = _path_param("run_id", {"type": "string", "pattern": "^[0-9a-f]{1,64}$"}, "A run id")
+TOKEN_ID = _path_param("token_id", {"type": "integer", "minimum": 0, "maximum": 999_999_999_999_999_999}, "Token id")
+
+PUBLIC: list[dict[str, list[str]]] = []
+OBJECT_ID_ROUTE = r"/workflow/([0-9a-fA-F]{24})(/enable|/disable|/execute|/runs|/plan)?"
+ADMIN_NOTE = "Admin role only."
+
+
+def _schemas() -> dict[str, Any]:
+    module_step = {
+        "type": "object", "required": ["module_hash"],
+        "properties": {"module_hash": {"type": "string", "minLength": 1, "maxLength": 128},
+                       "args": {"type": "object", "description": "This module's args; no key may start with `$`"}},
+    }
+    workflow_fields = {
+        "name": {"type": "string", "minLength": 1, "maxLength": 100},
+        "description": {"type": "string", "maxLength": 2000},
+        "enable": {"type": "boolean", "default": True},
+        "execute_cron_list": {"type": "array", "maxItems": 20, "items": {"type": "string"},
+                              "description": "5-field crontab lines (or @daily-style macros); required when enabled"},
+        "execute_shift_time": {"type": "integer", "default": 0, "description": "Negative = earlier"},
+        "execute_shift_unit": {"enum": ["s", "m", "h"], "default": "s"},
+        "execute_modules": {"type": "array", "minItems": 1, "items": module_step},
+        "timezone": {"type": "string", "description": "IANA zone the crontab lines are read in (default TIME_ZONE)"},
+        "timeout_seconds": {"type": "integer", "minimum": 1, "maximum": 604800, "default": 600},
+        "overlap": {"enum": ["forbid", "allow"], "default": "forbid"},
+        "misfire": {"enum": ["skip", "run_once"], "default": "skip"},
+        "misfire_grace_seconds": {"type": "integer", "minimum": 1, "maximum": 604800, "default": 300},
+        "retries": {"type": "integer", "minimum": 0, "maximum": 10, "default": 0},
+        "retry_delay_seconds": {"type": "integer", "minimum": 0, "maximum": 86400, "default": 10},
+    }
+    step = {
+        "type": "object",
+        "required": ["index", "module_hash", "module_name", "status"],
+        "properties": {
+            "index": {"type": "integer"}, "module_hash": {"type": "string"}, "module_name": {"type": "string"},
+            "args": {"type": "object"},
+            "status": {"enum": ["pending", "sent", "success", "failure", "offline", "timeout", "interrupted",
+                                "skipped"]},
+            "attempts": {"type": "integer"}, "sent_at": MAYBE_TIMESTAMP, "ended_at": MAYBE_TIMESTAMP,
+            "message": {"type": ["string", "null"]}, "error": {"type": ["string", "null"]},
+        },
+    }
+    return {
+        "Envelope": {
+            "type": "object", "required": ["code", "message", "result"],
+            "properties": {"code": {"type": "string", "pattern": "^[0-9]{4}$"}, "message": {"type": "string"},
+                           "result": {}},
+        },
+        "ErrorEnvelope": {
+            "type": "object", "required": ["code", "message", "result"],
+            "description": "The seed's envelope with an error code: HTTP status x 10 (4000, 4010, ... 5030)",
+            "properties": {
+                "code": {"type": "string", "pattern": "^[45][0-9]{3}$"},
+                "message": {"type": "string", "description": "Readable; names the field for bad input"},
+                "result": _nullable({"type": "object", "required": ["field"],
+                                     "properties": {"field": {"type": "string"}}}),
+            },
+        },
+        "Module": {
+            "type": "object", "required": ["module_id", "name", "hash", "online"],
+            "properties": {
+                "module_id": {"type": "integer"}, "name": {"type": "string"},
+                "hash": {"type": "string", "description": "The WebSocket credential; viewers see a prefix"},
+                "description": {"type": "string"},
+                "input_data": {"type": "array", "items": {"type": "object"}},
+                "output_data": {"type": "array", "items": {"type": "object"}},
+                "modelHash": {"type": ["string", "null"]}, "online": {"type": "boolean"},
+                "last_heartbeat": MAYBE_TIMESTAMP, "connected_at": MAYBE_TIMESTAMP,
+                "remote_address": {"type": ["string", "null"]},
+                "created_at": MAYBE_TIMESTAMP, "updated_at": MAYBE_TIMESTAMP,
+            },
+        },
+        "OnlineModule": {
+            "type": "object", "required": ["module_id", "name", "hash", "connected_at"],
+            "properties": {
+                "module_id": {"type": "integer"}, "name": {"type": "string"}, "hash": {"type": "string"},
+                "description": {"type": "string"}, "connected_at": TIMESTAMP, "last_heartbeat": TIMESTAMP,
+                "remote_address": {"type": ["string", "null"]},
+            },
+        },
+        "WorkflowCreate": {"type": "object", "required": ["name", "execute_modules"], "properties": workflow_fields},
+        "WorkflowUpdate": {"type": "object", "properties": workflow_fields,
+                           "description": "Any subset of the create body"},
+        "Workflow": {
+            "type": "object", "required": ["id", "workflow_id", "name", "enable", "execute_cron_list",
+                                           "execute_modules"],
+            "properties": {
+                **workflow_fields,
+                "execute_modules": {"type": "array", "items": module_step},
+                "id": {"type": "string", "description": "Document id (ObjectId); paths take workflow_id"},
+                "workflow_id": {"type": "integer"},
+                "created_at": MAYBE_TIMESTAMP, "updated_at": MAYBE_TIMESTAMP,
+                "last_run": _nullable({"type": "object"}),
+                "next_run_time": MAYBE_TIMESTAMP,
+            },
+        },
+        "Run": {
+            "type": "object", "required": ["run_id", "workflow_id", "status", "steps"],
+            "properties": {
+                "run_id": {"type": "string"}, "workflow_id": {"type": "integer"},
+                "workflow_name": {"type": "string"}, "trigger": {"type": "string"},
+                "nominal_time": TIMESTAMP,
+                "execution_time": {"type": "string", "pattern": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d$",
+                                   "description": "The seed's nominal tick, local to `timezone`, no offset"},
+                "timezone": {"type": "string"}, "fired_at": TIMESTAMP, "started_at": TIMESTAMP,
+                "ended_at": MAYBE_TIMESTAMP,
+                "status": {"enum": ["running", "success", "failure", "partial", "skipped", "interrupted"]},
+                "reason": {"type": ["string", "null"]}, "timeout_seconds": {"type": "integer"},
+                "retries": {"type": "integer"}, "retry_delay_seconds": {"type": "integer"},
+                "steps": {"type": "array", "items": step},
+            },
+        },
+        "RunPage": {
+            "type": "object", "required": ["total", "page", "page_size", "runs"],
+            "properties": {"total": {"type": "integer"}, "page": {"type": "integer"},
+                           "page_size": {"type": "integer"}, "runs": {"type": "array", "items": _ref("Run")}},
+        },
+        "Job": {
+            "type": "object", "required": ["id", "name", "trigger", "next_run_time"],
+            "properties": {"id": {"type": "string"}, "name": {"type": "string"},
+                           "workflow_id": {"type": ["integer", "null"]}, "trigger": {"type": "string"},
+                           "next_run_time": MAYBE_TIMESTAMP},
+        },
+        "Notification": {
+            "type": "object", "required": ["id", "channel", "kind", "status"],
+            "properties": {
+                "id": {"type": "integer"}, "channel": {"type": "string"}, "kind": {"type": "string"},
+                "workflow_id": {"type": ["integer", "null"]}, "subject": {"type": "string"},
+                "status": {"enum": ["pending", "retrying", "sent", "not_configured"]},
+                "attempts": {"type": "integer"}, "last_error": {"type": ["string", "null"]},
+                "failures": {"type": "integer"}, "created_at": TIMESTAMP,
+                "next_attempt_at": MAYBE_TIMESTAMP, "sent_at": MAYBE_TIMESTAMP,
+            },
+        },
+        "Token": {
+            "type": "object", "required": ["id", "name", "username", "prefix", "revoked"],
+            "properties": {
+                "id": {"type": "integer"}, "name": {"type": "string"}, "username": {"type": "string"},
+                "prefix": {"type": "string"}, "created_at": TIMESTAMP, "last_used_at": MAYBE_TIMESTAMP,
+                "revoked": {"type": "boolean"}, "revoked_at": MAYBE_TIMESTAMP,
+            },
+        },
+        "AuditEntry": {
+            "type": "object", "required": ["id", "at", "actor", "action", "target"],
+            "properties": {
+                "id": {"type": "integer"}, "at": TIMESTAMP, "actor": {"type": "string"},
+                "action": {"type": "string"}, "target": {"type": "string"},
+                "detail": _nullable({"type": "object"}), "remote_ip": {"type": ["string", "null"]},
+            },
+        },
+    }
+
+
+def _page_of(key: str, item: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": ["total", "page", "page_size", key],
+            "properties": {"total": {"type": "integer"}, "page": {"type": "integer"},
+                           "page_size": {"type": "integer"}, key: {"type": "array", "items": item}}}
+
+
+def _paths() -> dict[str, Any]:
+    register_params = [
+        {"name": "name", "in": "query", "required": True, "schema": {"type": "string", "minLength": 1, "maxLength": 100}},
+        {"name": "description", "in": "query", "schema": {"type": "string", "maxLength": 10000}},
+        {"name": "input_data", "in": "query", "schema": {"type": "string"},
+         "description": 'JSON list of objects with a string "name"'},
+        {"name": "output_data", "in": "query", "schema": {"type": "string"},
+         "description": 'JSON list of objects with a string "name"'},
+        {"name": "modelHash", "in": "query", "schema": {"type": "string", "maxLength": 200}},
+    ]
+    register_security = [{"basicAuth": []}, {"digestAuth": []}, {"bearerAuth": []}, {"registrationToken": []}]
+    registered = {"type": "object", "required": ["hash", "module_id"],
+                  "properties": {"hash": {"type": "string"}, "module_id": {"type": "integer"}}}
+    deleted = {"type": "object", "required": ["name", "deleted"],
+               "properties": {"name": {"type": "string"}, "deleted": {"const": True}}}
+    auth = ("401", "403", "429", "503")
+    return {
+        "/health": {"x-tornado-route": r"/health", "get": _op(
+            "Liveness: the IOLoop answers; touches no store", {
+                "type": "object", "required": ["status"],
+                "properties": {"status": {"const": "ok"}, "uptime_seconds": {"type": "number"}}},
+            security=PUBLIC, tag="probes")},
+        "/ready": {"x-tornado-route": r"/ready", "get": _op(
+            "Readiness: both stores answer, else 503 naming the one that does not", {
+                "type": "object", "required": ["status", "stores"],
+                "properties": {"status": {"const": "ready"},
+                               "stores": {"type": "object", "additionalProperties": {"type": "string"}},
+                               "failed_writes": {"type": "object", "additionalProperties": {"type": "integer"}}}},
+            "503", security=PUBLIC, tag="probes")},
+        "/metrics": {"x-tornado-route": r"/metrics", "get": {
+            "summary": "Prometheus metrics (text format); operator credentials or `Bearer <METRICS_TOKEN>`",
+            "tags": ["probes"],
+            "security": [{"basicAuth": []}, {"digestAuth": []}, {"bearerAuth": []}, {"metricsToken": []}],
+            "responses": {"200": {"description": "Prometheus text exposition format 0.0.4",
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}},
+                          **_errors(*auth)}}},
+        "/openapi.json": {"x-tornado-route": r"/openapi.json", "get": {
+            "summary": "This document", "tags": ["docs"], "security": PUBLIC,
+            "responses": {"200": {"description": "OpenAPI 3.1", "content": {JSON: {"schema": {"type": "object"}}}}}}},
+        "/docs": {"x-tornado-route": r"/docs", "get": {
+            "summary": "This document as a page (no external assets)", "tags": ["docs"], "security": PUBLIC,
+            "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
+        "/module/register": {
+            "x-tornado-route": r"/module/register",
+            "get": _op("Register a module (the seed's call); same name -> same hash and id. Admin credentials "
+                       "or REGISTRATION_TOKEN (`X-Registration-Token` header or `token` parameter)",
+                       registered, "400", *auth, params=register_params, security=register_security, tag="modules"),
+            "post": _op("Register a module, parameters in the body", registered, "400", *auth,
+                        body={"type": "object", "required": ["name"], "properties": {
+                            p["name"]: p["schema"] for p in register_params}},
+                        security=register_security, tag="modules"),
+        },
+        "/module/online": {"x-tornado-route": r"/module/online", "get": _op(
+            "Modules with an open WebSocket", {"type": "array", "items": _ref("OnlineModule")}, *auth, tag="modules")},
+        "/module/send_message": {"x-tornado-route": r"/module/send_message", "post": _op(
+            "Send a message to a module's socket; 409 when offline, 404 unknown",
+            {"type": "object", "required": ["message"], "properties": {"message": {"type": "string"}}},
+            "400", "404", "409", *auth, tag="modules",
+            body={"type": "object", "required": ["module_hash", "message"], "properties": {
+                "module_hash": {"type": "string", "minLength": 1, "maxLength": 128},
+                "message": {"description": "Text, or JSON sent as text; no object key may start with `$`"}}})},
+        "/module/list": {"x-tornado-route": r"/module/list", "get": _op(
+            "Every module with its online flag", {"type": "array", "items": _ref("Module")}, *auth, tag="modules")},
+        "/module/{module_hash}": {
+            "x-tornado-route": r"/module/([^/]+)", "parameters": [MODULE_HASH],
+            "get": _op("One module", _ref("Module"), "404", *auth, tag="modules"),
+            "delete": _op("Delete a module (409 while a workflow uses it); its socket is closed with 4404",
+                          {**deleted, "properties": {**deleted["properties"], "module_id": {"type": "integer"}}},
+                          "404", "409", *auth, tag="modules"),
+        },
+        "/workflow/create": {"x-tornado-route": r"/workflow/create", "post": _op(
+            "Create a workflow (the seed's body); 409 for a name in use",
+            {"type": "object", "required": ["id", "workflow_id", "name"], "properties": {
+                "id": {"type": "string"}, "workflow_id": {"type": "integer"}, "name": {"type": "string"}}},
+            "400", "409", *auth, body=_ref("WorkflowCreate"), tag="workflows")},
+        "/workflow/list": {"x-tornado-route": r"/workflow/list", "get": _op(
+            "Every workflow with its next run time", {"type": "array", "items": _ref("Workflow")}, *auth,
+            tag="workflows")},
+        "/workflow/{workflow_id}": {
+            # The second route: a document id (ObjectId) in this place, with or without
+            # /enable, /disable, /execute, /runs, gets a 404 naming the path to use.
+            "x-tornado-route": [r"/workflow/(\d{1,18})", OBJECT_ID_ROUTE],
+            "parameters": [WORKFLOW_ID],
+            "get": _op("One workflow with its next five fire times", {
+                "allOf": [_ref("Workflow")],
+                "properties": {"upcoming": {"type": "array", "items": TIMESTAMP}}}, "404", *auth, tag="workflows"),
+            "put": _op("Update any subset of fields", _ref("Workflow"), "400", "404", "409", *auth,
+                       body=_ref("WorkflowUpdate"), tag="workflows"),
+            "delete": _op("Delete", {**deleted, "properties": {**deleted["properties"],
+                                                              "workflow_id": {"type": "integer"}}},
+                          "404", *auth, tag="workflows"),
+        },
+        "/workflow/{workflow_id}/{action}": {
+            "x-tornado-route": [r"/workflow/(\d{1,18})/(enable|disable)", OBJECT_ID_ROUTE],
+            "parameters": [WORKFLOW_ID, _path_param("action", {"enum": ["enable", "disable"]}, "What to do")],
+            "post": _op("Enable or disable; reaches the scheduler at once", _ref("Workflow"), "400", "404", *auth,
+                        tag="workflows"),
+        },
+        "/workflow/{workflow_id}/execute": {
+            "x-tornado-route": [r"/workflow/(\d{1,18})/execute", OBJECT_ID_ROUTE], "parameters": [WORKFLOW_ID],
+            "post": _op("Run now (also when disabled)", {
+                "type": "object", "required": ["workflow_id", "workflow_name", "run_id", "message"],
+                "properties": {"workflow_id": {"type": "integer"}, "workflow_name": {"type": "string"},
+                               "run_id": {"type": ["string", "null"]}, "message": {"const": "工作流执行已启动"}}},
+                "404", *auth, tag="workflows"),
+        },
+        "/workflow/{workflow_id}/runs": {
+            "x-tornado-route": [r"/workflow/(\d{1,18})/runs", OBJECT_ID_ROUTE], "parameters": [WORKFLOW_ID],
+            "get": _op("Run history of one workflow, newest first", _ref("RunPage"), "400", "404", *auth,
+                       params=PAGE_PARAMS, tag="runs"),
+        },
+        "/runs": {"x-tornado-route": r"/runs", "get": _op(
+            "Every run, newest first", _ref("RunPage"), "400", *auth, tag="runs", params=[
+                {"name": "workflow_id", "in": "query",
+                 "schema": {"type": "integer", "minimum": 0, "maximum": 999_999_999_999_999_999}},
+                {"name": "status", "in": "query", "schema": {"type": "string"}},
+                *PAGE_PARAMS])},
+        "/runs/{run_id}": {
+            "x-tornado-route": r"/runs/([0-9a-f]{1,64})", "parameters": [RUN_ID],
+            "get": _op("One run with its steps", _ref("Run"), "404", *auth, tag="runs"),
+        },
+        "/scheduler/jobs": {"x-tornado-route": r"/scheduler/jobs", "get": _op(
+            "Scheduled jobs (one per enabled workflow, plus the system jobs)",
+            {"type": "array", "items": _ref("Job")}, *auth, tag="scheduler")},
+        "/scheduler/reload": {"x-tornado-route": r"/scheduler/reload", "post": _op(
+            "Rebuild the jobs from the store (the seed's reload)", {
+                "type": "object", "required": ["removed_count", "current_count", "enabled_workflows", "message"],
+                "properties": {"removed_count": {"type": "integer"}, "current_count": {"type": "integer"},
+                               "enabled_workflows": {"type": "array", "items": {"type": "object"}},
+                               "message": {"type": "string"}}}, *auth, tag="scheduler")},
+        "/notifications": {"x-tornado-route": r"/notifications", "get": _op(
+            "The notification outbox, newest first", _page_of("notifications", _ref("Notification")), "400", *auth,
+            tag="notifications", params=[
+                {"name": "status", "in": "query", "schema": {"enum": ["pending", "retrying", "sent",
+                                                                     "not_configured"]}},
+                *[{**p, "schema": {**p["schema"], "maximum": 500 if p["name"] == "page_size" else 1_000_000}}
+                  for p in PAGE_PARAMS]])},
+        "/tokens": {
+            "x-tornado-route": r"/tokens",
+            "get": _op("API tokens. " + ADMIN_NOTE, {"type": "array", "items": _ref("Token")}, *auth, tag="admin"),
+            "post": _op("Create an API token; `token` is shown once. " + ADMIN_NOTE, {
+                "allOf": [_ref("Token")], "required": ["token"], "properties": {"token": {"type": "string"}}},
+                "400", "404", *auth, tag="admin", body={
+                    "type": "object", "required": ["name"], "properties": {
+                        "name": {"type": "string", "minLength": 1, "maxLength": 100},
+                        "username": {"type": "string", "maxLength": 64,
+                                     "description": "Whose token (default: the caller)"}}}),
+        },
+        "/tokens/{token_id}": {
+            "x-tornado-route": r"/tokens/(\d{1,18})", "parameters": [TOKEN_ID],
+            "delete": _op("Revoke. " + ADMIN_NOTE, _ref("Token"), "404", *auth, tag="admin"),
+        },
+        "/audit": {"x-tornado-route": r"/audit", "get": _op(
+            "Who changed what, when, from where, newest first. " + ADMIN_NOTE,
+            _page_of("entries", _ref("AuditEntry")), "400", *auth, tag="admin",
+            params=[{**p, "schema": {**p["schema"], "maximum": 500 if p["name"] == "page_size" else 1_000_000}}
+                    for p in PAGE_PARAMS])},
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    """The whole document (built fresh: callers may not share mutable state)."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "tornado_sched",
+            "version": "0.1.0",
+            "description": (
+                "Component scheduling server. Every response uses the seed's envelope "
+                '`{"code", "message", "result"}`; success is code `2000`, errors carry HTTP status x 10. '
+                "Every timestamp is ISO 8601 in UTC with its offset, except the seed's `execution_time` "
+                "(the nominal tick, local to the workflow's zone). Bodies are JSON or form-encoded. "
+                "The module WebSocket protocol is described in docs/asyncapi.yaml."
+            ),
+        },
+        "security": [{"basicAuth": []}, {"digestAuth": []}, {"bearerAuth": []}],
+        "components": {
+            "securitySchemes": {
+                "basicAuth": {"type": "http", "scheme": "basic"},
+                "digestAuth": {"type": "http", "scheme": "digest"},
+                "bearerAuth": {"type": "http", "scheme": "bearer",
+                               "description": "An API token from POST /tokens or `create-token`"},
+                "registrationToken": {"type": "apiKey", "in": "header", "name": "X-Registration-Token",
+                                      "description": "REGISTRATION_TOKEN; only /module/register"},
+                "metricsToken": {"type": "http", "scheme": "bearer", "description": "METRICS_TOKEN; only /metrics"},
+            },
+            "schemas": _schemas(),
+        },
+        "paths": _paths(),
+    }

@@ -1,0 +1,128 @@
+"""/openapi.json covers every REST route and method, and real responses from a real
+server conform to it (jsonschema, Draft 2020-12 as OpenAPI 3.1 uses)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from handlers.app import collect_routes
+from tests.conftest import RunningServer
+from tests.flows.support import Module, create_workflow, execute, wait_run, workflow_body
+
+NOT_REST = {"handlers.pages", "handlers.live", "handlers.websocket"}  # HTML pages, WebSockets (AsyncAPI)
+METHODS = ("get", "post", "put", "delete")
+
+
+def _implemented(handler: type) -> set[str]:
+    return {m for m in METHODS if getattr(handler, m) is not getattr(handler.__mro__[-2], m, None)}
+
+
+async def _spec(server: RunningServer) -> dict[str, Any]:
+    response = await server.fetch("/openapi.json", auth=None)
+    assert response.code == 200
+    return json.loads(response.body)
+
+
+async def test_every_rest_route_and_method_is_documented(server: RunningServer) -> None:
+    spec = await _spec(server)
+    assert spec["openapi"].startswith("3.1")
+    documented: dict[str, set[str]] = {}  # route regex -> documented methods
+    for item in spec["paths"].values():
+        routes = item["x-tornado-route"]
+        for route in routes if isinstance(routes, list) else [routes]:
+            documented.setdefault(route, set()).update(m for m in METHODS if m in item)
+    rest = [(p, h) for p, h in collect_routes() if h.__module__ not in NOT_REST]
+    assert len(rest) > 20
+    missing = [p for p, _ in rest if p not in documented]
+    assert not missing, f"routes missing from /openapi.json: {missing}"
+    unknown = set(documented) - {p for p, _ in rest}
+    assert not unknown, f"documented routes that do not exist: {unknown}"
+    for pattern, handler in rest:
+        undocumented = _implemented(handler) - documented[pattern]
+        assert not undocumented, (pattern, undocumented)
+    for schema in spec["components"]["schemas"].values():
+        Draft202012Validator.check_schema(schema)
+    # The docs page renders every operation, locally (no external asset).
+    page = await server.fetch("/docs", auth=None)
+    assert page.code == 200
+    html = page.body.decode()
+    assert "POST /workflow/create" in html and "ErrorEnvelope" in html
+    assert not re.search(r"""(src|href)=["']https?://""", html)
+
+
+class Conformance:
+    """Finds the operation a real request hit and validates the answer against it."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.templates = [
+            (re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", path) + "$"), path) for path in spec["paths"]
+        ]
+        self.checked: set[tuple[str, str, int]] = set()
+
+    def operation(self, method: str, path: str) -> tuple[str, dict[str, Any]]:
+        # Concrete paths win over templated ones, as OpenAPI says.
+        matches = [t for rx, t in self.templates if rx.match(path)]
+        matches.sort(key=lambda t: t.count("{"))
+        assert matches, f"{path} matches no documented path"
+        return matches[0], self.spec["paths"][matches[0]][method.lower()]
+
+    async def check(self, server: RunningServer, method: str, path: str, **kwargs: Any) -> Any:
+        response = await server.fetch(path, method, **kwargs)
+        template, op = self.operation(method, path.split("?")[0])
+        status = str(response.code)
+        assert status in op["responses"], f"{method} {path}: undocumented status {status}: {response.body[:300]!r}"
+        content = op["responses"][status]["content"]
+        media = response.headers["Content-Type"].split(";")[0]
+        assert media in content, (method, path, media)
+        body = json.loads(response.body) if media == "application/json" else response.body.decode()
+        root = {"$ref": "#/x-response", "x-response": content[media]["schema"], "components": self.spec["components"]}
+        errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+                  for e in Draft202012Validator(root).iter_errors(body)]
+        assert not errors, (method, path, status, errors[:5])
+        self.checked.add((method, template, response.code))
+        return body
+
+
+async def test_real_responses_conform_to_the_spec(server: RunningServer) -> None:
+    c = Conformance(await _spec(server))
+    module = await Module.online(server, "conform")
+    wid = await create_workflow(server, workflow_body("符合", [module.hash]))
+    run_id = await execute(server, wid)
+    await module.result(await module.recv_execute(), "failure", error="x")
+    await wait_run(server, run_id)
+    doc_id = (await server.api(f"/workflow/{wid}"))[1]["result"]["id"]
+    token = (await c.check(server, "POST", "/tokens", json_body={"name": "spec"}))["result"]
+
+    for method, path, kwargs in [
+        ("GET", "/health", {"auth": None}), ("GET", "/ready", {"auth": None}), ("GET", "/metrics", {}),
+        ("GET", "/openapi.json", {"auth": None}), ("GET", "/docs", {"auth": None}),
+        ("GET", "/module/register?name=conform&input_data=[]", {}),
+        ("POST", "/module/register", {"json_body": {"name": "conform2"}}),
+        ("GET", "/module/online", {}), ("GET", "/module/list", {}), ("GET", f"/module/{module.hash}", {}),
+        ("GET", "/module/nope", {}),
+        ("POST", "/module/send_message", {"json_body": {"module_hash": module.hash, "message": "hi"}}),
+        ("POST", "/module/send_message", {"json_body": {"module_hash": module.hash}}),
+        ("GET", "/workflow/list", {}), ("GET", f"/workflow/{wid}", {}), ("GET", "/workflow/999", {}),
+        ("GET", f"/workflow/{doc_id}", {}),
+        ("PUT", f"/workflow/{wid}", {"json_body": {"description": "d"}}),
+        ("POST", f"/workflow/{wid}/disable", {}), ("POST", f"/workflow/{wid}/enable", {}),
+        ("GET", f"/workflow/{wid}/runs", {}), ("GET", "/runs?status=failure", {}), ("GET", f"/runs/{run_id}", {}),
+        ("GET", "/runs?page=0", {}),
+        ("GET", "/scheduler/jobs", {}), ("POST", "/scheduler/reload", {}),
+        ("GET", "/notifications", {}), ("GET", "/tokens", {}), ("GET", "/audit", {}),
+        ("DELETE", f"/tokens/{token['id']}", {}),
+        ("POST", "/workflow/create", {"json_body": {"name": "符合", "execute_modules": []}}),
+        ("GET", "/module/list", {"auth": None}),
+        ("POST", f"/workflow/{wid}/execute", {}),
+        ("DELETE", f"/module/{module.hash}", {}),
+        ("DELETE", f"/workflow/{wid}", {}),
+    ]:
+        await c.check(server, method, path, **kwargs)
+    statuses = {code for _, _, code in c.checked}
+    assert {200, 400, 401, 404, 409} <= statuses, statuses
+    module.close()

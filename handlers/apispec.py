@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tornado_sched.runs import RUN_STATUSES
+
 JSON = "application/json"
 
 
@@ -57,17 +59,17 @@ def _errors(*statuses: str) -> dict[str, Any]:
 
 def _op(summary: str, result: dict[str, Any], *errors: str, params: list[dict[str, Any]] | None = None,
         body: dict[str, Any] | None = None, security: list[dict[str, list[str]]] | None = None,
-        tag: str = "") -> dict[str, Any]:
+        tag: str = "", form: bool = True) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "responses": {"200": _ok(result), **_errors(*errors)}}
     if tag:
         op["tags"] = [tag]
     if params:
         op["parameters"] = params
     if body is not None:
-        op["requestBody"] = {"required": True, "content": {
-            JSON: {"schema": body},
-            "application/x-www-form-urlencoded": {"schema": body},
-        }}
+        content = {JSON: {"schema": body}}
+        if form:  # flat bodies may also be posted as a form
+            content["application/x-www-form-urlencoded"] = {"schema": body}
+        op["requestBody"] = {"required": True, "content": content}
     if security is not None:
         op["security"] = security
     return op
@@ -245,12 +247,12 @@ def _page_of(key: str, item: dict[str, Any]) -> dict[str, Any]:
 def _paths() -> dict[str, Any]:
     register_params = [
         {"name": "name", "in": "query", "required": True, "schema": {"type": "string", "minLength": 1, "maxLength": 100}},
-        {"name": "description", "in": "query", "schema": {"type": "string", "maxLength": 10000}},
+        {"name": "description", "in": "query", "schema": {"type": ["string", "null"], "maxLength": 10000}},
         {"name": "input_data", "in": "query", "schema": {"type": "string"},
          "description": 'JSON list of objects with a string "name"'},
         {"name": "output_data", "in": "query", "schema": {"type": "string"},
          "description": 'JSON list of objects with a string "name"'},
-        {"name": "modelHash", "in": "query", "schema": {"type": "string", "maxLength": 200}},
+        {"name": "modelHash", "in": "query", "schema": {"type": ["string", "null"], "maxLength": 200}},
     ]
     register_security = [{"basicAuth": []}, {"digestAuth": []}, {"bearerAuth": []}, {"registrationToken": []}]
     registered = {"type": "object", "required": ["hash", "module_id"],
@@ -302,21 +304,22 @@ def _paths() -> dict[str, Any]:
             "400", "404", "409", *auth, tag="modules",
             body={"type": "object", "required": ["module_hash", "message"], "properties": {
                 "module_hash": {"type": "string", "minLength": 1, "maxLength": 128},
-                "message": {"description": "Text, or JSON sent as text; no object key may start with `$`"}}})},
+                "message": {"description": "Text (not empty), or JSON sent as text; no object key may start "
+                                           "with `$`", "not": {"anyOf": [{"const": ""}, {"type": "null"}]}}}})},
         "/module/list": {"x-tornado-route": r"/module/list", "get": _op(
             "Every module with its online flag", {"type": "array", "items": _ref("Module")}, *auth, tag="modules")},
         "/module/{module_hash}": {
             "x-tornado-route": r"/module/([^/]+)", "parameters": [MODULE_HASH],
-            "get": _op("One module", _ref("Module"), "404", *auth, tag="modules"),
+            "get": _op("One module", _ref("Module"), "400", "404", *auth, tag="modules"),
             "delete": _op("Delete a module (409 while a workflow uses it); its socket is closed with 4404",
                           {**deleted, "properties": {**deleted["properties"], "module_id": {"type": "integer"}}},
-                          "404", "409", *auth, tag="modules"),
+                          "400", "404", "409", *auth, tag="modules"),
         },
         "/workflow/create": {"x-tornado-route": r"/workflow/create", "post": _op(
             "Create a workflow (the seed's body); 409 for a name in use",
             {"type": "object", "required": ["id", "workflow_id", "name"], "properties": {
                 "id": {"type": "string"}, "workflow_id": {"type": "integer"}, "name": {"type": "string"}}},
-            "400", "409", *auth, body=_ref("WorkflowCreate"), tag="workflows")},
+            "400", "409", *auth, body=_ref("WorkflowCreate"), tag="workflows", form=False)},
         "/workflow/list": {"x-tornado-route": r"/workflow/list", "get": _op(
             "Every workflow with its next run time", {"type": "array", "items": _ref("Workflow")}, *auth,
             tag="workflows")},
@@ -329,7 +332,7 @@ def _paths() -> dict[str, Any]:
                 "allOf": [_ref("Workflow")],
                 "properties": {"upcoming": {"type": "array", "items": TIMESTAMP}}}, "404", *auth, tag="workflows"),
             "put": _op("Update any subset of fields", _ref("Workflow"), "400", "404", "409", *auth,
-                       body=_ref("WorkflowUpdate"), tag="workflows"),
+                       body=_ref("WorkflowUpdate"), tag="workflows", form=False),
             "delete": _op("Delete", {**deleted, "properties": {**deleted["properties"],
                                                               "workflow_id": {"type": "integer"}}},
                           "404", *auth, tag="workflows"),
@@ -357,7 +360,7 @@ def _paths() -> dict[str, Any]:
             "Every run, newest first", _ref("RunPage"), "400", *auth, tag="runs", params=[
                 {"name": "workflow_id", "in": "query",
                  "schema": {"type": "integer", "minimum": 0, "maximum": 999_999_999_999_999_999}},
-                {"name": "status", "in": "query", "schema": {"type": "string"}},
+                {"name": "status", "in": "query", "schema": {"enum": list(RUN_STATUSES)}},
                 *PAGE_PARAMS])},
         "/runs/{run_id}": {
             "x-tornado-route": r"/runs/([0-9a-f]{1,64})", "parameters": [RUN_ID],
@@ -387,12 +390,13 @@ def _paths() -> dict[str, Any]:
                 "400", "404", *auth, tag="admin", body={
                     "type": "object", "required": ["name"], "properties": {
                         "name": {"type": "string", "minLength": 1, "maxLength": 100},
-                        "username": {"type": "string", "maxLength": 64,
+                        "username": {"type": ["string", "null"], "maxLength": 64,
                                      "description": "Whose token (default: the caller)"}}}),
         },
         "/tokens/{token_id}": {
             "x-tornado-route": r"/tokens/(\d{1,18})", "parameters": [TOKEN_ID],
-            "delete": _op("Revoke. " + ADMIN_NOTE, _ref("Token"), "404", *auth, tag="admin"),
+            "delete": _op("Revoke (409 if already revoked). " + ADMIN_NOTE, _ref("Token"), "404", "409", *auth,
+                          tag="admin"),
         },
         "/audit": {"x-tornado-route": r"/audit", "get": _op(
             "Who changed what, when, from where, newest first. " + ADMIN_NOTE,

@@ -1,0 +1,116 @@
+"""deploy/ stays consistent with the code: every variable the Dockerfile, compose
+file and systemd unit set is a setting, their values parse, the proxy and health
+check point at real routes, and the Grafana dashboard uses only real metrics."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import fields
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import RunningServer
+from tornado_sched.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+# Set in the image for Python and pip, not for the server.
+NOT_SETTINGS = {"PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "PIP_NO_CACHE_DIR"}
+SETTING_NAMES = {f.name.upper() for f in fields(Settings)} - {"SQL_URL_OVERRIDE"}
+
+
+def _dockerfile_env() -> dict[str, str]:
+    text = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            env.update(dict(re.findall(r"(\w+)=(\S+)", line)))
+    return env
+
+
+def _compose_env() -> dict[str, str]:
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    raw = compose["services"]["tornado-sched"]["environment"]
+    # ${NAME:?msg} / ${NAME:-default}: what an operator's deploy/.env would supply.
+    supplied = {"SECRET_KEY": "s" * 48, "MYSQL_PASSWORD": "pw", "NOTIFICATION_EMAIL": "ops@example.com",
+                "EMAIL_API_URL": "https://mail.example.com/send", "ADMIN_PASSWORD": "admin-pw-1",
+                "METRICS_TOKEN": "m" * 20}
+
+    def substitute(value: str) -> str:
+        return re.sub(r"\$\{(\w+):[?-]([^}]*)\}",
+                      lambda m: supplied.get(m.group(1), m.group(2) if ":-" in m.group(0) else ""), value)
+
+    return {k: substitute(str(v)) for k, v in raw.items()}
+
+
+def _systemd_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for line in (DEPLOY / "tornado-sched.service").read_text().splitlines():
+        if line.startswith("Environment="):
+            name, _, value = line[len("Environment="):].partition("=")
+            env[name] = value
+    return env
+
+
+def test_every_variable_the_deploy_files_set_is_a_setting_and_parses() -> None:
+    for label, env in (("Dockerfile", _dockerfile_env()), ("compose.yaml", _compose_env()),
+                       ("tornado-sched.service", _systemd_env())):
+        assert env, label
+        unknown = set(env) - SETTING_NAMES - NOT_SETTINGS
+        assert not unknown, f"{label} sets variables Settings does not read: {sorted(unknown)}"
+        app_env = {k: v for k, v in env.items() if k not in NOT_SETTINGS}
+        if app_env.get("DEBUG") == "False" and label != "compose.yaml":
+            # The unit's secrets come from its EnvironmentFile; supply them here.
+            app_env |= {"SECRET_KEY": "s" * 48, "ALLOWED_HOSTS": "sched.example.com",
+                        "NOTIFICATION_EMAIL": "ops@example.com", "EMAIL_API_URL": "https://mail.example.com/send"}
+        settings = Settings.from_env(app_env, dotenv_path=None)  # raises ConfigError on a bad value
+        assert settings.server_port == 10080, label
+    compose = Settings.from_env(_compose_env(), dotenv_path=None)
+    assert compose.mysql_host == "mariadb" and compose.mongodb_host.startswith("mongodb://mongodb")
+    assert not compose.debug and "127.0.0.1" in compose.allowed_hosts  # the health check's Host
+
+
+def test_dockerfile_runs_unprivileged_with_a_ready_health_check() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    users = re.findall(r"^USER (\S+)", text, re.M)
+    assert users and users[-1] not in ("root", "0")
+    assert re.search(r"HEALTHCHECK .*\n?.*http://127\.0\.0\.1:10080/ready", text)
+    assert "EXPOSE 10080" in text and 'ENTRYPOINT ["tornado-sched"]' in text
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    assert services["mongodb"]["image"].startswith("mongo:") and services["mariadb"]["image"].startswith("mariadb:")
+    assert services["tornado-sched"]["build"]["dockerfile"] == "deploy/Dockerfile"
+
+
+def test_nginx_upgrades_both_websockets() -> None:
+    text = (DEPLOY / "nginx.conf").read_text()
+    for path in ("/websocket", "/dashboard/live"):
+        block = re.search(r"location = " + re.escape(path) + r" \{(.*?)\}", text, re.S)
+        assert block, path
+        body = block.group(1)
+        assert "proxy_http_version 1.1" in body and "Upgrade    $http_upgrade" in body
+        assert "Connection $connection_upgrade" in body
+        timeout = int(re.search(r"proxy_read_timeout (\d+)s", body).group(1))
+        assert timeout > Settings().websocket_ping_interval + Settings().websocket_ping_timeout
+    unit = (DEPLOY / "tornado-sched.service").read_text()
+    assert "PROXY_HEADERS=True" in unit and "RestartPreventExitStatus=2" in unit
+
+
+async def test_grafana_dashboard_uses_only_real_metrics(server: RunningServer) -> None:
+    response = await server.fetch("/metrics")
+    assert response.code == 200
+    # Families by their TYPE line (a labelled family has no sample until first use).
+    exposed: set[str] = set()
+    for name, kind in re.findall(r"^# TYPE (tsched_\w+) (\w+)", response.body.decode(), re.M):
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"]}.get(kind, [""])
+        base = name.removesuffix("_total") if kind == "counter" else name
+        exposed |= {base + suffix for suffix in suffixes}
+    dashboard = json.loads((DEPLOY / "grafana-dashboard.json").read_text())
+    used = {name for panel in dashboard["panels"] for target in panel["targets"]
+            for name in re.findall(r"tsched_\w+", target["expr"])}
+    assert len(used) >= 12
+    assert used <= exposed, sorted(used - exposed)
+    prometheus = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    assert prometheus["scrape_configs"][0]["metrics_path"] == "/metrics"

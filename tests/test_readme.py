@@ -1,0 +1,66 @@
+"""The README tells the same story as the code: its settings table names exactly the
+settings, its command list every subcommand, its API table every REST route, and it
+never points outside the repository."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from handlers.app import collect_routes
+from tornado_sched.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def _section(title: str) -> str:
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## )", README, re.S | re.M)
+    assert match, title
+    return match.group(1)
+
+
+def test_settings_table_matches_settings() -> None:
+    table = [line for line in _section("Configuration").splitlines() if line.startswith("| `")]
+    documented = {name for line in table for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", line.split("|")[1])}
+    settings = {f.name.upper() for f in fields(Settings)} - {"SQL_URL_OVERRIDE"}
+    assert documented == settings, {"undocumented": settings - documented, "unknown": documented - settings}
+    static_row = next(line for line in table if "`STATIC_ROOT`" in line)
+    assert "unset" in static_row and Settings().static_root == ""
+
+
+def test_operator_commands_list_every_subcommand() -> None:
+    shown = subprocess.run([sys.executable, "run.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=60, check=True).stdout
+    subcommands = set(re.search(r"\{([a-z,-]+)\}", shown).group(1).split(","))
+    assert {"serve", "expire-modules", "list-jobs", "create-token"} <= subcommands
+    section = _section("Operator commands")
+    for name in subcommands:
+        assert f"run.py {name}" in section, name
+    assert "tornado-sched <command>" in section
+
+
+def test_api_table_and_dashboard_paths_cover_the_routes() -> None:
+    api = _section("API")
+    for pattern, handler in collect_routes():
+        module = handler.__module__
+        if module in ("handlers.pages", "handlers.live", "handlers.websocket"):
+            continue
+        literal = re.split(r"[(\\]", pattern)[0].rstrip("/") or pattern
+        assert literal in api, f"{pattern} not in the README's API section"
+    assert "4050" in api and "409" in api
+    dashboard = _section("Dashboard")
+    for path in ("/modules", "/workflows", "/scheduler", "/history", "/outbox", "/dashboard/live"):
+        assert f"`{path}" in dashboard, path
+
+
+def test_readme_and_docs_stay_inside_the_repository() -> None:
+    for path in [ROOT / "README.md", *ROOT.glob("docs/*"), *ROOT.glob("deploy/*"), ROOT / "examples" / "README.md"]:
+        text = path.read_text()
+        assert "../" not in re.sub(r"context: \.\.", "", text), path
+        for link in re.findall(r"\]\(([^)#]+)", text) if path.suffix == ".md" else []:
+            if not link.startswith(("http://", "https://")):
+                assert (path.parent / link).exists(), (path, link)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from tornado_sched.runs import RUN_STATUSES
+from tornado_sched.workflows import ORDER
 
 JSON = "application/json"
 
@@ -114,6 +115,8 @@ def _schemas() -> dict[str, Any]:
         "misfire_grace_seconds": {"type": "integer", "minimum": 1, "maximum": 604800, "default": 300},
         "retries": {"type": "integer", "minimum": 0, "maximum": 10, "default": 0},
         "retry_delay_seconds": {"type": "integer", "minimum": 0, "maximum": 86400, "default": 10},
+        "order": {"enum": list(ORDER), "default": ORDER[0],
+                  "description": "`data`: steps wait for the steps whose outputs feed their inputs"},
     }
     step = {
         "type": "object",
@@ -349,6 +352,15 @@ def _paths() -> dict[str, Any]:
                 "type": "object", "required": ["workflow_id", "workflow_name", "run_id", "message"],
                 "properties": {"workflow_id": {"type": "integer"}, "workflow_name": {"type": "string"},
                                "run_id": {"type": ["string", "null"]}, "message": {"const": "工作流执行已启动"}}},
+                "404", *auth, tag="workflows"),
+        },
+        "/workflow/{workflow_id}/plan": {
+            "x-tornado-route": [r"/workflow/(\d{1,18})/plan", OBJECT_ID_ROUTE], "parameters": [WORKFLOW_ID],
+            "get": _op("The data plan: which step's outputs feed which step's inputs", {
+                "type": "object", "required": ["workflow_id", "workflow_name", "order", "steps"],
+                "properties": {"workflow_id": {"type": "integer"}, "workflow_name": {"type": "string"},
+                               "order": {"enum": list(ORDER)},
+                               "steps": {"type": "array", "items": {"type": "object", "required": ["step"]}}}},
                 "404", *auth, tag="workflows"),
         },
         "/workflow/{workflow_id}/runs": {

@@ -33,6 +33,12 @@ class Core:
     def kinds(self) -> list[str]:
         return [kind for kind, _data in self.seen]
 
+    async def steps(self, name: str = "step-module") -> list[dict[str, Any]]:
+        """`execute_modules` with one registered (offline) module: an enabled or
+        runnable workflow needs at least one."""
+        module = await self.registry.register(name, "", [], [], "")
+        return [{"module_hash": module.hash, "args": {}}]
+
 
 @pytest.fixture
 async def docs(docserver_uri: str) -> AsyncIterator[DocumentStore]:

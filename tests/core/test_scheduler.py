@@ -38,7 +38,8 @@ def job_ids(scheduler: WorkflowScheduler) -> set[str]:
 
 async def test_workflow_changes_reach_the_schedule_by_themselves(scheduled) -> None:
     core, scheduler, _sql = scheduled
-    workflow = await core.workflows.create({"name": "w", "execute_cron_list": ["0 9 * * *"], "timezone": "UTC"})
+    workflow = await core.workflows.create({"name": "w", "execute_cron_list": ["0 9 * * *"], "timezone": "UTC",
+                                            "execute_modules": await core.steps()})
     assert job_ids(scheduler) == {job_id(workflow.workflow_id)}
     first = scheduler.next_run_time(workflow.workflow_id)
     assert (first.hour, first.minute) == (9, 0)
@@ -58,7 +59,8 @@ async def test_workflow_changes_reach_the_schedule_by_themselves(scheduled) -> N
 
 async def test_a_disabled_workflow_is_not_scheduled_and_reload_agrees(scheduled) -> None:
     core, scheduler, _sql = scheduled
-    on = await core.workflows.create({"name": "on", "execute_cron_list": ["0 9 * * *"]})
+    on = await core.workflows.create({"name": "on", "execute_cron_list": ["0 9 * * *"],
+                                      "execute_modules": await core.steps()})
     await core.workflows.create({"name": "off", "execute_cron_list": ["0 9 * * *"], "enable": False})
     assert job_ids(scheduler) == {job_id(on.workflow_id)}
     result = await scheduler.reload()
@@ -68,7 +70,7 @@ async def test_a_disabled_workflow_is_not_scheduled_and_reload_agrees(scheduled)
 
 async def test_run_now_starts_a_run_and_logs_it(scheduled) -> None:
     core, scheduler, sql = scheduled
-    workflow = await core.workflows.create({"name": "manual", "enable": False})
+    workflow = await core.workflows.create({"name": "manual", "enable": False, "execute_modules": await core.steps()})
     got, run_id = await scheduler.run_now(workflow.workflow_id)
     assert got.workflow_id == workflow.workflow_id and run_id
     async with sql.engine.connect() as conn:

@@ -30,6 +30,8 @@ def test_validate_fills_the_defaults_once_defined() -> None:
 @pytest.mark.parametrize(("body", "field"), [
     ({}, "name"),
     ({"name": "a", "enable": True}, "execute_cron_list"),
+    ({"name": "a", "execute_cron_list": ["0 9 * * *"]}, "execute_modules"),
+    ({"name": "a", "enable": False, "execute_cron_list": "0 9 * * *"}, "execute_cron_list"),
     ({"name": "a", "execute_cron_list": ["61 * * * *"]}, "execute_cron_list"),
     ({"name": "a", "enable": False, "execute_shift_unit": "d"}, "execute_shift_unit"),
     ({"name": "a", "enable": False, "timezone": "Mars/Base"}, "timezone"),
@@ -43,7 +45,8 @@ def test_validate_names_the_bad_field(body: dict, field: str) -> None:
 
 
 async def test_every_change_is_published(core: Core) -> None:
-    created = await core.workflows.create({"name": "w", "execute_cron_list": ["0 9 * * *"]})
+    created = await core.workflows.create({"name": "w", "execute_cron_list": ["0 9 * * *"],
+                                           "execute_modules": await core.steps()})
     await core.workflows.update(created.workflow_id, {"description": "d"})
     await core.workflows.set_enabled(created.workflow_id, False)
     await core.workflows.delete(created.workflow_id)
@@ -70,6 +73,7 @@ async def test_upcoming_fire_times_apply_the_shift(core: Core) -> None:
 
     workflow = await core.workflows.create({
         "name": "w", "execute_cron_list": ["0 10 * * *"], "execute_shift_time": -30, "timezone": "UTC",
+        "execute_modules": await core.steps(),
     })
     now = datetime(2030, 1, 1, 12, tzinfo=UTC)
     upcoming = workflow.upcoming(now)

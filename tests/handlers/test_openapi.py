@@ -13,7 +13,7 @@ from handlers.app import collect_routes
 from tests.conftest import RunningServer
 from tests.flows.support import Module, create_workflow, execute, wait_run, workflow_body
 
-NOT_REST = {"handlers.pages", "handlers.live", "handlers.websocket"}  # HTML pages, WebSockets (AsyncAPI)
+NOT_REST = {"handlers.dashboard.pages", "handlers.dashboard.live", "handlers.websocket"}  # pages; sockets: AsyncAPI
 METHODS = ("get", "post", "put", "delete")
 
 

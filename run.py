@@ -72,7 +72,7 @@ async def serve(settings: Settings) -> None:
     server = None
     try:
         app = make_app(ctx)
-        server = HTTPServer(app, xheaders=settings.proxy_headers)
+        server = HTTPServer(app)
         server.add_sockets(sockets)
         if ctx.generated_admin_password:
             # Printed once, to the console only: it never reaches the log file.

@@ -230,6 +230,15 @@ def _schemas() -> dict[str, Any]:
                 "revoked": {"type": "boolean"}, "revoked_at": MAYBE_TIMESTAMP,
             },
         },
+        "Session": {
+            "type": "object", "required": ["id", "username", "active"],
+            "properties": {
+                "id": {"type": "integer"}, "username": {"type": "string"}, "created_at": TIMESTAMP,
+                "last_seen_at": MAYBE_TIMESTAMP, "ended_at": MAYBE_TIMESTAMP,
+                "end_reason": {"type": ["string", "null"]}, "remote_ip": {"type": ["string", "null"]},
+                "user_agent": {"type": ["string", "null"]}, "active": {"type": "boolean"},
+            },
+        },
         "AuditEntry": {
             "type": "object", "required": ["id", "at", "actor", "action", "target"],
             "properties": {
@@ -317,6 +326,25 @@ def _paths() -> dict[str, Any]:
             "delete": _op("Delete a module (409 while a workflow uses it); its socket is closed with 4404",
                           {**deleted, "properties": {**deleted["properties"], "module_id": {"type": "integer"}}},
                           "400", "404", "409", *auth, tag="modules"),
+        },
+        "/module/{module_hash}/rotate": {
+            "x-tornado-route": r"/module/([^/]+)/rotate", "parameters": [MODULE_HASH],
+            "post": _op("A new hash for the module; the old one stops working and its socket is closed "
+                        "with 4401. " + ADMIN_NOTE, {
+                            "type": "object", "required": ["module_id", "name", "hash"],
+                            "properties": {"module_id": {"type": "integer"}, "name": {"type": "string"},
+                                           "hash": {"type": "string"}}},
+                        "400", "404", *auth, tag="modules"),
+        },
+        "/sessions": {"x-tornado-route": r"/sessions", "get": _op(
+            "Live browser sessions, newest first. " + ADMIN_NOTE, {"type": "array", "items": _ref("Session")},
+            *auth, tag="admin")},
+        "/sessions/{session_id}": {
+            "x-tornado-route": r"/sessions/(\d{1,18})",
+            "parameters": [_path_param("session_id", {"type": "integer", "minimum": 0,
+                                                      "maximum": 999_999_999_999_999_999}, "Session id")],
+            "delete": _op("End a browser session at once. " + ADMIN_NOTE, _ref("Session"), "404", "409", *auth,
+                          tag="admin"),
         },
         "/workflow/create": {"x-tornado-route": r"/workflow/create", "post": _op(
             "Create a workflow (the seed's body); 409 for a name in use",

@@ -95,7 +95,7 @@ def test_nginx_upgrades_both_websockets() -> None:
         timeout = int(re.search(r"proxy_read_timeout (\d+)s", body).group(1))
         assert timeout > Settings().websocket_ping_interval + Settings().websocket_ping_timeout
     unit = (DEPLOY / "tornado-sched.service").read_text()
-    assert "PROXY_HEADERS=True" in unit and "RestartPreventExitStatus=2" in unit
+    assert "TRUSTED_PROXIES=127.0.0.1" in unit and "RestartPreventExitStatus=2" in unit
 
 
 async def test_grafana_dashboard_uses_only_real_metrics(server: RunningServer) -> None:

@@ -11,6 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from handlers.app import collect_routes
+from tests.handlers.test_openapi import _is_rest
 from tornado_sched.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,8 +47,7 @@ def test_operator_commands_list_every_subcommand() -> None:
 def test_api_table_and_dashboard_paths_cover_the_routes() -> None:
     api = _section("API")
     for pattern, handler in collect_routes():
-        module = handler.__module__
-        if module.startswith("handlers.dashboard") or module == "handlers.websocket":
+        if not _is_rest(handler):
             continue
         literal = re.split(r"[(\\]", pattern)[0].rstrip("/") or pattern
         assert literal in api, f"{pattern} not in the README's API section"

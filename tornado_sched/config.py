@@ -40,9 +40,6 @@ class Settings:
     allowed_hosts: tuple[str, ...] = ("*",)
     server_host: str = "0.0.0.0"
     server_port: int = 10080
-    # Behind a reverse proxy: take the client address and scheme from X-Real-IP /
-    # X-Forwarded-For / X-Forwarded-Proto (the login throttle counts per address).
-    proxy_headers: bool = False
     mysql_host: str = ""
     mysql_port: int = 3306
     mysql_user: str = "root"
@@ -196,7 +193,6 @@ class Settings:
             allowed_hosts=hosts or d.allowed_hosts,
             server_host=text("SERVER_HOST", d.server_host),
             server_port=int(number("SERVER_PORT", d.server_port, lo=0, hi=65535, integer=True)),
-            proxy_headers=boolean("PROXY_HEADERS", d.proxy_headers),
             mysql_host=text("MYSQL_HOST"),
             mysql_port=int(number("MYSQL_PORT", d.mysql_port, lo=1, hi=65535, integer=True)),
             mysql_user=text("MYSQL_USER", d.mysql_user),

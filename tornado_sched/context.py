@@ -16,6 +16,7 @@ from .auth import ApiTokens, LoginThrottle, OperatorAccounts, ReplayGuard
 from .config import Settings
 from .docserver import EmbeddedDocumentServer
 from .events import EventBus
+from .failing import FailingNow
 from .hub import ConnectionHub
 from .metrics import ServerMetrics
 from .modules import ModuleService
@@ -52,6 +53,7 @@ class AppContext:
     runs: RunTracker
     scheduler: WorkflowScheduler
     notifier: Notifier
+    failing: FailingNow
     docserver: EmbeddedDocumentServer | None = None
     started_at: float = field(default_factory=time.time)
     generated_admin_password: str | None = None
@@ -132,6 +134,9 @@ async def open_context(settings: Settings) -> AppContext:
         runs = RunTracker(docs, registry, workflows, hub, events)
         await runs.start()
         closers.append(runs.close)
+        failing = FailingNow(workflows, runs, events)
+        await failing.start()
+        closers.append(failing.close)
         scheduler = WorkflowScheduler(
             docs, sql, workflows, runs, settings.time_zone, settings.run_retention_days,
             events=events, is_online=hub.is_online, misfire_settle_seconds=settings.misfire_settle_seconds,
@@ -163,6 +168,7 @@ async def open_context(settings: Settings) -> AppContext:
         runs=runs,
         scheduler=scheduler,
         notifier=notifier,
+        failing=failing,
         docserver=docserver,
         generated_admin_password=generated,
     )

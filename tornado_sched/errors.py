@@ -23,6 +23,16 @@ class Invalid(DomainError):
     code = "4000"
 
 
+class InvalidFields(Invalid):
+    """Several fields are bad: `errors` holds each one's Invalid. Its own message
+    and field are the first one's, so a client that reads one error still gets a
+    true one."""
+
+    def __init__(self, errors: list[Invalid]) -> None:
+        super().__init__(errors[0].message, field=errors[0].field)
+        self.errors = list(errors)
+
+
 class Forbidden(DomainError):
     status = 403
     code = "4030"

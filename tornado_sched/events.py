@@ -25,6 +25,7 @@ STEP_FAILED = "step.failed"  # run, step
 WORKFLOW_SAVED = "workflow.saved"  # workflow (created, changed, enabled or disabled)
 WORKFLOW_DELETED = "workflow.deleted"  # workflow_id
 SCHEDULE_FIRED = "schedule.fired"  # workflow_id, lateness_seconds (scheduled fire time -> firing)
+FAILING_CHANGED = "failing.changed"  # failing: list of failing.FailingWorkflow, longest-failing first
 RUN_EVENTS = (RUN_STARTED, RUN_UPDATED, RUN_FINISHED)
 
 

@@ -55,6 +55,20 @@ class ModuleView:
         }
 
 
+MODULE_STATES = ("online", "offline")
+MODULE_SORTS = ("name", "id", "state", "last_seen")
+
+
+@dataclass(frozen=True)
+class ModuleListing:
+    """Modules as the operator browses them: filtered and sorted, with the enabled
+    workflows that need each offline module."""
+
+    modules: list[ModuleView]
+    total: int  # before the filter
+    needed_by: dict[str, list[str]]  # offline module hash -> names of enabled workflows using it
+
+
 class ModuleService:
     """Register, view, message and delete modules across the store and the hub."""
 
@@ -96,6 +110,38 @@ class ModuleService:
 
     async def list(self) -> list[ModuleView]:
         return [self.view(record) for record in await self._registry.list()]
+
+    async def browse(self, name_contains: str = "", state: str = "", sort: str = "name") -> ModuleListing:
+        """Filter by a name fragment (case-insensitive) and `online`/`offline`; sort by
+        name, id, state (offline first: those need attention) or last seen (oldest
+        first). Offline modules that an enabled workflow needs are named in `needed_by`."""
+        if state and state not in MODULE_STATES:
+            raise Invalid(f"state: must be one of {', '.join(MODULE_STATES)}", field="state")
+        if sort not in MODULE_SORTS:
+            raise Invalid(f"sort: must be one of {', '.join(MODULE_SORTS)}", field="sort")
+        views = await self.list()
+        fragment = name_contains.strip().casefold()
+        shown = [
+            v for v in views
+            if (not fragment or fragment in v.record.name.casefold())
+            and (not state or v.online == (state == "online"))
+        ]
+        keys = {
+            "name": lambda v: (v.record.name.casefold(), v.record.module_id),
+            "id": lambda v: v.record.module_id,
+            "state": lambda v: (v.online, v.record.name.casefold()),
+            "last_seen": lambda v: (v.online, v.last_heartbeat.timestamp() if v.last_heartbeat else 0.0),
+        }
+        shown.sort(key=keys[sort])
+        offline = {v.record.hash for v in views if not v.online}
+        needed_by: dict[str, list[str]] = {}
+        if offline:
+            for workflow in await self._workflows.list():
+                if not workflow.enable:
+                    continue
+                for module_hash in {step.get("module_hash") for step in workflow.execute_modules} & offline:
+                    needed_by.setdefault(module_hash, []).append(workflow.name)
+        return ModuleListing(shown, len(views), needed_by)
 
     async def get_by_id(self, module_id: int) -> tuple[ModuleView, list[Workflow]]:
         """One module by its integer id, with the workflows that use it."""

@@ -1,8 +1,10 @@
 """Failure notifications through an outbox that never loses a row.
 
-A failed step becomes an outbox row *before* anything is sent: one row per channel
-(email, webhook) and workflow, held open for NOTIFY_AGGREGATE_SECONDS so that a
-burst of failures goes out as one message. A background sender delivers due rows
+A failed step becomes an outbox row *before* anything is sent, one per channel
+(email, webhook). The first failure of a workflow after a success (or after
+NOTIFY_AGGREGATE_SECONDS without failures) is due at once; failures that follow it
+within the window are gathered into one follow-up row, held open for the window, so
+a burst goes out as the first notice plus one more message. A background sender delivers due rows
 over HTTP, marks them sent only on a 2xx, and otherwise retries with exponential
 backoff, across restarts. Rows are rendered when sent, so one that waited through a
 restart still carries every failure it collected.
@@ -50,6 +52,9 @@ class Notifier:
         self._workflows = workflows
         self._settings = settings
         self._open_rows: dict[tuple[int, str], tuple[int, datetime]] = {}
+        # (workflow, channel) -> when its latest failure was recorded: decides whether
+        # the next one is sent at once or gathered into a follow-up.
+        self._last_failure: dict[tuple[int, str], datetime] = {}
         self._failing: set[int] = set()
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -193,7 +198,13 @@ class Notifier:
                     return
         payload = {"kind": "failure", "workflow_id": run.workflow_id, "workflow_name": run.workflow_name,
                    "failures": [fact]}
-        due = now + timedelta(seconds=self._settings.notify_aggregate_seconds)
+        window = timedelta(seconds=self._settings.notify_aggregate_seconds)
+        previous = self._last_failure.get(key)
+        self._last_failure[key] = now
+        # The first failure after a success (or after a quiet window) is news: it goes
+        # out at once. Failures that follow it within the window are gathered into
+        # one follow-up row, due a window later.
+        due = now if previous is None or now - previous >= window else now + window
         row_id = await self._insert(channel, "failure", run.workflow_id, payload, configured, due)
         self._open_rows[key] = (row_id, due)
 
@@ -206,6 +217,7 @@ class Notifier:
             for channel, configured in self._channels():
                 await self._write_or_keep(("recovery", run, channel, configured, payload))
                 self._open_rows.pop((run.workflow_id, channel), None)
+                self._last_failure.pop((run.workflow_id, channel), None)
         self._wake.set()
 
     async def _insert_recovery(self, run: Run, channel: str, configured: bool, payload: dict[str, Any]) -> None:
@@ -332,16 +344,30 @@ class Notifier:
             rows = (await conn.execute(
                 query.order_by(notification_outbox.c.id.desc()).offset((page - 1) * page_size).limit(page_size)
             )).all()
-        return [
-            {
-                "id": r.id, "channel": r.channel, "kind": r.kind, "workflow_id": r.workflow_id, "subject": r.subject,
-                "status": r.status, "attempts": r.attempts, "last_error": r.last_error,
-                "failures": len(json.loads(r.payload).get("failures", [])) if r.kind == "failure" else 0,
-                "created_at": as_utc(r.created_at), "next_attempt_at": as_utc(r.next_attempt_at),
-                "sent_at": as_utc(r.sent_at),
-            }
-            for r in rows
-        ], total
+        return [_listed(r) for r in rows], total
+
+    @property
+    def alerting_on(self) -> bool:
+        """Whether any channel can deliver (email settings or a webhook)."""
+        return bool(self._settings.email_configured or self._settings.webhook_url)
+
+
+def _listed(r: Any) -> dict[str, Any]:
+    """An outbox row as the API and the dashboard list it. Only rows still to be
+    sent have a next attempt; `run_id` is the run the notice is about (the latest
+    failure's)."""
+    payload = json.loads(r.payload)
+    failures = payload.get("failures", []) if r.kind == "failure" else []
+    run_id = failures[-1].get("run_id") if failures else payload.get("run_id")
+    return {
+        "id": r.id, "channel": r.channel, "kind": r.kind, "workflow_id": r.workflow_id,
+        "workflow_name": payload.get("workflow_name"), "run_id": run_id, "subject": r.subject,
+        "status": r.status, "attempts": r.attempts, "last_error": r.last_error,
+        "failures": len(failures),
+        "created_at": as_utc(r.created_at),
+        "next_attempt_at": as_utc(r.next_attempt_at) if r.status in UNSENT else None,
+        "sent_at": as_utc(r.sent_at),
+    }
 
 
 def _reason(exc: BaseException | None) -> str:

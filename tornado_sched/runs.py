@@ -318,8 +318,10 @@ class RunTracker:
         )
         try:
             self._hub.send(step.module_hash, message)
-        except Exception as exc:  # offline (Conflict) or a socket that just closed
-            self._fail_step(run, step, "offline", f"module not connected at dispatch: {type(exc).__name__}")
+        except Exception:  # offline (Conflict) or a socket that just closed
+            # Said for the operator; the step status `offline` is the machine-readable fact.
+            when = "when the run started" if step.attempts == 1 else f"at retry {step.attempts - 1}"
+            self._fail_step(run, step, "offline", f"module was offline {when}")
             return
         step.status = "sent"
 

@@ -170,6 +170,18 @@ class WorkflowScheduler:
             })
         return result
 
+    async def jobs_and_paused(self) -> list[dict[str, Any]]:
+        """`jobs()` plus one row per disabled workflow (`paused`: it has no job and
+        no next run time until it is enabled again)."""
+        rows = [{**job, "paused": False} for job in self.jobs()]
+        for workflow in await self._workflows.list():
+            if not workflow.enable:
+                rows.append({
+                    "id": job_id(workflow.workflow_id), "name": workflow.name, "workflow_id": workflow.workflow_id,
+                    "trigger": " | ".join(workflow.execute_cron_list), "next_run_time": None, "paused": True,
+                })
+        return rows
+
     def next_run_time(self, workflow_id: int) -> datetime | None:
         if self._scheduler is None:
             return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import zoneinfo
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,7 +21,7 @@ from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from .clock import DEFAULT_TIME_ZONE, utcnow
-from .errors import Conflict, Invalid, NotFound
+from .errors import Conflict, Invalid, InvalidFields, NotFound
 from .events import WORKFLOW_DELETED, WORKFLOW_SAVED, EventBus
 from .registry import ModuleRegistry, ModuleRequirements
 from .solver import Plan, StepRequirements, solve
@@ -189,7 +190,86 @@ def _check_keys(value: Any, path: str) -> None:
 
 
 def validate_workflow(body: dict[str, Any], default_tz: str) -> dict[str, Any]:
-    """The seed's create body (plus our optional fields) -> document fields."""
+    """The seed's create body (plus our optional fields) -> document fields.
+
+    Every field is checked, so a form can show all its problems at once: with more
+    than one, the `InvalidFields` raised carries each in `errors` (its own message and
+    field are the first one's, which is what the REST envelope reports)."""
+    problems: list[Invalid] = []
+
+    def check(validate: Callable[[], Any], fallback: Any = None) -> Any:
+        try:
+            return validate()
+        except Invalid as exc:
+            problems.append(exc)
+            return fallback
+
+    name = check(lambda: _name(body), "")
+    description = check(lambda: _description(body), "")
+    enable = check(lambda: _enable(body), False)
+    crons = check(lambda: _crons(body, enable), [])
+    shift_time, shift_unit = check(lambda: _shift(body), (0, "s"))
+    timezone = check(lambda: _timezone(body, default_tz), default_tz)
+    steps = check(lambda: _steps(body), [])
+    fields = {
+        "name": name,
+        "description": description,
+        "enable": enable,
+        "execute_cron_list": crons,
+        "execute_shift_time": shift_time,
+        "execute_shift_unit": shift_unit,
+        "execute_modules": steps,
+        "module_hashes": sorted({s["module_hash"] for s in steps}),
+        "timezone": timezone,
+        "timeout_seconds": check(lambda: _int(body, "timeout_seconds", DEFAULT_TIMEOUT_SECONDS, 1, 7 * 86400)),
+        "overlap": check(lambda: _choice(body, "overlap", OVERLAP[0], OVERLAP)),
+        "misfire": check(lambda: _choice(body, "misfire", MISFIRE[0], MISFIRE)),
+        "misfire_grace_seconds": check(
+            lambda: _int(body, "misfire_grace_seconds", DEFAULT_MISFIRE_GRACE_SECONDS, 1, 7 * 86400)),
+        "retries": check(lambda: _int(body, "retries", DEFAULT_RETRIES, 0, 10)),
+        "retry_delay_seconds": check(lambda: _int(body, "retry_delay_seconds", DEFAULT_RETRY_DELAY_SECONDS, 0, 86400)),
+        "order": check(lambda: _choice(body, "order", ORDER[0], ORDER)),
+    }
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise InvalidFields(problems)
+    return fields
+
+
+def preview_fire_times(body: dict[str, Any], default_tz: str, now: datetime,
+                       count: int = UPCOMING_COUNT) -> list[datetime]:
+    """The next fire times of the crontab lines, shift and zone in a (partial) create
+    body, as the scheduler would compute them; raises Invalid (or InvalidFields)
+    naming the fields that stop it."""
+    problems: list[Invalid] = []
+    crons: list[str] = []
+    shift: tuple[int, str] = (0, "s")
+    timezone = default_tz
+    for step in ("crons", "shift", "timezone"):
+        try:
+            if step == "crons":
+                crons = _crons(body, False)
+            elif step == "shift":
+                shift = _shift(body)
+            else:
+                timezone = _timezone(body, default_tz)
+        except Invalid as exc:
+            problems.append(exc)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise InvalidFields(problems)
+    if not crons:
+        return []
+    trigger = ShiftedCronTrigger.from_workflow(crons, shift[0], shift[1], timezone)
+    try:
+        return [fire for fire, _tick in trigger.schedule.upcoming(now, count)]
+    except ValueError:
+        return []
+
+
+def _name(body: dict[str, Any]) -> str:
     name = body.get("name")
     if not isinstance(name, str) or not name.strip():
         raise Invalid("name: required string", field="name")
@@ -198,17 +278,28 @@ def validate_workflow(body: dict[str, Any], default_tz: str) -> dict[str, Any]:
     if has_control_chars(name):
         # The name reaches email subjects and log lines.
         raise Invalid("name: must not contain control characters", field="name")
+    return name.strip()
+
+
+def _description(body: dict[str, Any]) -> str:
     description = body.get("description", "")
     if description is None:
         description = ""
     if not isinstance(description, str) or len(description) > 2000:
         raise Invalid("description: expected a string of at most 2000 characters", field="description")
+    return description
+
+
+def _enable(body: dict[str, Any]) -> bool:
     enable = body.get("enable", True)
     if isinstance(enable, str) and enable.lower() in ("true", "false"):
         enable = enable.lower() == "true"
     if not isinstance(enable, bool):
         raise Invalid("enable: expected true or false", field="enable")
+    return enable
 
+
+def _crons(body: dict[str, Any], enable: bool) -> list[str]:
     cron_list = body.get("execute_cron_list", [])
     if not isinstance(cron_list, list):
         # A plain string was once wrapped into a list; "* * * * *" vs ["* * * * *"] is
@@ -227,7 +318,10 @@ def validate_workflow(body: dict[str, Any], default_tz: str) -> dict[str, Any]:
     if enable and not crons:
         # An enabled workflow with no schedule would silently never fire.
         raise Invalid("execute_cron_list: an enabled workflow needs at least one crontab line", field="execute_cron_list")
+    return crons
 
+
+def _shift(body: dict[str, Any]) -> tuple[int, str]:
     shift_time = body.get("execute_shift_time", 0)
     if isinstance(shift_time, str) and _INT_TEXT.fullmatch(shift_time.strip()):
         shift_time = int(shift_time)
@@ -240,7 +334,10 @@ def validate_workflow(body: dict[str, Any], default_tz: str) -> dict[str, Any]:
         parse_shift(shift_time, shift_unit)
     except ValueError as exc:
         raise Invalid(f"execute_shift_time: {exc}", field="execute_shift_time") from None
+    return shift_time, shift_unit
 
+
+def _timezone(body: dict[str, Any], default_tz: str) -> str:
     timezone = body.get("timezone") or default_tz
     try:
         if not isinstance(timezone, str):
@@ -248,7 +345,10 @@ def validate_workflow(body: dict[str, Any], default_tz: str) -> dict[str, Any]:
         zoneinfo.ZoneInfo(timezone)
     except (ValueError, zoneinfo.ZoneInfoNotFoundError):
         raise Invalid("timezone: unknown time zone", field="timezone") from None
+    return timezone
 
+
+def _steps(body: dict[str, Any]) -> list[dict[str, Any]]:
     modules = body.get("execute_modules", [])
     if not isinstance(modules, list) or len(modules) > MAX_MODULES:
         raise Invalid(f"execute_modules: expected a list of at most {MAX_MODULES} modules", field="execute_modules")
@@ -271,25 +371,7 @@ def validate_workflow(body: dict[str, Any], default_tz: str) -> dict[str, Any]:
             raise Invalid(f"{where}.args: expected an object", field="execute_modules")
         _check_keys(args, f"{where}.args")
         steps.append({"module_hash": module_hash, "args": args})
-
-    return {
-        "name": name.strip(),
-        "description": description,
-        "enable": enable,
-        "execute_cron_list": crons,
-        "execute_shift_time": shift_time,
-        "execute_shift_unit": shift_unit,
-        "execute_modules": steps,
-        "module_hashes": sorted({s["module_hash"] for s in steps}),
-        "timezone": timezone,
-        "timeout_seconds": _int(body, "timeout_seconds", DEFAULT_TIMEOUT_SECONDS, 1, 7 * 86400),
-        "overlap": _choice(body, "overlap", OVERLAP[0], OVERLAP),
-        "misfire": _choice(body, "misfire", MISFIRE[0], MISFIRE),
-        "misfire_grace_seconds": _int(body, "misfire_grace_seconds", DEFAULT_MISFIRE_GRACE_SECONDS, 1, 7 * 86400),
-        "retries": _int(body, "retries", DEFAULT_RETRIES, 0, 10),
-        "retry_delay_seconds": _int(body, "retry_delay_seconds", DEFAULT_RETRY_DELAY_SECONDS, 0, 86400),
-        "order": _choice(body, "order", ORDER[0], ORDER),
-    }
+    return steps
 
 
 class WorkflowStore:

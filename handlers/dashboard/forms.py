@@ -99,25 +99,40 @@ class WorkflowForm:
             ],
         )
 
-    def body(self, hashes_by_id: dict[str, str]) -> dict[str, Any]:
-        """The core's create/update body. Raises Invalid for rows it cannot read."""
+    def body(self, hashes_by_id: dict[str, str]) -> tuple[dict[str, Any], list[Invalid]]:
+        """The core's create/update body, and an Invalid for each module row it cannot
+        read (those rows are left out of the body)."""
         steps = []
+        problems: list[Invalid] = []
         for number, row in enumerate(self.rows, start=1):
             module, args_text = row["module"].strip(), row["args"].strip()
+            where = f"execute_modules[{number - 1}]"
             if not module and args_text in ("", "{}"):
                 continue  # an empty row
             if not module:
-                raise Invalid(f"execute_modules[{number - 1}]: choose a module", field="execute_modules")
+                problems.append(Invalid(f"{where}: choose a module", field="execute_modules"))
+                continue
             if module not in hashes_by_id:
-                raise Invalid(f"execute_modules[{number - 1}]: unknown module", field="execute_modules")
+                problems.append(Invalid(f"{where}: unknown module", field="execute_modules"))
+                continue
             try:
                 args = json.loads(args_text) if args_text else {}
             except ValueError as exc:
-                raise Invalid(f"execute_modules[{number - 1}]: args is not valid JSON ({exc.msg}, line {exc.lineno})",
-                              field="execute_modules") from None
+                problems.append(Invalid(f"{where}: args is not valid JSON ({exc.msg}, line {exc.lineno})",
+                                        field="execute_modules"))
+                continue
             if not isinstance(args, dict):
-                raise Invalid(f"execute_modules[{number - 1}]: args must be a JSON object", field="execute_modules")
+                problems.append(Invalid(f"{where}: args must be a JSON object", field="execute_modules"))
+                continue
             steps.append({"module_hash": hashes_by_id[module], "args": args})
+        return self._fields(steps), problems
+
+    def schedule(self) -> dict[str, Any]:
+        """Only what decides the fire times (for the preview)."""
+        fields = self._fields([])
+        return {k: fields[k] for k in ("execute_cron_list", "execute_shift_time", "execute_shift_unit", "timezone")}
+
+    def _fields(self, steps: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "name": self.name,
             "description": self.description,

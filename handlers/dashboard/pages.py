@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import re
+import zoneinfo
+from functools import cache
 from typing import Any, ClassVar
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
@@ -23,29 +25,41 @@ import tornado.locale
 import tornado.web
 
 from tornado_sched.clock import utcnow
-from tornado_sched.errors import DomainError, Invalid
+from tornado_sched.errors import DomainError, Invalid, InvalidFields
+from tornado_sched.failing import HISTORY_STATUSES, list_runs
 from tornado_sched.logs import short_secret
+from tornado_sched.modules import MODULE_SORTS, MODULE_STATES
 from tornado_sched.notify import STATUSES as OUTBOX_STATUSES
-from tornado_sched.runs import RUN_STATUSES
-from tornado_sched.workflows import MISFIRE, OVERLAP, Workflow
+from tornado_sched.workflows import (
+    MISFIRE,
+    OVERLAP,
+    Workflow,
+    preview_fire_times,
+    validate_workflow,
+)
 
 from ..base import BaseHandler
 from .forms import FORM_FIELDS, WorkflowForm
 from .views import (
     LANG_COOKIE,
     LANGUAGES,
+    LIVE_RECENT_RUNS,
     NAV,
+    OUTBOX_KINDS,
     PAGE_SIZE,
     SHIFT_UNITS,
     UI_MODULES,
+    ago_text,
     chosen_locale,
-    field_message,
+    field_errors,
     format_time,
     page_number,
     pager,
+    run_duration,
     safe_next,
     shift_text,
     status_view,
+    streak_text,
     trigger_label,
     zone_label,
 )
@@ -83,6 +97,8 @@ class PageHandler(BaseHandler):
             fmt_time=lambda value: format_time(value, self.zone) or "—",
             trigger_label=lambda trigger: trigger_label(self.locale, trigger),
             status_text=lambda status: status_view(self.locale, status)[1],
+            ago=lambda value: ago_text(self.locale, value),
+            duration=lambda started, ended: run_duration(self.locale, started, ended),
             short_secret=short_secret,
             here=self.request.uri or "/",
         )
@@ -125,8 +141,7 @@ class OverviewPage(PageHandler):
     async def get(self) -> None:
         modules = await self.ctx.modules.list()
         workflows = await self.ctx.workflows.list()
-        failing = [w for w in workflows if w.last_run_failed]
-        runs, total_runs = await self.ctx.runs.list(page_size=10)
+        runs, total_runs = await self.ctx.runs.list(page_size=LIVE_RECENT_RUNS)
         online = sum(1 for m in modules if m.online)
         self.render(
             "overview.html",
@@ -134,9 +149,11 @@ class OverviewPage(PageHandler):
             online=online,
             offline=len(modules) - online,
             workflows=workflows,
-            failing=failing,
+            failing=self.ctx.failing.list(),
+            streak_text=lambda item: streak_text(self.locale, item),
             runs=runs,
             total_runs=total_runs,
+            recent_limit=LIVE_RECENT_RUNS,
             failed_writes=self.ctx.store_failures(),
         )
 
@@ -148,7 +165,14 @@ class ModulesPage(PageHandler):
     live = True
 
     async def get(self) -> None:
-        self.render("modules.html", modules=await self.ctx.modules.list())
+        name = self.get_query_argument("q", "")[:100]
+        state = self.get_query_argument("state", "")
+        sort = self.get_query_argument("sort", "") or MODULE_SORTS[0]
+        listing = await self.ctx.modules.browse(name, state, sort)
+        self.render(
+            "modules.html", listing=listing, modules=listing.modules, q=name, state=state, sort=sort,
+            states=MODULE_STATES, sorts=MODULE_SORTS, filtered=bool(name or state),
+        )
 
 
 class ModulePage(PageHandler):
@@ -175,7 +199,7 @@ class WorkflowsPage(PageHandler):
             {
                 "workflow": w,
                 "shift": shift_text(w),
-                "upcoming": w.upcoming(now),
+                "upcoming": w.upcoming(now) if w.enable else [],  # a disabled workflow never fires
                 "last_run": w.last_run or {},
                 "next_run": self.ctx.scheduler.next_run_time(w.workflow_id),
             }
@@ -185,9 +209,16 @@ class WorkflowsPage(PageHandler):
 
 
 class WorkflowActionPage(PageHandler):
-    """`POST /workflows/<id>/enable|disable|run`, then back to the list (or the run)."""
+    """`POST /workflows/<id>/enable|disable|run`, then back to the list (or the run).
+    `GET /workflows/<id>/run` is the confirmation step before a run (no script needed)."""
 
     nav = "workflows"
+
+    async def get(self, workflow_id: str, action: str) -> None:
+        if action != "run":
+            raise tornado.web.HTTPError(405)
+        workflow = await self.ctx.workflows.get(int(workflow_id))
+        self.render("run_confirm.html", workflow=workflow)
 
     async def post(self, workflow_id: str, action: str) -> None:
         if action == "run":
@@ -200,28 +231,49 @@ class WorkflowActionPage(PageHandler):
         self.redirect(f"/workflows#workflow-{workflow.workflow_id}", status=303)
 
 
+@cache
+def _time_zones() -> tuple[str, ...]:
+    return tuple(sorted(z for z in zoneinfo.available_timezones() if "/" in z or z == "UTC"))
+
+
 class _WorkflowFormPage(PageHandler):
-    """The create and edit forms: show, re-show with field errors, save."""
+    """The create and edit forms: show, re-show with every field's errors, preview
+    the fire times, save."""
 
     nav = "workflows"
 
     async def _show(self, form: WorkflowForm, *, workflow: Workflow | None = None,
-                    errors: dict[str, str] | None = None, extra_rows: int = 1) -> None:
+                    errors: dict[str, list[str]] | None = None, extra_rows: int = 1,
+                    preview: bool = False) -> None:
         views = await self.ctx.modules.list()
         form.rows = [r for r in form.rows if r["module"] or r["args"].strip() not in ("", "{}")]
         form.rows += [{"module": "", "args": ""} for _ in range(max(extra_rows, 2 - len(form.rows)))]
         if not form.timezone:
             form.timezone = self.ctx.settings.time_zone
+        errors = errors or {}
+        fire_times: list[Any] = []
+        preview_error = ""
+        if preview or (form.cron_text.strip() and not errors):
+            try:
+                fire_times = preview_fire_times(form.schedule(), self.ctx.settings.time_zone, utcnow())
+            except Invalid as exc:
+                preview_error = "; ".join(m for ms in field_errors(
+                    self.locale, getattr(exc, "errors", [exc]), FORM_FIELDS).values() for m in ms)
+        zones = _time_zones()
         self.render(
             "workflow_form.html",
             form=form,
             workflow=workflow,
-            errors=errors or {},
+            errors=errors,
+            first_error=next((k for k in FORM_FIELDS if k in errors), None),
             modules=[view.record for view in views],
             online={view.record.hash for view in views if view.online},
             overlap_choices=OVERLAP,
             misfire_choices=MISFIRE,
             shift_units=SHIFT_UNITS,
+            time_zones=zones if form.timezone in zones else (form.timezone, *zones),
+            fire_times=fire_times,
+            preview_error=preview_error,
         )
 
     async def _hashes_by_id(self) -> dict[str, str]:
@@ -229,26 +281,72 @@ class _WorkflowFormPage(PageHandler):
 
     async def _submit(self, workflow: Workflow | None) -> None:
         form = WorkflowForm.from_arguments(self.get_body_argument, self.get_body_arguments)
-        if self.get_body_argument("action", "") == "add_row":
+        action = self.get_body_argument("action", "")
+        if action == "add_row":
             blank = sum(1 for r in form.rows if not r["module"] and r["args"].strip() in ("", "{}"))
             await self._show(form, workflow=workflow, extra_rows=blank + 1)
             return
-        try:
-            body = form.body(await self._hashes_by_id())
-            if workflow is None:
-                saved = await self.ctx.workflows.create(body)
-            else:
-                saved = await self.ctx.workflows.update(workflow.workflow_id, body)
-        except Invalid as exc:
-            key = exc.field if exc.field in FORM_FIELDS else "form"
+        if action == "preview":
+            await self._show(form, workflow=workflow, preview=True)
+            return
+        body, problems = form.body(await self._hashes_by_id())
+        saved = None
+        if problems:
+            # The rows are bad: still name every other field's problem in this answer.
+            try:
+                validate_workflow(body, self.ctx.settings.time_zone)
+            except Invalid as exc:
+                problems += getattr(exc, "errors", [exc])
+        else:
+            try:
+                if workflow is None:
+                    saved = await self.ctx.workflows.create(body)
+                else:
+                    saved = await self.ctx.workflows.update(workflow.workflow_id, body)
+            except InvalidFields as exc:
+                problems = exc.errors
+            except Invalid as exc:
+                problems = [exc]
+        if saved is None:
             self.set_status(400)
-            await self._show(form, workflow=workflow, errors={key: field_message(self.locale, exc)})
+            await self._show(form, workflow=workflow, errors=field_errors(self.locale, problems, FORM_FIELDS))
             return
         if workflow is None:
             await self.audit("create", f"workflow:{saved.workflow_id}", {"name": saved.name})
         else:
             await self.audit("update", f"workflow:{saved.workflow_id}", {"fields": sorted(body)})
         self.redirect(f"/workflows#workflow-{saved.workflow_id}", status=303)
+
+
+class WorkflowPreviewPage(PageHandler):
+    """`GET /workflows/preview?execute_cron_list=...&execute_shift_time=...`: the next
+    fire times of what the form holds, as JSON for the form's script. (The form
+    itself shows the same list, server-rendered, after "Preview".)"""
+
+    async def get(self) -> None:
+        form = WorkflowForm(
+            cron_text=self.get_query_argument("execute_cron_list", "")[:5000],
+            shift_time=self.get_query_argument("execute_shift_time", "0")[:20],
+            shift_unit=self.get_query_argument("execute_shift_unit", "s")[:2],
+            timezone=self.get_query_argument("timezone", "")[:64],
+        )
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_header("Cache-Control", "no-store")
+        try:
+            fire_times = preview_fire_times(form.schedule(), self.ctx.settings.time_zone, utcnow())
+        except Invalid as exc:
+            errors = field_errors(self.locale, getattr(exc, "errors", [exc]), FORM_FIELDS)
+            self.finish({"fire_times": [], "errors": errors})
+            return
+        zone = ZoneInfo(form.timezone.strip() or self.ctx.settings.time_zone)
+        self.finish({
+            "errors": {},
+            "zone": form.timezone.strip() or self.ctx.settings.time_zone,
+            "fire_times": [
+                {"iso": t.isoformat(), "text": t.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %a")}
+                for t in fire_times
+            ],
+        })
 
 
 class WorkflowNewPage(_WorkflowFormPage):
@@ -278,11 +376,11 @@ class SchedulerPage(PageHandler):
 
     nav = "scheduler"
 
-    def get(self) -> None:
+    async def get(self) -> None:
         reloaded = self.get_query_argument("reloaded", "")
         self.render(
             "scheduler.html",
-            jobs=self.ctx.scheduler.jobs(),
+            jobs=await self.ctx.scheduler.jobs_and_paused(),
             reloaded=int(reloaded) if re.fullmatch(r"[0-9]{1,9}", reloaded) else None,
         )
 
@@ -304,11 +402,11 @@ class RunsPage(PageHandler):
         status = self.get_query_argument("status", "")
         if raw_id and not re.fullmatch(r"[0-9]{1,18}", raw_id):
             raise Invalid("workflow_id: expected a workflow id", field="workflow_id")
-        if status and status not in RUN_STATUSES:
-            raise Invalid(f"status: must be one of {', '.join(RUN_STATUSES)}", field="status")
+        if status and status not in HISTORY_STATUSES:
+            raise Invalid(f"status: must be one of {', '.join(HISTORY_STATUSES)}", field="status")
         page = page_number(self.get_query_argument("page", "1"))
-        runs, total = await self.ctx.runs.list(
-            int(raw_id) if raw_id else None, status or None, page=page, page_size=PAGE_SIZE
+        runs, total = await list_runs(
+            self.ctx.runs, int(raw_id) if raw_id else None, status or None, page=page, page_size=PAGE_SIZE
         )
         self.render(
             "runs.html",
@@ -317,7 +415,7 @@ class RunsPage(PageHandler):
             workflows=await self.ctx.workflows.list(),
             selected_workflow=raw_id,
             selected_status=status,
-            statuses=RUN_STATUSES,
+            statuses=HISTORY_STATUSES,
             filtered=bool(raw_id or status),
         )
 
@@ -352,6 +450,8 @@ class NotificationsPage(PageHandler):
             **pager("/outbox", {"status": status}, page, total),
             statuses=statuses,
             selected_status=status,
+            alerting_on=self.ctx.notifier.alerting_on,
+            kind_label=lambda kind: self.locale.translate(OUTBOX_KINDS.get(kind, kind or "")),
         )
 
 
@@ -394,6 +494,7 @@ default_handlers: list[tuple[str, type[tornado.web.RequestHandler]]] = [
     (r"/modules/(\d{1,18})", ModulePage),
     (r"/workflows", WorkflowsPage),
     (r"/workflows/new", WorkflowNewPage),
+    (r"/workflows/preview", WorkflowPreviewPage),
     (r"/workflows/(\d{1,18})/edit", WorkflowEditPage),
     (r"/workflows/(\d{1,18})/(enable|disable|run)", WorkflowActionPage),
     (r"/scheduler", SchedulerPage),

@@ -5,6 +5,7 @@ module and a run. Pure presentation: no core calls."""
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
@@ -14,6 +15,7 @@ import tornado.web
 
 from tornado_sched.clock import read_datetime, utcnow
 from tornado_sched.errors import Invalid
+from tornado_sched.failing import FailingWorkflow
 from tornado_sched.hub import ModuleSession
 from tornado_sched.runs import Run
 from tornado_sched.text import has_control_chars
@@ -54,7 +56,15 @@ STATUS = {
     "none": ("Never run", "muted"),
 }
 
+# A step that could not be sent because its module was offline failed: a failure's
+# colour, though a module being offline is only a muted fact on the modules page.
+STEP_TONES = {"offline": "bad"}
+
 TRIGGER_LABELS = {"schedule": "Schedule", "manual": "Manual", "misfire": "Misfire"}
+OUTBOX_KINDS = {"failure": "Failure notice", "recovery": "Recovery notice"}
+# The history page's status filter: the failed group first, then each status.
+HISTORY_STATUS_LABELS = {"failed": "Failed (any)"}
+LIVE_RECENT_RUNS = 20  # rows the overview's live recent-runs table keeps
 SHIFT_UNITS = (("s", "seconds"), ("m", "minutes"), ("h", "hours"))  # labels of workflows.SHIFT_UNITS
 
 
@@ -67,11 +77,53 @@ def chosen_locale(handler: tornado.web.RequestHandler) -> tornado.locale.Locale 
     return None
 
 
-def status_view(locale: tornado.locale.Locale, status: str | None) -> tuple[str, str, str]:
-    """(status key, translated label, tone) for a badge."""
+def status_view(locale: tornado.locale.Locale, status: str | None, *, step: bool = False) -> tuple[str, str, str]:
+    """(status key, translated label, tone) for a badge; `step` for a run step's."""
     key = status or "none"
+    if key in HISTORY_STATUS_LABELS:
+        return key, locale.translate(HISTORY_STATUS_LABELS[key]), "bad"
     label, tone = STATUS.get(key, (key, "muted"))
+    if step:
+        tone = STEP_TONES.get(key, tone)
     return key, locale.translate(label), tone
+
+
+def ago_text(locale: tornado.locale.Locale, value: Any, now: datetime | None = None) -> str:
+    """`3 min ago` (translated); empty for no time."""
+    instant = read_datetime(value)
+    if instant is None:
+        return ""
+    seconds = int(((now or utcnow()) - instant).total_seconds())
+    if seconds < 0:
+        return locale.translate("in %(span)s") % {"span": duration_text(locale, -seconds)}
+    if seconds < 45:
+        return locale.translate("just now")
+    return locale.translate("%(span)s ago") % {"span": duration_text(locale, seconds, coarse=True)}
+
+
+def duration_text(locale: tornado.locale.Locale, seconds: float | None, *, coarse: bool = False) -> str:
+    """`850 ms`, `42 s`, `3 min 5 s`, `2 h 10 min`, `3 d 4 h`; `coarse` keeps the
+    larger unit only (for ages)."""
+    if seconds is None:
+        return ""
+    if seconds < 1 and not coarse:
+        return locale.translate("%(n)d ms") % {"n": int(seconds * 1000)}
+    total = int(seconds)
+    parts: list[tuple[int, str]] = []
+    for size, unit in ((86400, "%(n)d d"), (3600, "%(n)d h"), (60, "%(n)d min"), (1, "%(n)d s")):
+        if total >= size or (size == 1 and not parts):
+            parts.append((total // size, unit))
+            total %= size
+    shown = parts[:1] if coarse else parts[:2]
+    return " ".join(locale.translate(unit) % {"n": n} for n, unit in shown)
+
+
+def run_duration(locale: tornado.locale.Locale, started: Any, ended: Any) -> str:
+    """How long a run or step took; empty while it is open."""
+    start, end = read_datetime(started), read_datetime(ended)
+    if start is None or end is None:
+        return ""
+    return duration_text(locale, max(0.0, (end - start).total_seconds()))
 
 
 def trigger_label(locale: tornado.locale.Locale, trigger: str) -> str:
@@ -95,18 +147,79 @@ def zone_label(zone_name: str) -> str:
 
 _FIELD_PREFIX = re.compile(r"^(?P<field>[a-z_]+)(?:\[(?P<index>\d+)\])?(?P<sub>\.[a-z_]+)?:\s*(?P<rest>.*)$", re.S)
 
+# The core's validation messages (after the field prefix) -> an English template the
+# locale files translate, with the variable parts as named groups. A message that
+# matches none is shown as the core wrote it.
+MESSAGE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern, re.S), template) for pattern, template in (
+        (r"required string", "required"),
+        (r"at most (?P<n>\d+) characters", "at most %(n)s characters"),
+        (r"expected a string of at most (?P<n>\d+) characters", "at most %(n)s characters"),
+        (r"expected true or false", "expected true or false"),
+        (r"invalid crontab line (?P<line>'.*?'): (?P<detail>.*)", "invalid crontab line %(line)s: %(detail)s"),
+        (r"crontab line (?P<line>'.*?') has (?P<n>\d+) fields, expected exactly 5.*",
+         "crontab line %(line)s has %(n)s fields; expected 5: minute hour day-of-month month day-of-week"),
+        (r"crontab line (?P<line>'.*?'): unsupported macro.*", "crontab line %(line)s: unsupported macro"),
+        (r"crontab line is empty", "crontab line is empty"),
+        (r"an enabled workflow needs at least one crontab line", "an enabled workflow needs at least one crontab line"),
+        (r"expected an integer", "expected a whole number"),
+        (r"shift (?P<shift>\S+) is out of range.*", "shift %(shift)s is out of range: at most 7 days either way"),
+        (r"must be one of s, m, h", "choose seconds, minutes or hours"),
+        (r"unknown time zone", "unknown time zone"),
+        (r"must be between (?P<lo>-?\d+) and (?P<hi>-?\d+)", "must be between %(lo)s and %(hi)s"),
+        (r"must be one of (?P<choices>.*)", "must be one of %(choices)s"),
+        (r"choose a module", "choose a module"),
+        (r"unknown module", "unknown module"),
+        (r"args is not valid JSON \((?P<detail>.*), line (?P<line>\d+)\)",
+         "args is not valid JSON (%(detail)s, line %(line)s)"),
+        (r"args must be a JSON object", "args must be a JSON object"),
+        (r"expected an object", "expected a JSON object"),
+        (r"a workflow named (?P<name>.*) already exists", "a workflow named %(name)s already exists"),
+    )
+)
+# croniter's details that people meet most, translated too.
+CRON_DETAILS = (
+    (re.compile(r".*out of range.*", re.S), "a value is out of range"),
+    (re.compile(r".*(not acceptable|invalid).*", re.S), "a field is not valid"),
+)
+
+
+def localized(locale: tornado.locale.Locale, text: str) -> str:
+    """A core message in the page's language (see MESSAGE_PATTERNS)."""
+    for pattern, template in MESSAGE_PATTERNS:
+        match = pattern.fullmatch(text)
+        if match is None:
+            continue
+        values = match.groupdict()
+        if "detail" in values and template.startswith("invalid crontab"):
+            values["detail"] = next((locale.translate(t) for p, t in CRON_DETAILS if p.fullmatch(values["detail"])),
+                                    values["detail"])
+        return locale.translate(template) % values
+    return text
+
 
 def field_message(locale: tornado.locale.Locale, exc: Invalid) -> str:
     """The core's message without its field prefix (the form shows it next to the
-    field): `execute_cron_list[1]: bad line` -> `Line 2: bad line`."""
+    field), translated: `execute_cron_list[1]: bad line` -> `Line 2: bad line`."""
     match = _FIELD_PREFIX.match(exc.message)
     if match is None or match["field"] != exc.field:
-        return exc.message
-    rest = match["rest"]
+        return localized(locale, exc.message)
+    rest = localized(locale, match["rest"])
     if match["index"] is not None:
         template = "Line %(n)d: %(message)s" if exc.field == "execute_cron_list" else "Row %(n)d: %(message)s"
         return locale.translate(template) % {"n": int(match["index"]) + 1, "message": rest}
     return rest
+
+
+def field_errors(locale: tornado.locale.Locale, problems: list[Invalid], fields: tuple[str, ...]) -> dict[str, list[str]]:
+    """Every problem, by form field in the form's order (`form` for the rest)."""
+    errors: dict[str, list[str]] = {}
+    for exc in sorted(problems, key=lambda e: fields.index(e.field) if e.field in fields else len(fields)):
+        key = exc.field if exc.field in fields else "form"
+        message = field_message(locale, exc)
+        if message not in errors.setdefault(key, []):
+            errors[key].append(message)
+    return errors
 
 
 def safe_next(target: str | None, default: str = "/") -> str:
@@ -140,10 +253,43 @@ def pager(path: str, filters: dict[str, str], page: int, total: int) -> dict[str
     return {"total": total, "page": page, "pages": max(1, -(-total // PAGE_SIZE)), "page_url": page_url}
 
 
-def badge(locale: tornado.locale.Locale, status: str) -> dict[str, str]:
+def badge(locale: tornado.locale.Locale, status: str, *, step: bool = False) -> dict[str, str]:
     """A status badge as JSON for the live socket."""
-    key, label, tone = status_view(locale, status)
+    key, label, tone = status_view(locale, status, step=step)
     return {"key": key, "label": label, "tone": tone}
+
+
+def failing_view(locale: tornado.locale.Locale, zone: ZoneInfo, failing: list[FailingWorkflow]) -> dict[str, Any]:
+    """The overview's failing-now block, as the live socket sends it."""
+    now = utcnow()
+    return {
+        "type": "failing",
+        "count": len(failing),
+        "items": [
+            {
+                "workflow_id": f.workflow_id,
+                "workflow_name": f.workflow_name,
+                "workflow_url": f"/history?workflow_id={f.workflow_id}",
+                "run_url": f"/history/{f.run_id}",
+                "run_label": locale.translate("Latest failed run of %(name)s") % {"name": f.workflow_name},
+                "status": badge(locale, f.status),
+                "since_iso": f.since.isoformat(),
+                "since": format_time(f.since, zone),
+                "since_ago": ago_text(locale, f.since, now),
+                "streak": streak_text(locale, f),
+                "modules": ", ".join(f.modules),
+                "error": f.error,
+            }
+            for f in failing
+        ],
+    }
+
+
+def streak_text(locale: tornado.locale.Locale, item: FailingWorkflow) -> str:
+    """`3 failed runs in a row` (`at least 100` when history was cut short)."""
+    if item.streak_capped:
+        return locale.translate("at least %(n)d failed runs in a row") % {"n": item.streak}
+    return locale.translate("%(n)d failed run in a row", "%(n)d failed runs in a row", item.streak) % {"n": item.streak}
 
 
 def module_event_view(
@@ -176,13 +322,16 @@ def run_view(locale: tornado.locale.Locale, zone: ZoneInfo, run: Run) -> dict[st
         "execution_time": run.execution_time.replace("T", " "),
         "status": badge(locale, run.status),
         "started_at": format_time(run.started_at, zone),
+        "started_iso": run.started_at.isoformat(),
         "ended_at": format_time(run.ended_at, zone),
+        "ended_iso": run.ended_at.isoformat() if run.ended_at else "",
+        "duration": run_duration(locale, run.started_at, run.ended_at),
         "reason": run.reason or "",
         "steps": [
             {
                 "index": step.index,
                 "module_name": step.module_name,
-                "status": badge(locale, step.status),
+                "status": badge(locale, step.status, step=True),
                 "attempts": step.attempts,
                 "sent_at": format_time(step.sent_at, zone),
                 "ended_at": format_time(step.ended_at, zone),
@@ -196,23 +345,25 @@ def run_view(locale: tornado.locale.Locale, zone: ZoneInfo, run: Run) -> dict[st
 
 # -- UI modules ---------------------------------------------------------------------
 class Status(tornado.web.UIModule):
-    """A status badge: `{% module Status(run.status) %}`."""
+    """A status badge: `{% module Status(run.status) %}`; `step=True` for a step's."""
 
-    def render(self, status: str | None) -> str:
-        key, label, tone = status_view(self.locale, status)
+    def render(self, status: str | None, step: bool = False) -> str:
+        key, label, tone = status_view(self.locale, status, step=step)
         return self.render_string("modules/status.html", key=key, label=label, tone=tone)
 
 
 class Time(tornado.web.UIModule):
-    """A `<time>` element in the configured zone: `{% module Time(run.started_at) %}`."""
+    """A `<time>` element in the page's zone (static/js/time.js may rewrite it to the
+    browser's): `{% module Time(run.started_at) %}`; `ago=True` adds `3 min ago`."""
 
-    def render(self, value: Any, empty: str = "—") -> str:
+    def render(self, value: Any, empty: str = "—", ago: bool = False) -> str:
         instant = read_datetime(value)
         zone = ZoneInfo(self.handler.ctx.settings.time_zone)
         return self.render_string(
             "modules/time.html",
             iso=instant.isoformat() if instant else "",
             text=format_time(instant, zone) if instant else empty,
+            ago=ago_text(self.locale, instant) if instant and ago else "",
         )
 
 

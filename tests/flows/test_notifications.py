@@ -178,7 +178,7 @@ async def test_offline_disconnect_and_timeout_failures_notify(server: RunningSer
     assert len(by_subject) == 3
     offline = by_subject["wf-offline"]["content"]
     assert run_offline in offline and "sleeper" in offline
-    assert "<td>offline</td>" in offline and "not connected at dispatch" in offline
+    assert "<td>offline</td>" in offline and "module was offline when the run started" in offline
     gone = by_subject["wf-gone"]["content"]
     assert run_gone in gone and "leaver" in gone and "disconnected during the run" in gone
     slow = by_subject["wf-slow"]["content"]

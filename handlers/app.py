@@ -140,5 +140,7 @@ def make_app(ctx: AppContext) -> tornado.web.Application:
         # handler with an error reply, so Tornado's is a hard ceiling above it.
         websocket_max_message_size=max(8 * settings.websocket_max_message_size, 16 * 1024 * 1024),
         serve_traceback=False,
+        # Pages and JSON are text: gzip cuts the list pages several times over.
+        compress_response=True,
         autoreload=False,
     )

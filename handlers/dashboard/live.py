@@ -25,12 +25,12 @@ import tornado.websocket
 from tornado_sched.auth import Operator
 from tornado_sched.context import AppContext
 from tornado_sched.errors import TooManyRequests
-from tornado_sched.events import MODULE_OFFLINE, MODULE_ONLINE, RUN_EVENTS
+from tornado_sched.events import FAILING_CHANGED, MODULE_OFFLINE, MODULE_ONLINE, RUN_EVENTS
 from tornado_sched.runs import Run
 
 from ..auth import OperatorAuthMixin
 from ..base import SocketHandler
-from .views import chosen_locale, module_event_view, run_view
+from .views import chosen_locale, failing_view, module_event_view, run_view
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,8 @@ class DashboardSocket(OperatorAuthMixin, SocketHandler):
             ))
         elif kind in RUN_EVENTS and isinstance(data.get("run"), Run):
             self._send({"type": "run", "event": kind, "run": run_view(self.locale, self._zone, data["run"])})
+        elif kind == FAILING_CHANGED:
+            self._send(failing_view(self.locale, self._zone, data["failing"]))
 
     @property
     def _zone(self) -> ZoneInfo:

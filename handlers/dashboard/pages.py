@@ -52,6 +52,7 @@ from .views import (
     ago_text,
     chosen_locale,
     field_errors,
+    fire_time_views,
     format_time,
     page_number,
     pager,
@@ -255,7 +256,8 @@ class _WorkflowFormPage(PageHandler):
         preview_error = ""
         if preview or (form.cron_text.strip() and not errors):
             try:
-                fire_times = preview_fire_times(form.schedule(), self.ctx.settings.time_zone, utcnow())
+                fire_times = fire_time_views(
+                    preview_fire_times(form.schedule(), self.ctx.settings.time_zone, utcnow()), form.timezone)
             except Invalid as exc:
                 preview_error = "; ".join(m for ms in field_errors(
                     self.locale, getattr(exc, "errors", [exc]), FORM_FIELDS).values() for m in ms)
@@ -338,15 +340,8 @@ class WorkflowPreviewPage(PageHandler):
             errors = field_errors(self.locale, getattr(exc, "errors", [exc]), FORM_FIELDS)
             self.finish({"fire_times": [], "errors": errors})
             return
-        zone = ZoneInfo(form.timezone.strip() or self.ctx.settings.time_zone)
-        self.finish({
-            "errors": {},
-            "zone": form.timezone.strip() or self.ctx.settings.time_zone,
-            "fire_times": [
-                {"iso": t.isoformat(), "text": t.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %a")}
-                for t in fire_times
-            ],
-        })
+        zone_name = form.timezone.strip() or self.ctx.settings.time_zone
+        self.finish({"errors": {}, "zone": zone_name, "fire_times": fire_time_views(fire_times, zone_name)})
 
 
 class WorkflowNewPage(_WorkflowFormPage):

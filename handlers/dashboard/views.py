@@ -222,6 +222,12 @@ def field_errors(locale: tornado.locale.Locale, problems: list[Invalid], fields:
     return errors
 
 
+def fire_time_views(fire_times: list[datetime], zone_name: str) -> list[dict[str, str]]:
+    """Preview fire times in the workflow's own zone (what its crontab means)."""
+    zone = ZoneInfo(zone_name)
+    return [{"iso": t.isoformat(), "text": t.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %a")} for t in fire_times]
+
+
 def safe_next(target: str | None, default: str = "/") -> str:
     """A same-site path to redirect to; anything else (`//evil`, `https://...`,
     `/\\evil`, or any control character: browsers drop TAB/CR/LF from URLs, so
@@ -304,6 +310,9 @@ def module_event_view(
         "online": online,
         "status": badge(locale, "online" if online else "offline"),
         "connected_at": format_time(session.connected_at, zone) if session else "",
+        "since_label": locale.translate("Connected since") if online else locale.translate("Last seen"),
+        "since_iso": (session.connected_at if session else utcnow()).isoformat(),
+        "since": format_time(session.connected_at if session else utcnow(), zone),
         "last_heartbeat": format_time(session.last_heartbeat, zone) if session else "",
         "remote_address": session.remote_address if session else "",
         "online_count": online_count,
@@ -320,6 +329,8 @@ def run_view(locale: tornado.locale.Locale, zone: ZoneInfo, run: Run) -> dict[st
         "workflow_url": f"/history?workflow_id={run.workflow_id}",
         "trigger": trigger_label(locale, run.trigger),
         "execution_time": run.execution_time.replace("T", " "),
+        "nominal_iso": run.nominal_time.isoformat(),
+        "nominal": format_time(run.nominal_time, zone),
         "status": badge(locale, run.status),
         "started_at": format_time(run.started_at, zone),
         "started_iso": run.started_at.isoformat(),
@@ -334,7 +345,9 @@ def run_view(locale: tornado.locale.Locale, zone: ZoneInfo, run: Run) -> dict[st
                 "status": badge(locale, step.status, step=True),
                 "attempts": step.attempts,
                 "sent_at": format_time(step.sent_at, zone),
+                "sent_iso": step.sent_at.isoformat() if step.sent_at else "",
                 "ended_at": format_time(step.ended_at, zone),
+                "duration": run_duration(locale, step.sent_at, step.ended_at),
                 "message": step.message or "",
                 "error": step.error or "",
             }

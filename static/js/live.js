@@ -62,6 +62,28 @@
     return td;
   }
 
+  // A <time> element like the server renders (static/js/time.js may localise it).
+  function timeEl(iso, text) {
+    if (!iso) return document.createTextNode(text || "—");
+    var t = document.createElement("time");
+    t.setAttribute("datetime", iso);
+    t.textContent = text;
+    return t;
+  }
+
+  function setTime(cell, iso, text) {
+    if (!cell) return;
+    var current = cell.querySelector("time");
+    if (current && current.getAttribute("datetime") === iso) return;
+    cell.replaceChildren(timeEl(iso, text));
+    localise(cell);
+    flash(cell);
+  }
+
+  function localise(root) {
+    if (window.tschedTime) window.tschedTime.apply(root);
+  }
+
   function link(href, text) {
     var a = document.createElement("a");
     a.href = href;
@@ -75,6 +97,12 @@
     var found = document.querySelectorAll('[data-module="' + id + '"]');
     each('[data-module="' + id + '"]', function (row) {
       setBadge(row.querySelector(".js-status"), msg.status);
+      var since = row.querySelector(".js-since");
+      if (since) {
+        since.replaceChildren(msg.since_label + " ", timeEl(msg.since_iso, msg.since));
+        localise(since);
+        flash(since);
+      }
       if (msg.online) {
         setText(row.querySelector(".js-connected"), msg.connected_at);
         setText(row.querySelector(".js-heartbeat"), msg.last_heartbeat);
@@ -90,11 +118,12 @@
       tr.setAttribute("data-module", id);
       var status = cell(badge(msg.status));
       status.className = "js-status";
-      var connected = cell(msg.connected_at); connected.className = "js-connected";
-      var heartbeat = cell(msg.last_heartbeat); heartbeat.className = "js-heartbeat";
+      var since = cell(""); since.className = "js-since";
+      since.replaceChildren(msg.since_label + " ", timeEl(msg.since_iso, msg.since));
       var address = cell(msg.remote_address); address.className = "js-address";
-      tr.append(cell(id), cell(link("/modules/" + id, msg.name)), status, connected, heartbeat,
+      tr.append(cell(id), cell(link("/modules/" + id, msg.name)), status, since, cell("—"),
         address, cell(""), cell(""));
+      localise(tr);
       table.appendChild(tr);
       flash(tr);
     }
@@ -121,9 +150,66 @@
     id.textContent = "#" + run.workflow_id;
     name.appendChild(id);
     var status = cell(badge(run.status)); status.className = "js-status";
-    var ended = cell(run.ended_at); ended.className = "js-ended";
-    tr.append(cell(name), status, cell(run.trigger), cell(run.execution_time), cell(run.started_at), ended);
+    var duration = cell(run.duration); duration.className = "js-duration";
+    tr.append(cell(name), status, cell(run.trigger), cell(timeEl(run.started_iso, run.started_at)), duration,
+      cell(timeEl(run.nominal_iso, run.nominal)));
+    localise(tr);
     return tr;
+  }
+
+  // Keep a live table to its server-rendered size: the oldest rows go.
+  function trim(tbody, limit) {
+    var rows = tbody.querySelectorAll("tr[data-run]");
+    for (var i = limit; i < rows.length; i++) rows[i].remove();
+  }
+
+  // -- failing now ------------------------------------------------------------------
+  function p(className, children) {
+    var el = document.createElement("p");
+    el.className = className;
+    el.append.apply(el, children);
+    return el;
+  }
+
+  function onFailing(msg) {
+    setText(document.querySelector('[data-count="failing"]'), String(msg.count));
+    each("[data-failing-card]", function (card) {
+      card.classList.toggle("card--bad", msg.count > 0);
+      card.classList.toggle("card--ok", msg.count === 0);
+    });
+    var list = document.querySelector("[data-failing-list]");
+    if (!list) return;
+    var labels = list.parentNode;
+    var empty = labels.querySelector(".js-failing-empty");
+    if (empty) empty.classList.toggle("hidden", msg.count > 0);
+    var items = msg.items.map(function (f) {
+      var li = document.createElement("li");
+      li.className = "failing";
+      li.setAttribute("data-failing-workflow", String(f.workflow_id));
+      var head = document.createElement("div");
+      head.className = "failing-head";
+      var name = link(f.workflow_url, f.workflow_name);
+      name.className = "failing-name";
+      var streak = document.createElement("span");
+      streak.className = "failing-streak";
+      streak.textContent = f.streak;
+      head.append(name, " ", badge(f.status), " ", streak);
+      var ago = document.createElement("span");
+      ago.className = "ago";
+      ago.textContent = "(" + f.since_ago + ")";
+      li.append(head, p("failing-since", [list.getAttribute("data-since-label") + " ", timeEl(f.since_iso, f.since), " ", ago]));
+      if (f.modules) {
+        var strong = document.createElement("strong");
+        strong.textContent = f.modules;
+        li.appendChild(p("failing-modules", [list.getAttribute("data-modules-label") + " ", strong]));
+      }
+      if (f.error) li.appendChild(p("failing-error error-text wrap", [f.error]));
+      li.appendChild(p("", [link(f.run_url, f.run_label)]));
+      return li;
+    });
+    list.replaceChildren.apply(list, items);
+    localise(list);
+    flash(list);
   }
 
   function onRun(msg) {
@@ -131,7 +217,8 @@
     var containers = document.querySelectorAll('[data-run="' + run.run_id + '"]');
     Array.prototype.forEach.call(containers, function (box) {
       setBadge(box.querySelector(".js-status"), run.status);
-      if (run.ended_at) setText(box.querySelector(".js-ended"), run.ended_at);
+      if (run.ended_at) setTime(box.querySelector(".js-ended"), run.ended_iso, run.ended_at);
+      if (run.duration) setText(box.querySelector(".js-duration"), run.duration);
       var reason = box.querySelector(".js-reason");
       if (reason && run.reason) {
         reason.textContent = run.reason;
@@ -142,8 +229,8 @@
         if (!row) return;
         setBadge(row.querySelector(".js-status"), step.status);
         setText(row.querySelector(".js-attempts"), String(step.attempts));
-        setText(row.querySelector(".js-sent"), step.sent_at);
-        setText(row.querySelector(".js-ended"), step.ended_at);
+        setTime(row.querySelector(".js-sent"), step.sent_iso, step.sent_at);
+        setText(row.querySelector(".js-step-duration"), step.duration);
         setText(row.querySelector(".js-message"), step.message, "");
         setText(row.querySelector(".js-error"), step.error, "");
       });
@@ -154,6 +241,8 @@
         if (empty) empty.remove();
         var tr = runRow(run);
         tbody.insertBefore(tr, tbody.firstChild);
+        var limit = parseInt(tbody.closest("[data-prepend-runs]").getAttribute("data-limit") || "0", 10);
+        if (limit > 0) trim(tbody, limit);
         flash(tr);
       });
     }
@@ -180,6 +269,7 @@
       try { msg = JSON.parse(event.data); } catch (e) { return; }
       if (msg.type === "module") onModule(msg);
       else if (msg.type === "run") onRun(msg);
+      else if (msg.type === "failing") onFailing(msg);
       else if (msg.type === "resync") location.reload();
     };
     socket.onclose = function () {

@@ -289,33 +289,46 @@ async def test_pending_notifications_survive_a_restart(tmp_path: Path, docserver
     assert run_b in email_b["content"] and "<td>interrupted</td>" in email_b["content"]
 
 
-async def test_failures_within_the_window_go_out_as_one_message(
+async def test_first_failure_goes_out_at_once_and_the_rest_of_the_window_as_one_follow_up(
     tmp_path: Path, docserver_uri: str, sink: Sink
 ) -> None:
-    async with running(notify_settings(tmp_path, docserver_uri, sink, notify_aggregate_seconds=1.5)) as server:
+    window = 1.5
+    async with running(notify_settings(tmp_path, docserver_uri, sink, notify_aggregate_seconds=window)) as server:
         module = await Module.online(server)
         wid_a = await create_workflow(server, on_demand([module.hash], name="wf-a"))
         wid_b = await create_workflow(server, on_demand([module.hash], name="wf-b"))
         started = time.monotonic()
         runs_a = [(await fail_run(server, module, wid_a, error=f"err-{i}"))[0] for i in range(3)]
         run_b, _ = await fail_run(server, module, wid_b)
-        assert time.monotonic() - started < 1.5, "the failures did not fit in the window"
-
-        emails = await wait_delivered(sink, 2)
-        await asyncio.sleep(0.5)
-        assert len(sink.bodies()) == 2
-        [email_a] = [e for e in emails if "wf-a" in e["subject"]]
+        # The first failure of each workflow is news: delivered well inside the window.
+        emails = await wait_delivered(sink, 2, within=window * 0.8)
+        assert time.monotonic() - started < window, "the first notices waited for the window"
+        [first_a] = [e for e in emails if "wf-a" in e["subject"]]
         [email_b] = [e for e in emails if "wf-b" in e["subject"]]
-        assert "3 failed step(s)" in email_a["subject"]
-        for i, run_id in enumerate(runs_a):
-            assert f"/runs/{run_id}" in email_a["content"] and f"err-{i}" in email_a["content"]
-        assert email_a["content"].count("<tr>") == 4  # the header and three failures
+        assert "1 failed step(s)" in first_a["subject"] and f"/runs/{runs_a[0]}" in first_a["content"]
+        assert runs_a[1] not in first_a["content"]
         assert run_b in email_b["content"] and runs_a[0] not in email_b["content"]
-        assert "1 failed step(s)" in email_b["subject"]
-        rows = await outbox(server)
-        assert len(rows) == 2
+
+        # The other two failures of wf-a within the window: one follow-up, after it.
+        emails = await wait_delivered(sink, 3, within=window + 3)
+        assert time.monotonic() - started >= window * 0.9
+        follow_up = emails[2]
+        assert "wf-a" in follow_up["subject"] and "2 failed step(s)" in follow_up["subject"]
+        for i in (1, 2):
+            assert f"/runs/{runs_a[i]}" in follow_up["content"] and f"err-{i}" in follow_up["content"]
+        assert follow_up["content"].count("<tr>") == 3  # the header and two failures
+        await asyncio.sleep(0.5)
+        assert len(sink.bodies()) == 3
         status, env = await server.api("/notifications")
-        assert sorted(n["failures"] for n in env["result"]["notifications"]) == [1, 3]
+        assert sorted(n["failures"] for n in env["result"]["notifications"]) == [1, 1, 2]
+
+        # After a quiet window, the next failure is news again: at once.
+        await asyncio.sleep(window)
+        quiet_started = time.monotonic()
+        late, _ = await fail_run(server, module, wid_a, error="late")
+        emails = await wait_delivered(sink, 4, within=window * 0.8)
+        assert time.monotonic() - quiet_started < window
+        assert f"/runs/{late}" in emails[3]["content"] and "1 failed step(s)" in emails[3]["subject"]
         module.close()
 
 
@@ -375,12 +388,18 @@ async def test_without_email_settings_rows_are_kept_as_not_configured(
             wid = await create_workflow(server, on_demand([module.hash]))
             await fail_run(server, module, wid)
             await fail_run(server, module, wid)
-            await wait_rows(server, lambda rows: len(rows) == 1)
+            await fail_run(server, module, wid)
+            # The first at once, the next two gathered into one follow-up.
+            await wait_rows(server, lambda rows: len(rows) == 2)
             await asyncio.sleep(1.5)  # past the window and a poll
-            [row] = await outbox(server)
-            assert row["status"] == "not_configured" and row["attempts"] == 0 and row["sent_at"] is None
+            rows = await outbox(server)
+            assert len(rows) == 2
+            for row in rows:
+                assert row["status"] == "not_configured" and row["attempts"] == 0 and row["sent_at"] is None
             status, env = await server.api("/notifications?status=not_configured")
-            assert env["result"]["total"] == 1 and env["result"]["notifications"][0]["failures"] == 2
+            assert env["result"]["total"] == 2
+            assert [n["failures"] for n in env["result"]["notifications"]] == [2, 1]  # newest first
+            assert all(n["next_attempt_at"] is None for n in env["result"]["notifications"])
             module.close()
     assert sink.received == []
 
@@ -431,32 +450,32 @@ async def test_no_row_is_ever_dropped(tmp_path: Path, docserver_uri: str, sink: 
         module = await Module.online(server)
         wid_a = await create_workflow(server, on_demand([module.hash], name="wf-a"))
         wid_b = await create_workflow(server, on_demand([module.hash], name="wf-b"))
-        await fail_run(server, module, wid_a)
-        await fail_run(server, module, wid_a)  # aggregated (same window): still 2 rows
-        await fail_run(server, module, wid_b)  # 2 more
-        await wait_rows(server, lambda rows: len(rows) == 4 and all(r["status"] == "retrying" for r in rows))
+        await fail_run(server, module, wid_a)  # at once: 2 rows (email, webhook)
+        await fail_run(server, module, wid_a)  # within the window: a follow-up, 2 rows
+        await fail_run(server, module, wid_b)  # at once: 2 more
+        await wait_rows(server, lambda rows: len(rows) == 6 and all(r["status"] == "retrying" for r in rows))
         await fail_run(server, module, wid_a)  # A's rows are being retried: 2 new rows
         await succeed_run(server, module, wid_a)  # recovery: 2 rows
-        await wait_rows(server, lambda rows: len(rows) == 8)
+        await wait_rows(server, lambda rows: len(rows) == 10)
         await sink.stop()
         await asyncio.sleep(0.3)
         module.close()
-    assert await count_rows(settings) == 8
+    assert await count_rows(settings) == 10
 
     await sink.start()
     sink.set_mode("ok")
     async with running(settings) as server:
-        rows = await wait_rows(server, lambda rows: len(rows) == 8 and all(r["status"] == "sent" for r in rows),
+        rows = await wait_rows(server, lambda rows: len(rows) == 10 and all(r["status"] == "sent" for r in rows),
                                within=8)
         status, env = await server.api("/notifications?page_size=500")
-        assert env["result"]["total"] == 8
-    assert [r["id"] for r in rows] == list(range(rows[0]["id"], rows[0]["id"] + 8))  # no gaps
-    assert [(r["channel"], r["kind"]) for r in rows].count(("email", "failure")) == 3
+        assert env["result"]["total"] == 10
+    assert [r["id"] for r in rows] == list(range(rows[0]["id"], rows[0]["id"] + 10))  # no gaps
+    assert [(r["channel"], r["kind"]) for r in rows].count(("email", "failure")) == 4
     assert [(r["channel"], r["kind"]) for r in rows].count(("webhook", "recovery")) == 1
     # Each row was delivered exactly once.
-    assert len(sink.bodies("/email")) == 4 and len(sink.bodies("/hook")) == 4
+    assert len(sink.bodies("/email")) == 5 and len(sink.bodies("/hook")) == 5
     assert sum(len(b["failures"]) for b in sink.bodies("/hook") if b["kind"] == "failure") == 4
-    assert await count_rows(settings) == 8
+    assert await count_rows(settings) == 10
 
 
 async def test_every_failure_is_delivered_exactly_once(

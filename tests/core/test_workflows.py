@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
 import pytest
 
-from tornado_sched.errors import Invalid, NotFound
+from tornado_sched.errors import Invalid, InvalidFields, NotFound
 from tornado_sched.events import WORKFLOW_DELETED, WORKFLOW_SAVED
 from tornado_sched.workflows import (
     DEFAULT_MISFIRE_GRACE_SECONDS,
     DEFAULT_RETRIES,
     DEFAULT_RETRY_DELAY_SECONDS,
     DEFAULT_TIMEOUT_SECONDS,
+    preview_fire_times,
     validate_workflow,
 )
 
@@ -81,3 +85,29 @@ async def test_upcoming_fire_times_apply_the_shift(core: Core) -> None:
     assert upcoming[0] == datetime(2030, 1, 2, 9, 59, 30, tzinfo=UTC)
     assert upcoming[1] - upcoming[0] == timedelta(days=1)
     assert (await core.workflows.create({"name": "on demand", "enable": False})).upcoming(now) == []
+
+
+def test_validate_reports_every_bad_field_at_once() -> None:
+    body = {"name": " ", "execute_cron_list": ["0 25 * * *"], "timezone": "Asia/Shangai", "retries": 99,
+            "execute_shift_unit": "d"}
+    with pytest.raises(InvalidFields) as caught:
+        validate_workflow(body, "Asia/Shanghai")
+    fields = [e.field for e in caught.value.errors]
+    assert fields == ["name", "execute_cron_list", "execute_shift_unit", "timezone", "retries"]
+    # Callers that read one error get the first, as before.
+    assert caught.value.field == "name" and caught.value.message == "name: required string"
+    with pytest.raises(Invalid) as single:
+        validate_workflow({"name": "ok", "execute_cron_list": ["0 25 * * *"]}, "UTC")
+    assert not isinstance(single.value, InvalidFields) and single.value.field == "execute_cron_list"
+
+
+def test_preview_fire_times_apply_shift_and_zone() -> None:
+    now = datetime(2026, 12, 2, 0, 0, tzinfo=UTC)
+    times = preview_fire_times({"execute_cron_list": ["0 9 * * *"], "execute_shift_time": "-30",
+                                "execute_shift_unit": "m", "timezone": "Asia/Tokyo"}, "UTC", now, count=3)
+    assert [t.astimezone(ZoneInfo("Asia/Tokyo")).strftime("%d %H:%M") for t in times] == [
+        "03 08:30", "04 08:30", "05 08:30"]  # 02 08:30 Tokyo is already past at 00:00 UTC
+    assert preview_fire_times({"execute_cron_list": []}, "UTC", now) == []
+    with pytest.raises(InvalidFields) as caught:
+        preview_fire_times({"execute_cron_list": ["x"], "timezone": "Nowhere/Land"}, "UTC", now)
+    assert {e.field for e in caught.value.errors} == {"execute_cron_list", "timezone"}

@@ -229,7 +229,7 @@ async def test_operator_flow_in_chromium(server: RunningServer) -> None:
         browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         context = await browser.new_context(
             http_credentials={"username": ADMIN[0], "password": ADMIN[1]},
-            viewport={"width": 1366, "height": 860},
+            viewport={"width": 1440, "height": 900},
             locale="en-US",
         )
         page = await context.new_page()
@@ -287,7 +287,9 @@ async def test_operator_flow_in_chromium(server: RunningServer) -> None:
         await shot("workflows")
 
         # Run it now and watch the run page finish live.
-        await card.get_by_role("button", name=re.compile("Run now")).click()
+        await card.get_by_role("link", name=re.compile("Run now")).click()
+        await expect(page).to_have_url(re.compile(r"/workflows/\d+/run$"))  # the confirmation step
+        await page.get_by_role("button", name="Yes, run Morning session now").click()
         await expect(page).to_have_url(re.compile(r"/history/[0-9a-f]{32}$"))
         await live_open()
         run_box = page.locator("[data-run-page]")
@@ -330,3 +332,136 @@ async def test_operator_flow_in_chromium(server: RunningServer) -> None:
     # The one expected error: the form re-rendered with its validation message is a 400.
     unexpected = [p for p in problems if "status of 400" not in p]
     assert not unexpected, unexpected
+
+
+VIEWPORTS = {"desktop": {"width": 1440, "height": 900}, "phone": {"width": 390, "height": 844}}
+# How far the page is wider than the window (0: no horizontal page scroll).
+OVERFLOW_JS = "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+
+
+async def _fail_once(server: RunningServer, module: WebSocketClientConnection, workflow_id: int, error: str) -> str:
+    status, env = await server.api(f"/workflow/{workflow_id}/execute", "POST")
+    assert status == 200, env
+    command = json.loads(await asyncio.wait_for(module.read_message(), 10))
+    meta = command["meta"]
+    await module.write_message(json.dumps({
+        "type": "result", "status": "failure", "workflow_id": str(meta["workflow_id"]),
+        "workflow_name": meta["workflow_name"], "module_name": "x", "error": error, "message": None,
+        "run_id": meta["run_id"],
+    }))
+    assert await asyncio.wait_for(module.read_message(), 5) == "receive result"
+    return meta["run_id"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_layout_at_desktop_and_phone_and_failing_now_live(server: RunningServer) -> None:
+    """Every page at 1440x900 and 390x844 with data in it: no horizontal page
+    overflow (wide tables scroll in their own box). Then, on the phone, the
+    overview's failing-now block and card change live as a workflow fails; and the
+    local-time switch rewrites times."""
+    _need_chromium()
+    from playwright.async_api import async_playwright, expect
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    # Data: an online module, several offline ones (one needed), workflows (one
+    # disabled), a failed run with a long error, an outbox row.
+    module_hash, module_id = await register(server, "layout-worker-with-a-rather-long-module-name")
+    for i in range(4):
+        await register(server, f"offline-module-{i}")
+    needed_hash, _ = await register(server, "needed-but-offline")
+    module = await connect_module(server, module_hash)
+    body = {"name": "Layout workflow with a long descriptive name", "description": "d", "enable": True,
+            "execute_cron_list": ["*/10 10 * * 1-5", "0 14 * * 1-5"], "execute_shift_time": -30,
+            "execute_shift_unit": "s", "execute_modules": [{"module_hash": module_hash, "args": {"k": 1}}]}
+    status, env = await server.api("/workflow/create", "POST", json_body=body)
+    assert status == 200, env
+    wid = env["result"]["workflow_id"]
+    status, env = await server.api("/workflow/create", "POST", json_body={
+        **body, "name": "Needs the offline one", "execute_modules": [{"module_hash": needed_hash, "args": {}}]})
+    assert status == 200, env
+    status, env = await server.api("/workflow/create", "POST", json_body={**body, "name": "Paused one", "enable": False})
+    assert status == 200, env
+    long_error = "ConnectionError: " + "upstream-quote-service-unreachable-" * 6
+    run_id = await _fail_once(server, module, wid, long_error)
+    await _answer_execute_after(server, module, wid)  # a success: the workflow is fine again
+    pages = ["/", "/modules", "/modules?state=offline&sort=state", f"/modules/{module_id}", "/workflows",
+             "/workflows/new", f"/workflows/{wid}/edit", f"/workflows/{wid}/run", "/scheduler", "/history",
+             "/history?status=failed", f"/history/{run_id}", "/outbox"]
+
+    problems: list[str] = []
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            for label, viewport in VIEWPORTS.items():
+                context = await browser.new_context(
+                    http_credentials={"username": ADMIN[0], "password": ADMIN[1]}, viewport=viewport,
+                    locale="en-US", timezone_id="America/New_York")
+                page = await context.new_page()
+                page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+                page.on("pageerror", lambda e: problems.append(str(e)))
+                overflowing = {}
+                for path in pages:
+                    await page.goto(server.base_url + path)
+                    await expect(page.locator("h1")).to_be_visible()
+                    extra = await page.evaluate(OVERFLOW_JS)
+                    if extra > 0:
+                        overflowing[path] = extra
+                    name = re.sub(r"[^a-z0-9]+", "-", path.strip("/").lower()).strip("-") or "overview"
+                    await page.screenshot(path=str(SHOTS / f"{label}-{name}.png"), full_page=True,
+                                          animations="disabled")
+                assert not overflowing, f"{label}: page wider than the window by px: {overflowing}"
+                if label == "phone":
+                    # The header's navigation is reachable and the live indicator is in it.
+                    await expect(page.locator("header #live-state")).to_have_count(0)  # /outbox is not live
+                    await page.goto(server.base_url + "/")
+                    await expect(page.locator("header #live-state")).to_have_attribute(
+                        "data-state", "open", timeout=10_000)
+                    await expect(page.locator("header nav").get_by_role("link", name="Runs")).to_be_visible()
+                    await expect(page.locator('[data-count="failing"]')).to_have_text("0")
+                    await page.evaluate("window.__notReloaded = true")
+                    failed = await _fail_once(server, module, wid, "feed down again")
+                    item = page.locator(f'[data-failing-workflow="{wid}"]')
+                    await expect(item).to_be_visible(timeout=10_000)
+                    await expect(item).to_contain_text("1 failed run in a row")
+                    await expect(item).to_contain_text("feed down again")
+                    await expect(item).to_contain_text("layout-worker-with-a-rather-long-module-name")
+                    await expect(item.get_by_role("link", name=re.compile("Latest failed run"))).to_have_attribute(
+                        "href", f"/history/{failed}")
+                    await expect(page.locator('[data-count="failing"]')).to_have_text("1")
+                    await _fail_once(server, module, wid, "and again")
+                    await expect(item).to_contain_text("2 failed runs in a row", timeout=10_000)
+                    assert await page.evaluate("window.__notReloaded === true")
+                    assert await page.evaluate(OVERFLOW_JS) <= 0
+                    await page.screenshot(path=str(SHOTS / "phone-overview-failing-live.png"), full_page=True,
+                                          animations="disabled")
+                    # The recent-runs table stays bounded however many runs arrive.
+                    assert await page.locator("[data-prepend-runs] tbody tr[data-run]").count() <= 20
+
+                    # Browser-local time: the switch rewrites every <time> to New York time.
+                    first_time = page.locator("main time[datetime]").first
+                    server_text = await first_time.text_content()
+                    iso = await first_time.get_attribute("datetime")
+                    await page.get_by_role("button", name="Show my local time").click()
+                    expected = await page.evaluate(
+                        "(iso) => { const d = new Date(iso); const p = n => String(n).padStart(2, '0');"
+                        " return d.getFullYear() + '-' + p(d.getMonth() + 1) + '-' + p(d.getDate()) + ' ' +"
+                        " p(d.getHours()) + ':' + p(d.getMinutes()) + ':' + p(d.getSeconds()); }", iso)
+                    await expect(first_time).to_have_text(expected)
+                    assert expected != server_text  # New York is not Shanghai
+                    await expect(page.locator("#zone-note")).to_contain_text("America/New_York")
+                    await page.get_by_role("button", name=re.compile("Show server time")).click()
+                    await expect(first_time).to_have_text(server_text)
+                await context.close()
+        finally:
+            await browser.close()
+    module.close()
+    csp = [p for p in problems if "Content Security Policy" in p or "Refused" in p]
+    assert not csp, csp
+    assert not problems, problems
+
+
+async def _answer_execute_after(server: RunningServer, module: WebSocketClientConnection, workflow_id: int) -> None:
+    status, env = await server.api(f"/workflow/{workflow_id}/execute", "POST")
+    assert status == 200, env
+    await _answer_execute(module)

@@ -210,7 +210,7 @@ def validate_workflow(body: dict[str, Any], default_tz: str) -> dict[str, Any]:
     crons = check(lambda: _crons(body, enable), [])
     shift_time, shift_unit = check(lambda: _shift(body), (0, "s"))
     timezone = check(lambda: _timezone(body, default_tz), default_tz)
-    steps = check(lambda: _steps(body), [])
+    steps = check(lambda: _steps(body, enable), [])
     fields = {
         "name": name,
         "description": description,
@@ -348,7 +348,7 @@ def _timezone(body: dict[str, Any], default_tz: str) -> str:
     return timezone
 
 
-def _steps(body: dict[str, Any]) -> list[dict[str, Any]]:
+def _steps(body: dict[str, Any], enable: bool) -> list[dict[str, Any]]:
     modules = body.get("execute_modules", [])
     if not isinstance(modules, list) or len(modules) > MAX_MODULES:
         raise Invalid(f"execute_modules: expected a list of at most {MAX_MODULES} modules", field="execute_modules")

@@ -162,6 +162,7 @@ MESSAGE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"crontab line (?P<line>'.*?'): unsupported macro.*", "crontab line %(line)s: unsupported macro"),
         (r"crontab line is empty", "crontab line is empty"),
         (r"an enabled workflow needs at least one crontab line", "an enabled workflow needs at least one crontab line"),
+        (r"an enabled workflow needs at least one module", "an enabled workflow needs at least one module"),
         (r"expected an integer", "expected a whole number"),
         (r"shift (?P<shift>\S+) is out of range.*", "shift %(shift)s is out of range: at most 7 days either way"),
         (r"must be one of s, m, h", "choose seconds, minutes or hours"),

@@ -93,11 +93,11 @@ def test_validate_reports_every_bad_field_at_once() -> None:
     with pytest.raises(InvalidFields) as caught:
         validate_workflow(body, "Asia/Shanghai")
     fields = [e.field for e in caught.value.errors]
-    assert fields == ["name", "execute_cron_list", "execute_shift_unit", "timezone", "retries"]
+    assert fields == ["name", "execute_cron_list", "execute_shift_unit", "timezone", "execute_modules", "retries"]
     # Callers that read one error get the first, as before.
     assert caught.value.field == "name" and caught.value.message == "name: required string"
     with pytest.raises(Invalid) as single:
-        validate_workflow({"name": "ok", "execute_cron_list": ["0 25 * * *"]}, "UTC")
+        validate_workflow({"name": "ok", "execute_cron_list": ["0 25 * * *"], "enable": False}, "UTC")
     assert not isinstance(single.value, InvalidFields) and single.value.field == "execute_cron_list"
 
 

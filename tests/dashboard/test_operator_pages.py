@@ -147,14 +147,15 @@ async def test_form_reports_every_error_at_once_translated_with_focus(server: Ru
     for field in ("name", "execute_cron_list", "timezone"):
         assert f'id="err-{field}"' in body, field
         assert f'aria-describedby="err-{field}"' in body
-    assert "3 problem(s)" in body
+    assert 'id="err-execute_modules"' in body and "an enabled workflow needs at least one module" in body
+    assert "4 problem(s)" in body
     # Focus goes to the first field in error, without a script.
     assert re.search(r'id="f-name"[^>]*aria-invalid="true"[^>]*autofocus', body)
     assert body.count(" autofocus") == 1
 
     zh = html.unescape(text(await server.fetch("/workflows/new", "POST", body=urlencode(FORM),
                                                headers={"Cookie": "lang=zh_CN"})))
-    assert "必填" in zh and "未知时区" in zh and "第 1 行：无效的 crontab 行 '0 25 * * *'：有数值超出范围" in zh
+    assert "必填" in zh and "未知时区" in zh and "启用的工作流至少需要一个模块" in zh and "第 1 行：无效的 crontab 行 '0 25 * * *'：有数值超出范围" in zh
     assert "required string" not in zh and "unknown time zone" not in zh
 
     # Time zone is a select of IANA zones; the typo is kept as the selected value.

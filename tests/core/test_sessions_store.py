@@ -71,22 +71,24 @@ async def test_a_password_change_ends_sessions_started_before_it(store) -> None:
 
 async def test_idle_and_absolute_lifetimes_and_batched_touches(store) -> None:
     sql, accounts = store
-    idle = BrowserSessions(sql, accounts, idle_seconds=1.2, max_seconds=60, touch_seconds=60)
+    # MariaDB's DATETIME keeps whole seconds, so every lifetime here is a few seconds
+    # and each wait clears it by more than one second either way.
+    idle = BrowserSessions(sql, accounts, idle_seconds=2.5, max_seconds=60, touch_seconds=60)
     session_id = await idle.start(await accounts.get("alice"), None, None)
-    for _ in range(3):
+    for _ in range(4):
         await asyncio.sleep(0.5)
         assert await idle.resolve(session_id) is not None
     async with sql.engine.connect() as conn:
         row = (await conn.execute(select(browser_sessions))).one()
     # Touches are written at most every idle/4 s, not once per request.
     assert row.last_seen_at >= row.created_at
-    await asyncio.sleep(1.4)
+    await asyncio.sleep(3.7)
     assert await idle.resolve(session_id) is None
 
-    absolute = BrowserSessions(sql, accounts, idle_seconds=60, max_seconds=1.0)
+    absolute = BrowserSessions(sql, accounts, idle_seconds=60, max_seconds=2.0)
     session_id = await absolute.start(await accounts.get("bob"), None, None)
     assert await absolute.resolve(session_id) is not None
-    await asyncio.sleep(1.2)
+    await asyncio.sleep(3.2)
     assert await absolute.resolve(session_id) is None
     async with sql.engine.connect() as conn:
         reasons = [r.end_reason for r in (await conn.execute(

@@ -26,9 +26,14 @@ class ReadyHandler(ApiHandler):
     async def get(self) -> None:
         stores = await self.ctx.readiness()
         down = [name for name, state in stores.items() if state != "ok"]
+        result = {"status": "ready", "stores": stores, "failed_writes": self.ctx.store_failures()}
         if down:
-            raise Unavailable(f"store unavailable: {', '.join(down)}")
-        self.write_envelope({"status": "ready", "stores": stores, "failed_writes": self.ctx.store_failures()})
+            # Still the envelope of a 503, but with what waits in memory meanwhile.
+            self.set_status(503)
+            result["status"] = "unavailable"
+            self.write_envelope(result, code=Unavailable.code, message=f"store unavailable: {', '.join(down)}")
+            return
+        self.write_envelope(result)
 
 
 default_handlers = [

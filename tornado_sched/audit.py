@@ -7,9 +7,10 @@ import json
 import logging
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 
 from .clock import as_utc, utcnow
+from .pending import PendingSqlRows
 from .stores import SqlStore
 from .tables import audit_log
 
@@ -21,23 +22,22 @@ class AuditLog:
 
     def __init__(self, sql: SqlStore) -> None:
         self._sql = sql
-        self.write_failures = 0
+        # While SQL is down, rows wait here and are written when it returns.
+        self.pending = PendingSqlRows(sql, audit_log)
+
+    @property
+    def write_failures(self) -> int:
+        return self.pending.write_failures
 
     async def record(
         self, actor: str, action: str, target: str, detail: dict[str, Any] | None = None,
         remote_ip: str | None = None,
     ) -> None:
-        try:
-            async with self._sql.engine.begin() as conn:
-                await conn.execute(insert(audit_log).values(
-                    at=utcnow().replace(tzinfo=None), actor=actor[:64], action=action[:32], target=target[:100],
-                    detail=json.dumps(detail, ensure_ascii=False, default=str) if detail else None,
-                    remote_ip=(remote_ip or "")[:64],
-                ))
-        except Exception as exc:
-            # The action itself already happened; losing its audit row must be visible.
-            self.write_failures += 1
-            log.error("audit write failed (%s %s %s): %s", actor, action, target, type(exc).__name__)
+        await self.pending.add({
+            "at": utcnow().replace(tzinfo=None), "actor": actor[:64], "action": action[:32], "target": target[:100],
+            "detail": json.dumps(detail, ensure_ascii=False, default=str) if detail else None,
+            "remote_ip": (remote_ip or "")[:64],
+        })
 
     async def list(self, page: int = 1, page_size: int = 50) -> tuple[list[dict[str, Any]], int]:
         async with self._sql.engine.connect() as conn:

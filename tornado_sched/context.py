@@ -69,6 +69,10 @@ class AppContext:
             "execution_log": self.scheduler.log_failures,
             "notification_outbox": self.notifier.write_failures,
             "audit_log": self.audit.write_failures,
+            # Rows waiting in memory for SQL, and rows lost (memory bound, or refused).
+            **{f"{keeper.name}_{what}": getattr(keeper, what)
+               for keeper in (self.scheduler.execution_log, self.audit.pending)
+               for what in ("kept", "dropped", "quarantined")},
         }
 
     async def readiness(self) -> dict[str, str]:
@@ -120,6 +124,8 @@ async def open_context(settings: Settings) -> AppContext:
             settings.login_slow_after, settings.login_block_after, settings.login_block_seconds
         )
         audit = AuditLog(sql)
+        audit.pending.start()
+        closers.append(audit.pending.close)
         events = EventBus()
         registry = ModuleRegistry(docs)
         hub = ConnectionHub(

@@ -18,11 +18,12 @@ from typing import Any
 from apscheduler.schedulers.tornado import TornadoScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import delete, insert
+from sqlalchemy import delete
 
 from .clock import naive_utc, utcnow
 from .errors import Invalid, Unavailable
 from .events import MODULE_ONLINE, SCHEDULE_FIRED, WORKFLOW_DELETED, WORKFLOW_SAVED, EventBus
+from .pending import PendingSqlRows
 from .runs import RunTracker
 from .stores import DocumentStore, SqlStore
 from .tables import execution_log
@@ -69,11 +70,17 @@ class WorkflowScheduler:
         self._retention_days = retention_days
         self._scheduler: TornadoScheduler | None = None
         self._unsubscribe: Callable[[], None] | None = None
-        self.log_failures = 0
+        # One row per firing, kept and retried while SQL is down.
+        self.execution_log = PendingSqlRows(sql, execution_log)
+
+    @property
+    def log_failures(self) -> int:
+        return self.execution_log.write_failures
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
         """Build the scheduler inside the running loop (one built earlier never fires)."""
+        self.execution_log.start()
         self._scheduler = TornadoScheduler(
             timezone="UTC",
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": LATE_GRACE_SECONDS},
@@ -103,9 +110,14 @@ class WorkflowScheduler:
         if self._catch_ups:
             await asyncio.gather(*self._catch_ups, return_exceptions=True)
         if self._scheduler is not None and self._scheduler.running:
-            await self._mark_alive()
             self._scheduler.shutdown(wait=False)
+            try:
+                await self._mark_alive()
+            except Exception as exc:
+                # Without it the next start treats the whole stop as downtime; still stop.
+                log.warning("could not record the stop time: %s", type(exc).__name__)
         self._scheduler = None
+        await self.execution_log.close()
 
     # -- jobs ------------------------------------------------------------------------
     def _follow(self, kind: str, data: dict[str, Any]) -> None:
@@ -235,16 +247,11 @@ class WorkflowScheduler:
 
     async def _log(self, job: str, workflow_id: int, run_id: str | None, trigger: str,
                    nominal: datetime | None, fired_at: datetime, outcome: str, error: str | None) -> None:
-        try:
-            async with self._sql.engine.begin() as conn:
-                await conn.execute(insert(execution_log).values(
-                    job_id=job, workflow_id=workflow_id, run_id=run_id, trigger=trigger,
-                    nominal_time=naive_utc(nominal), fired_at=naive_utc(fired_at), outcome=outcome, error=error,
-                ))
-        except Exception as exc:
-            # The run itself is in MongoDB; a lost log row is counted and logged.
-            self.log_failures += 1
-            log.error("execution log write failed for workflow %d: %s", workflow_id, type(exc).__name__)
+        # Kept and retried while SQL is down: every firing gets its row (README).
+        await self.execution_log.add({
+            "job_id": job, "workflow_id": workflow_id, "run_id": run_id, "trigger": trigger,
+            "nominal_time": naive_utc(nominal), "fired_at": naive_utc(fired_at), "outcome": outcome, "error": error,
+        })
 
     # -- downtime --------------------------------------------------------------------
     async def _last_alive(self) -> datetime | None:

@@ -1,0 +1,108 @@
+"""SQL unreachable mid-run: execution-log and audit rows are kept and written later.
+
+The server reaches the shared MariaDB through a TCP proxy that the test cuts and
+restores, so MariaDB itself is never stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import make_url, select
+
+from tests.conftest import _drop_mariadb, _fresh_mariadb, make_settings, start_server, stop_server
+from tests.flows.support import (
+    Module,
+    create_workflow,
+    execute,
+    log_rows,
+    wait_until,
+    workflow_body,
+)
+from tests.support.tcpproxy import TcpProxy
+from tornado_sched.tables import audit_log
+
+pytestmark = pytest.mark.mariadb
+
+
+@pytest.fixture
+async def proxied_mariadb(mariadb_admin_url: str) -> AsyncIterator[tuple[str, TcpProxy]]:
+    name, url = await _fresh_mariadb(mariadb_admin_url)
+    target = make_url(url)
+    proxy = TcpProxy(target.host or "127.0.0.1", target.port or 3306)
+    await proxy.start()
+    yield str(target.set(port=proxy.port).render_as_string(hide_password=False)), proxy
+    await proxy.close()
+    await _drop_mariadb(mariadb_admin_url, name)
+
+
+async def test_rows_written_while_sql_is_down_arrive_when_it_returns(
+    tmp_path: Path, docserver_uri: str, proxied_mariadb: tuple[str, TcpProxy]
+) -> None:
+    url, proxy = proxied_mariadb
+    running, http_server = await start_server(make_settings(tmp_path, docserver_uri, sql_url_override=url))
+    ctx = running.ctx
+    ctx.scheduler.execution_log.retry_seconds = 0.2
+    ctx.audit.pending.retry_seconds = 0.2
+    try:
+        module = await Module.online(running)
+        workflow_id = await create_workflow(running, workflow_body(modules=[module.hash], overlap="allow"))
+        before = len(await log_rows(running, workflow_id))
+
+        await proxy.cut()
+        run_ids = [await execute(running, workflow_id) for _ in range(3)]
+        for _ in run_ids:
+            await module.recv_execute()
+        # An audited change made during the outage (the operator is in the auth cache).
+        status, env = await running.api(f"/workflow/{workflow_id}/disable", "POST")
+        assert status == 200, env
+
+        status, env = await running.api("/ready", auth=None)
+        assert status == 503 and env["code"] == "5030" and "sql" in env["message"], env
+        waiting = env["result"]["failed_writes"]
+        assert waiting["execution_log_kept"] == 3, waiting
+        assert waiting["audit_log_kept"] >= 2, waiting  # execute x3 and disable are audited
+        overview = await running.fetch("/")  # the dashboard shows them too
+        assert b"execution_log_kept: 3" in overview.body
+
+        await proxy.restore()
+        await wait_until(lambda: ctx.scheduler.execution_log.kept == 0 and ctx.audit.pending.kept == 0, 10)
+        rows = await log_rows(running, workflow_id)
+        assert [r["run_id"] for r in rows[before:]] == run_ids
+        async with ctx.sql.engine.connect() as conn:
+            actions = (await conn.execute(
+                select(audit_log.c.action).where(audit_log.c.target == f"workflow:{workflow_id}")
+            )).scalars().all()
+        assert "disable" in actions, actions
+        status, env = await running.api("/ready", auth=None)
+        assert status == 200 and env["result"]["failed_writes"]["execution_log_kept"] == 0
+        assert env["result"]["failed_writes"]["execution_log_dropped"] == 0
+    finally:
+        await stop_server(running, http_server)
+
+
+async def test_a_row_the_store_refuses_is_set_aside_and_the_rest_written(
+    tmp_path: Path, docserver_uri: str, proxied_mariadb: tuple[str, TcpProxy]
+) -> None:
+    """A poisoned row (a lone surrogate the driver cannot encode) among kept ones:
+    quarantined and counted, the others written."""
+    url, proxy = proxied_mariadb
+    running, http_server = await start_server(make_settings(tmp_path, docserver_uri, sql_url_override=url))
+    pending = running.ctx.audit.pending
+    pending.retry_seconds = 0.2
+    try:
+        await proxy.cut()
+        await running.ctx.audit.record("admin", "a1", "t:1")
+        await running.ctx.audit.record("admin", "a2", "t:\ud800")
+        await running.ctx.audit.record("admin", "a3", "t:3")
+        assert pending.kept == 3
+        await proxy.restore()
+        await wait_until(lambda: pending.kept == 0, 10)
+        assert pending.quarantined == 1
+        async with running.ctx.sql.engine.connect() as conn:
+            actions = (await conn.execute(select(audit_log.c.action).order_by(audit_log.c.id))).scalars().all()
+        assert [a for a in actions if a.startswith("a")][-2:] == ["a1", "a3"], actions
+    finally:
+        await stop_server(running, http_server)

@@ -21,6 +21,7 @@ from tornado.log import app_log
 from tornado_sched.context import AppContext
 from tornado_sched.errors import DomainError, Forbidden, Invalid
 from tornado_sched.logs import redact_url, short_secret
+from tornado_sched.payload import PayloadError, check_text, check_value, read_json
 from tornado_sched.serialize import to_json
 from tornado_sched.stores import store_outage
 
@@ -210,9 +211,9 @@ class ApiHandler(BaseHandler):
             not content_type and self.request.body.lstrip()[:1] in (b"{", b"[")
         ):
             try:
-                parsed = json.loads(self.request.body or b"{}")
-            except (ValueError, UnicodeDecodeError):
-                raise Invalid("body: malformed JSON", field="body") from None
+                parsed = read_json(self.request.body or b"{}", where="")
+            except PayloadError as exc:
+                raise Invalid(f"{exc.where or 'body'}: {exc.problem}", field=exc.field or "body") from None
             if not isinstance(parsed, dict):
                 raise Invalid("body: expected a JSON object", field="body")
             data = parsed
@@ -221,6 +222,10 @@ class ApiHandler(BaseHandler):
                 name: values[-1].decode("utf-8", "replace")
                 for name, values in self.request.body_arguments.items()
             }
+            try:
+                check_value(data, "")
+            except PayloadError as exc:
+                raise Invalid(str(exc), field=exc.field or "body") from None
         self._body_cache = data
         return data
 
@@ -247,7 +252,13 @@ class ApiHandler(BaseHandler):
         body = self.body() if self.request.body else {}
         if name in body:
             return body[name]
-        return self.get_query_argument(name, default)
+        value = self.get_query_argument(name, default)
+        if isinstance(value, str):
+            try:
+                check_text(value, name)  # %00 in a query string
+            except PayloadError as exc:
+                raise Invalid(str(exc), field=name) from None
+        return value
 
     def text_param(self, name: str, *, required: bool = True, max_len: int = 10_000) -> str:
         """A string parameter; operator objects and other non-strings are refused."""

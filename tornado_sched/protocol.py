@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from .payload import PayloadError, read_json
+
 RESULT_ACK = "receive result"
 RESULT_STATUSES = ("success", "failure")
 _TEXT_LIMIT = 64 * 1024
@@ -69,9 +71,11 @@ def parse_module_message(raw: str | bytes) -> ResultMessage | HeartbeatMessage:
     if isinstance(raw, bytes):
         raise ProtocolError("binary frames are not part of the protocol; send JSON text")
     try:
-        data = json.loads(raw)
-    except ValueError:
-        raise ProtocolError("not JSON") from None
+        # Depth, NaN, 64-bit integers, lone surrogates and NULs: refused here, so a
+        # 10,000-deep frame is an error reply, not a RecursionError that ends the session.
+        data = read_json(raw, where="")
+    except PayloadError as exc:
+        raise ProtocolError("not JSON" if exc.problem.startswith("malformed JSON") else str(exc)) from None
     if not isinstance(data, dict):
         raise ProtocolError("expected a JSON object")
     kind = data.get("type")

@@ -18,12 +18,12 @@ may hold anything beside their name.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import Invalid
+from .payload import PayloadError, check_value, read_json
 
 MAX_REQUIREMENTS = 200
 MAX_NAME = 200
@@ -157,12 +157,13 @@ def parse_requirement_list(field_name: str, raw: Any) -> list[DataRequirement]:
     in one list is refused, since it would make "which one feeds this input" ambiguous."""
     if raw is None or raw == "":
         return []
-    value = raw
-    if isinstance(raw, str):
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            raise Invalid(f"{field_name}: malformed JSON", field=field_name) from None
+    try:
+        # The edge reader's rules (depth, NaN, 64-bit integers, no lone surrogates
+        # or NULs) also for requirements sent as JSON text in a query string.
+        value = read_json(raw, where=field_name) if isinstance(raw, str) else raw
+        check_value(value, field_name)
+    except PayloadError as exc:
+        raise Invalid(str(exc), field=field_name) from None
     if not isinstance(value, list):
         raise Invalid(f"{field_name}: expected a JSON list of data requirements", field=field_name)
     if len(value) > MAX_REQUIREMENTS:

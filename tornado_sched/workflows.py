@@ -23,6 +23,7 @@ from pymongo.errors import DuplicateKeyError
 from .clock import DEFAULT_TIME_ZONE, utcnow
 from .errors import Conflict, Invalid, InvalidFields, NotFound
 from .events import WORKFLOW_DELETED, WORKFLOW_SAVED, EventBus
+from .payload import PayloadError, check_value
 from .registry import ModuleRegistry, ModuleRequirements
 from .solver import Plan, StepRequirements, solve
 from .stores import DocumentStore
@@ -48,6 +49,7 @@ FAILED_RUN_STATUSES = ("failure", "partial", "interrupted")
 UPCOMING_COUNT = 5
 MAX_MODULES = 5000
 MAX_CRON_LINES = 50
+MAX_TIMEZONE_CHARS = 64
 
 
 @dataclass
@@ -195,6 +197,12 @@ def validate_workflow(body: dict[str, Any], default_tz: str) -> dict[str, Any]:
     Every field is checked, so a form can show all its problems at once: with more
     than one, the `InvalidFields` raised carries each in `errors` (its own message and
     field are the first one's, which is what the REST envelope reports)."""
+    try:
+        # Every entry point (REST, dashboard form) gets the edge rules: depth, NaN,
+        # 64-bit integers, no lone surrogates or NULs.
+        check_value(body, "")
+    except PayloadError as exc:
+        raise Invalid(str(exc), field=exc.field or "body") from None
     problems: list[Invalid] = []
 
     def check(validate: Callable[[], Any], fallback: Any = None) -> Any:
@@ -340,10 +348,11 @@ def _shift(body: dict[str, Any]) -> tuple[int, str]:
 def _timezone(body: dict[str, Any], default_tz: str) -> str:
     timezone = body.get("timezone") or default_tz
     try:
-        if not isinstance(timezone, str):
+        # IANA names are short; a long one reaches the file system (ENAMETOOLONG).
+        if not isinstance(timezone, str) or len(timezone) > MAX_TIMEZONE_CHARS:
             raise ValueError
         zoneinfo.ZoneInfo(timezone)
-    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+    except (ValueError, OSError, zoneinfo.ZoneInfoNotFoundError):
         raise Invalid("timezone: unknown time zone", field="timezone") from None
     return timezone
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tornado_sched.errors import Invalid
+from tornado_sched.payload import PayloadError, read_json
 from tornado_sched.workflows import (
     DEFAULT_MISFIRE_GRACE_SECONDS,
     DEFAULT_RETRIES,
@@ -116,10 +117,9 @@ class WorkflowForm:
                 problems.append(Invalid(f"{where}: unknown module", field="execute_modules"))
                 continue
             try:
-                args = json.loads(args_text) if args_text else {}
-            except ValueError as exc:
-                problems.append(Invalid(f"{where}: args is not valid JSON ({exc.msg}, line {exc.lineno})",
-                                        field="execute_modules"))
+                args = read_json(args_text, where="args") if args_text else {}
+            except PayloadError as exc:
+                problems.append(Invalid(f"{where}: {exc}", field="execute_modules"))
                 continue
             if not isinstance(args, dict):
                 problems.append(Invalid(f"{where}: args must be a JSON object", field="execute_modules"))

@@ -8,7 +8,6 @@ and store-outage handling.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from typing import Any, ClassVar

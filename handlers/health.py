@@ -10,11 +10,15 @@ from .base import ApiHandler
 
 
 class HealthHandler(ApiHandler):
-    """Liveness: the IOLoop answers. Touches no store."""
+    """Liveness: the IOLoop answers. Touches no store. 503 only when the process
+    cannot recover by itself (the embedded document server stays dead)."""
 
     auth = "public"
 
     def get(self) -> None:
+        problem = self.ctx.liveness_problem()
+        if problem is not None:
+            raise Unavailable(problem)
         self.write_envelope({"status": "ok", "uptime_seconds": round(time.time() - self.ctx.started_at, 1)})
 
 

@@ -6,10 +6,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+
+import pymongo
 
 from .audit import AuditLog
 from .auth import ApiTokens, LoginThrottle, OperatorAccounts, ReplayGuard
@@ -30,6 +33,13 @@ from .stores import DocumentStore, SqlStore, check_ready
 from .workflows import WorkflowStore
 
 log = logging.getLogger(__name__)
+
+# /health fails once the embedded document server has been dead (and not restarted)
+# this long, so an orchestrator restarts the whole process; shorter outages are 503s
+# on /ready while the supervisor restarts the child.
+DOCSERVER_DEAD_SECONDS = 60.0
+SHUTDOWN_PROBE_SECONDS = 1.0
+SHUTDOWN_STORE_OP_SECONDS = 0.5
 
 
 @dataclass
@@ -58,6 +68,7 @@ class AppContext:
     started_at: float = field(default_factory=time.time)
     generated_admin_password: str | None = None
     metrics: ServerMetrics | None = None
+    docserver_dead_seconds: float = DOCSERVER_DEAD_SECONDS
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def store_failures(self) -> dict[str, int]:
@@ -79,15 +90,35 @@ class AppContext:
         """Ping both stores: {store: "ok" | why not}."""
         return await check_ready(self.docs, self.sql)
 
+    def liveness_problem(self) -> str | None:
+        """Why this process should be restarted, if it should (for /health): the
+        embedded document server has stayed dead despite restarts for longer than
+        `docserver_dead_seconds`. A shorter outage is /ready's business, not /health's."""
+        docserver = self.docserver
+        if docserver is not None and docserver.down_for() > self.docserver_dead_seconds:
+            return f"embedded document server down for {docserver.down_for():.0f} s ({docserver.last_exit})"
+        return None
+
     def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
         """Register a shutdown step; steps run in reverse order of registration."""
         self._closers.append(closer)
 
     async def close(self) -> None:
+        # With MongoDB gone, every final write would wait the driver's 5 s server
+        # selection timeout (four of them took 20 s): give each operation a short
+        # limit instead, so shutdown stays within a few seconds. What is not written
+        # is recovered at the next start (runs become interrupted, modules offline).
+        limit = None
+        try:
+            await asyncio.wait_for(self.docs.ping(), SHUTDOWN_PROBE_SECONDS)
+        except Exception:  # noqa: BLE001 - any failure means "do not wait on it"
+            limit = SHUTDOWN_STORE_OP_SECONDS
+            log.warning("document store unreachable at shutdown: final writes limited to %.1f s each", limit)
         while self._closers:
             closer = self._closers.pop()
             try:
-                await closer()
+                with pymongo.timeout(limit):
+                    await closer()
             except Exception:
                 log.exception("error during shutdown step %s", getattr(closer, "__qualname__", closer))
 
@@ -100,7 +131,8 @@ async def open_context(settings: Settings) -> AppContext:
         docserver = None
         mongo_uri = settings.mongodb_host
         if settings.uses_embedded_mongo:
-            docserver = EmbeddedDocumentServer(settings.data_dir)
+            # Supervised: a child that dies is restarted on the same port.
+            docserver = EmbeddedDocumentServer(settings.data_dir, supervise=True)
             mongo_uri = await docserver.start()
             closers.append(docserver.stop)
             log.info("embedded document server (nx-27017) on %s", mongo_uri)

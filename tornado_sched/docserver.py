@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import os
 import pathlib
 import re
@@ -17,13 +18,21 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from urllib.parse import quote
+
+log = logging.getLogger(__name__)
 
 # The child compares this with its parent's pid to notice a parent that died before
 # PR_SET_PDEATHSIG took effect (see docserver_shim).
 PARENT_PID_ENV = "TORNADO_SCHED_DOCSERVER_PARENT_PID"
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
+# Restart backoff after the child dies: 0.5 s, 1 s, 2 s ... at most 30 s.
+RESTART_FIRST_DELAY = 0.5
+RESTART_MAX_DELAY = 30.0
+# A child that stayed up this long resets the backoff.
+RESTART_STABLE_SECONDS = 60.0
 _TAIL_LINES = 20
 # nx-27017 logs this (after its asyncio server has bound) to stderr via logging's
 # basicConfig, prefixed with time/name/level/pid; with -p 0 the port is the real one.
@@ -45,9 +54,11 @@ class EmbeddedDocumentServer:
     is too long for a socket. ``await start()`` returns the ``mongodb://`` URI (the
     socket path, percent-encoded); ``await stop()`` ends the child. Files live in
     ``<data_dir>/mongo``: one SQLite file per database, ``nx.pid`` and ``nx.log``.
+    With ``supervise=True`` a child that dies (killed, crashed) is started again with
+    backoff on the same socket, so the driver reconnects by itself.
     """
 
-    def __init__(self, data_dir: pathlib.Path) -> None:
+    def __init__(self, data_dir: pathlib.Path, *, supervise: bool = False) -> None:
         # Absolute: the child runs with its working directory inside this folder.
         self._mongo_dir = pathlib.Path(data_dir).resolve() / "mongo"
         self._pid_file = self._mongo_dir / "nx.pid"
@@ -57,6 +68,13 @@ class EmbeddedDocumentServer:
         self._process: asyncio.subprocess.Process | None = None
         self._drain_task: asyncio.Task[None] | None = None
         self._uri: str | None = None
+        self._supervise = supervise
+        self._watcher: asyncio.Task[None] | None = None
+        self._started_at = 0.0
+        # Monotonic time the child was found dead, while it is; None while it runs.
+        self.down_since: float | None = None
+        self.restarts = 0
+        self.last_exit: str | None = None
 
     @property
     def uri(self) -> str | None:
@@ -74,6 +92,17 @@ class EmbeddedDocumentServer:
         return self._process.pid if self._process is not None else None
 
     @property
+    def running(self) -> bool:
+        """True while a child is up (a supervised one may be between restarts)."""
+        return self._process is not None and self._process.returncode is None
+
+    def down_for(self) -> float:
+        """Seconds the child has been dead (0 while it runs)."""
+        if self.down_since is None:
+            return 0.0
+        return time.monotonic() - self.down_since
+
+    @property
     def pid_file(self) -> pathlib.Path:
         """Where the child writes its pid."""
         return self._pid_file
@@ -86,7 +115,16 @@ class EmbeddedDocumentServer:
         """
         if self._process is not None:
             raise RuntimeError("embedded document server already started")
-        await asyncio.to_thread(self._prepare_dir)
+        path = await self._spawn(restart=False)
+        self._uri = f"mongodb://{quote(path, safe='')}/"
+        if self._supervise:
+            self._watcher = asyncio.ensure_future(self._watch())
+        return self._uri
+
+    async def _spawn(self, *, restart: bool) -> str:
+        """Start one child and return the socket path it listens on. A restart keeps
+        the socket path (the driver's URI names it)."""
+        await asyncio.to_thread(self._prepare_dir, restart)
 
         env = dict(os.environ)
         env[PARENT_PID_ENV] = str(os.getpid())
@@ -123,7 +161,7 @@ class EmbeddedDocumentServer:
         try:
             path = await asyncio.wait_for(self._read_socket(process, tail), START_TIMEOUT)
         except BaseException as exc:
-            await self._kill_after_failed_start()
+            await self._kill_after_failed_start(remove_socket=not restart)
             if isinstance(exc, TimeoutError):
                 raise RuntimeError(
                     f"embedded document server did not listen within {START_TIMEOUT:.0f} s; "
@@ -133,11 +171,49 @@ class EmbeddedDocumentServer:
 
         assert process.stderr is not None
         self._drain_task = asyncio.create_task(self._drain(process.stderr))
-        self._uri = f"mongodb://{quote(path, safe='')}/"
-        return self._uri
+        self._started_at = time.monotonic()
+        return path
+
+    async def _watch(self) -> None:
+        """Restart the child whenever it dies, with backoff, until stop()."""
+        delay = RESTART_FIRST_DELAY
+        while True:
+            process = self._process
+            if process is not None:
+                code = await process.wait()
+                if self._drain_task is not None:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._drain_task, 1.0)
+                    self._drain_task = None
+                self._process = None
+                self.down_since = time.monotonic()
+                self.last_exit = f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
+                if time.monotonic() - self._started_at >= RESTART_STABLE_SECONDS:
+                    delay = RESTART_FIRST_DELAY
+                log.error("embedded document server died (%s); restarting in %.1f s", self.last_exit, delay)
+            await asyncio.sleep(delay)
+            try:
+                await self._spawn(restart=True)
+            except Exception as exc:
+                # The files may still be locked or the socket path taken: try later.
+                lines = str(exc).splitlines() or [type(exc).__name__]
+                log.error("embedded document server restart failed: %s %s", lines[0],
+                          lines[-1] if len(lines) > 1 else "")
+                delay = min(delay * 2, RESTART_MAX_DELAY)
+                continue
+            self.restarts += 1
+            log.warning("embedded document server restarted after %.1f s down (restart #%d)",
+                        self.down_for(), self.restarts)
+            self.down_since = None
+            delay = min(delay * 2, RESTART_MAX_DELAY)
 
     async def stop(self) -> None:
         """SIGTERM the child, SIGKILL it after STOP_TIMEOUT seconds, remove the pid file."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         process, self._process = self._process, None
         self._uri = None
         if process is not None:
@@ -186,7 +262,7 @@ class EmbeddedDocumentServer:
             if match:
                 return match["path"]
 
-    async def _kill_after_failed_start(self) -> None:
+    async def _kill_after_failed_start(self, *, remove_socket: bool = True) -> None:
         process, self._process = self._process, None
         if process is not None and process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -196,7 +272,8 @@ class EmbeddedDocumentServer:
                 await self._drain(process.stderr)
             await process.wait()
         await asyncio.to_thread(self._pid_file.unlink, missing_ok=True)
-        await asyncio.to_thread(self._remove_socket)
+        if remove_socket:
+            await asyncio.to_thread(self._remove_socket)
 
     @staticmethod
     async def _drain(stream: asyncio.StreamReader) -> None:
@@ -205,10 +282,10 @@ class EmbeddedDocumentServer:
         while await stream.read(1 << 16):
             pass
 
-    def _prepare_dir(self) -> None:
+    def _prepare_dir(self, restart: bool = False) -> None:
         self._mongo_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self._mongo_dir, 0o700)
-        if len(str(self._socket).encode()) > _MAX_SOCKET_PATH:
+        if not restart and len(str(self._socket).encode()) > _MAX_SOCKET_PATH:
             self._socket_dir = pathlib.Path(tempfile.mkdtemp(prefix="tsched-nx-"))  # 0700
             self._socket = self._socket_dir / "nx.sock"
         try:

@@ -113,6 +113,13 @@ class ModuleSocketHandler(SocketHandler):
         self.ctx.hub.frames_out += 1  # for /metrics: frames to modules, acks and errors too
         super().reply(text)
 
+    def queued_bytes(self) -> int:
+        """Bytes written to this socket and not yet taken by the kernel (the hub's
+        back-pressure check)."""
+        stream = getattr(self.ws_connection, "stream", None)
+        buffer = getattr(stream, "_write_buffer", None)
+        return len(buffer) if buffer is not None else 0
+
     def on_pong(self, data: bytes) -> None:
         if self.session is not None:
             self.ctx.hub.heartbeat(self.session)

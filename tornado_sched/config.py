@@ -64,6 +64,9 @@ class Settings:
     websocket_ping_interval: float = 20.0
     websocket_ping_timeout: float = 20.0
     websocket_max_message_size: int = 1024 * 1024
+    # Outgoing bytes a module's socket may have queued (not yet taken by the kernel);
+    # past it the module is too slow and is disconnected (close code 4008).
+    websocket_max_queued_bytes: int = 1024 * 1024
     heartbeat_flush_seconds: float = 5.0
     heartbeat_store_seconds: float = 60.0
     auth_cache_seconds: float = 30.0
@@ -221,6 +224,10 @@ class Settings:
             websocket_max_message_size=int(
                 number("WEBSOCKET_MAX_MESSAGE_SIZE", d.websocket_max_message_size, lo=1024, hi=64 * 1024 * 1024, integer=True)
             ),
+            websocket_max_queued_bytes=int(number(
+                "WEBSOCKET_MAX_QUEUED_BYTES", d.websocket_max_queued_bytes, lo=64 * 1024, hi=1024 * 1024 * 1024,
+                integer=True,
+            )),
             heartbeat_flush_seconds=number("HEARTBEAT_FLUSH_SECONDS", d.heartbeat_flush_seconds, lo=0.05, hi=3600, integer=False),
             misfire_settle_seconds=number("MISFIRE_SETTLE_SECONDS", d.misfire_settle_seconds, lo=0, hi=3600, integer=False),
             auth_cache_seconds=number("AUTH_CACHE_SECONDS", d.auth_cache_seconds, lo=0, hi=3600, integer=False),

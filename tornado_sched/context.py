@@ -161,7 +161,8 @@ async def open_context(settings: Settings) -> AppContext:
         events = EventBus()
         registry = ModuleRegistry(docs)
         hub = ConnectionHub(
-            registry, events, settings.heartbeat_flush_seconds, settings.heartbeat_store_seconds
+            registry, events, settings.heartbeat_flush_seconds, settings.heartbeat_store_seconds,
+            max_queued_bytes=settings.websocket_max_queued_bytes,
         )
         await hub.start()
         closers.append(hub.close)

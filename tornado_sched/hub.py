@@ -28,10 +28,16 @@ CLOSE_REPLACED = 4000
 CLOSE_DELETED = 4404
 CLOSE_ROTATED = 4401  # the module's hash was rotated: the old one is no credential
 CLOSE_SHUTDOWN = 1001
+# The module does not read what it is sent: more than `max_queued_bytes` waited.
+CLOSE_TOO_SLOW = 4008
+TOO_SLOW_REASON = "too slow: the module stopped reading"
 
 
 class Connection(Protocol):
-    """What the hub needs of a socket (Tornado's WebSocketHandler fits)."""
+    """What the hub needs of a socket (Tornado's WebSocketHandler fits).
+
+    A connection may also offer `queued_bytes() -> int` (bytes written but not yet
+    taken by the kernel); only those are checked for back-pressure."""
 
     def write_message(self, message: str | bytes | dict[str, Any], binary: bool = False) -> Any: ...
 
@@ -76,9 +82,11 @@ class ConnectionHub:
 
     def __init__(
         self, registry: ModuleRegistry, events: EventBus, flush_seconds: float = 5.0,
-        heartbeat_store_seconds: float = 60.0,
+        heartbeat_store_seconds: float = 60.0, max_queued_bytes: int = 1024 * 1024,
     ) -> None:
         self._registry = registry
+        self._max_queued_bytes = max_queued_bytes
+        self.too_slow_disconnects = 0
         self._events = events
         self._flush_seconds = flush_seconds
         self._heartbeat_store_seconds = heartbeat_store_seconds
@@ -142,16 +150,18 @@ class ConnectionHub:
         self._events.publish(MODULE_ONLINE, {"hash": module.hash, "name": module.name, "module_id": module.module_id})
         return session
 
-    def detach(self, session: ModuleSession) -> bool:
-        """Forget a closed session. Returns False for a replaced one (no state change)."""
+    def detach(self, session: ModuleSession, reason: str | None = None) -> bool:
+        """Forget a closed session. Returns False for a replaced one (no state change).
+        `reason` (why the server closed it) reaches the steps that fail with it."""
         if self._sessions.get(session.module_hash) is not session:
             return False
         del self._sessions[session.module_hash]
-        log.info("module %r offline", session.name)
+        log.info("module %r offline%s", session.name, f" ({reason})" if reason else "")
         self._mark_dirty(session.module_hash, urgent=True)
-        self._events.publish(
-            MODULE_OFFLINE, {"hash": session.module_hash, "name": session.name, "module_id": session.module_id}
-        )
+        event = {"hash": session.module_hash, "name": session.name, "module_id": session.module_id}
+        if reason:
+            event["reason"] = reason
+        self._events.publish(MODULE_OFFLINE, event)
         return True
 
     def heartbeat(self, session: ModuleSession) -> None:
@@ -191,6 +201,7 @@ class ConnectionHub:
         if session is None:
             raise Conflict(f"module {short_secret(module_hash)} is offline")
         payload = message if isinstance(message, str) else json.dumps(message, ensure_ascii=False, default=str)
+        self._check_backlog(session, len(payload.encode("utf-8")))
         try:
             written = session.connection.write_message(payload)
         except Exception as exc:
@@ -202,6 +213,27 @@ class ConnectionHub:
             # A write that fails later is reported by the close; retrieve it so the
             # loop does not log "exception was never retrieved".
             written.add_done_callback(_retrieve)
+
+    def _check_backlog(self, session: ModuleSession, adding: int) -> None:
+        """Back-pressure: a module that stopped reading is disconnected (4008) before
+        its queue grows past `max_queued_bytes`; the caller gets a Conflict (409)."""
+        queued_bytes = getattr(session.connection, "queued_bytes", None)
+        if queued_bytes is None:
+            return
+        queued = queued_bytes()
+        if queued + adding <= self._max_queued_bytes or queued == 0:
+            return  # a single message larger than the cap still goes to a reading peer
+        self.too_slow_disconnects += 1
+        log.warning("module %r: %d bytes queued and not read; disconnecting (%d)",
+                    session.name, queued, CLOSE_TOO_SLOW)
+        session.connection.close(CLOSE_TOO_SLOW, "too slow")
+        # Offline now, not when the close handshake with a peer that does not read
+        # times out: its open steps fail and later sends are refused at once.
+        self.detach(session, TOO_SLOW_REASON)
+        raise Conflict(
+            f"module {short_secret(session.module_hash)} is too slow ({queued} bytes not read): "
+            f"disconnected ({CLOSE_TOO_SLOW})"
+        )
 
     # -- state persistence -----------------------------------------------------------
     def _mark_dirty(self, module_hash: str, *, urgent: bool) -> None:

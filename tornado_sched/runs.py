@@ -394,11 +394,12 @@ class RunTracker:
         if kind != "module.offline":
             return
         module_hash = data["hash"]
+        reason = data.get("reason") or "disconnected"
         for run in list(self._open.values()):
             changed = False
             for step in run.steps:
                 if step.module_hash == module_hash and step.status == "sent":
-                    self._fail_step(run, step, "failure", "module disconnected during the run")
+                    self._fail_step(run, step, "failure", f"module disconnected during the run ({reason})")
                     changed = True
             if changed:
                 self._after_change(run)

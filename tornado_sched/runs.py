@@ -394,12 +394,12 @@ class RunTracker:
         if kind != "module.offline":
             return
         module_hash = data["hash"]
-        reason = data.get("reason") or "disconnected"
+        error = "module disconnected during the run" + (f" ({data['reason']})" if data.get("reason") else "")
         for run in list(self._open.values()):
             changed = False
             for step in run.steps:
                 if step.module_hash == module_hash and step.status == "sent":
-                    self._fail_step(run, step, "failure", f"module disconnected during the run ({reason})")
+                    self._fail_step(run, step, "failure", error)
                     changed = True
             if changed:
                 self._after_change(run)

@@ -63,6 +63,9 @@ async def open_stalled(port: int, module_hash: str) -> socket.socket:
 
 async def run_one(variant: str, n: int, messages: int, size: int) -> dict[str, Any]:
     os.environ["WEBSOCKET_MAX_QUEUED_BYTES"] = VARIANTS[variant]
+    # Long ping interval: the stalled sockets must not be closed as dead (interval +
+    # timeout, 40 s by default) before the push ends, or "before" would look capped.
+    os.environ["WEBSOCKET_PING_INTERVAL"] = os.environ["WEBSOCKET_PING_TIMEOUT"] = "600"
     http = AsyncHTTPClient(force_instance=True, max_clients=16)
     with tempfile.TemporaryDirectory(prefix="bench-stalled-") as tmp:
         server = await start_server("ours", Path(tmp))
@@ -131,8 +134,9 @@ ROWS = [
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=200)
-    parser.add_argument("--messages", type=int, default=80, help="messages per module (8 MB each at 100 KB: past the ~4 MB a loopback socket buffers in the kernel)")
-    parser.add_argument("--size", type=int, default=100 * 1024, help="bytes per message")
+    parser.add_argument("--messages", type=int, default=20,
+                        help="messages per module (10 MB at 500 KB: past the ~4 MB a loopback socket buffers in the kernel)")
+    parser.add_argument("--size", type=int, default=500 * 1024, help="bytes per message")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()

@@ -131,7 +131,7 @@ async def open_context(settings: Settings) -> AppContext:
         docserver = None
         mongo_uri = settings.mongodb_host
         if settings.uses_embedded_mongo:
-            # Supervised: a child that dies is restarted on the same port.
+            # Supervised: a child that dies is restarted on the same socket.
             docserver = EmbeddedDocumentServer(settings.data_dir, supervise=True)
             mongo_uri = await docserver.start()
             closers.append(docserver.stop)

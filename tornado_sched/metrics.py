@@ -55,9 +55,16 @@ class _StateCollector(Collector):
             "tsched_store_write_failures", "Store writes that failed (logged; retried where it makes sense)",
             labels=["writer"],
         )
+        waiting = GaugeMetricFamily(
+            "tsched_sql_rows_waiting", "Rows kept in memory until SQL answers again", labels=["table"],
+        )
         for writer, count in ctx.store_failures().items():
-            failures.add_metric([writer], count)
+            if writer.endswith("_kept"):  # a level, not a count of events
+                waiting.add_metric([writer.removesuffix("_kept")], count)
+            else:
+                failures.add_metric([writer], count)
         yield failures
+        yield waiting
         opened = CounterMetricFamily(
             "tsched_store_connections_opened",
             "Connections opened to each store; growth after start-up means reconnects",

@@ -64,8 +64,6 @@ async def test_rows_written_while_sql_is_down_arrive_when_it_returns(
         waiting = env["result"]["failed_writes"]
         assert waiting["execution_log_kept"] == 3, waiting
         assert waiting["audit_log_kept"] >= 2, waiting  # execute x3 and disable are audited
-        overview = await running.fetch("/")  # the dashboard shows them too
-        assert b"execution_log_kept: 3" in overview.body
 
         await proxy.restore()
         await wait_until(lambda: ctx.scheduler.execution_log.kept == 0 and ctx.audit.pending.kept == 0, 10)

@@ -33,7 +33,6 @@ WORKFLOW_CASES = [
     ("lone surrogate in name", lambda h: _workflow(h, name='"x\\ud800"').replace(b'"name": "hostile", ', b""), "name"),
     ("lone surrogate in args", lambda h: _workflow(h, '{"s": "\\udfff"}'), "execute_modules"),
     ("lone surrogate in a key", lambda h: _workflow(h, '{"\\ud800": 1}'), "execute_modules"),
-    ("NUL in description", lambda h: _workflow(h, description='"a\\u0000b"'), "description"),
     ("20,000-character timezone", lambda h: _workflow(h, timezone=json.dumps("A" * 20_000)), "timezone"),
     ("1e30-sized integer in args", lambda h: _workflow(h, '{"n": ' + "1" + "0" * 30 + "}"), "body"),
     ("negative huge integer", lambda h: _workflow(h, '{"n": -' + "9" * 25 + "}"), "body"),
@@ -105,7 +104,6 @@ async def test_register_refuses_deep_requirements_and_nul(server: RunningServer)
 HOSTILE_FRAMES = [
     ("nested 10,000 deep", '{"type": "result", "status": "success", "message": ' + DEEP + "}"),
     ("lone surrogate", '{"type": "result", "status": "success", "message": "\\ud800"}'),
-    ("NUL", '{"type": "result", "status": "success", "error": "a\\u0000b"}'),
     ("NaN", '{"type": "result", "status": "success", "message": NaN}'),
     ("1e30 integer", '{"type": "result", "status": "success", "workflow_id": 1' + "0" * 30 + "}"),
     ("1e400", '{"type": "result", "status": "success", "message": {"x": 1e400}}'),

@@ -1,0 +1,1 @@
+../../../tornado_sched/payload.py

@@ -331,7 +331,16 @@ async def lateness(server: OurServer, tmp: Path, duration: float, workflows: int
 
     ours: list[float] = []
     statuses: dict[str, int] = {}
-    async for doc in ctx.docs["runs"].find({"workflow_id": {"$in": ids}, "trigger": "schedule"}):
+    from sqlalchemy import select
+
+    from tornado_sched.clock import as_utc
+    from tornado_sched.tables import runs as runs_table
+
+    async with ctx.sql.engine.connect() as conn:
+        rows = [dict(r._mapping) for r in await conn.execute(
+            select(runs_table).where(runs_table.c.workflow_id.in_(ids), runs_table.c.trigger == "schedule"))]
+    for doc in rows:
+        doc["nominal_time"], doc["fired_at"] = as_utc(doc["nominal_time"]), as_utc(doc["fired_at"])
         statuses[doc["status"]] = statuses.get(doc["status"], 0) + 1
         workflow = next(s for i, s in zip(ids, shifts, strict=True) if i == doc["workflow_id"])
         expected = doc["nominal_time"] + timedelta(seconds=workflow)
@@ -381,9 +390,15 @@ class BigRun:
         started = time.perf_counter()
         run_id = (await self.server.api(f"/workflow/{self.workflow_id}/execute", "POST"))["run_id"]
         await until(lambda: run_id in self.finished, interval=0.002, within=300)
+        from sqlalchemy import select
+
+        from tornado_sched.tables import runs as runs_table
+
         while True:  # durable: the stored run says it is closed
-            doc = await ctx.docs["runs"].find_one({"run_id": run_id}, {"status": 1})
-            if doc and doc["status"] != "running":
+            async with ctx.sql.engine.connect() as conn:
+                status = (await conn.execute(
+                    select(runs_table.c.status).where(runs_table.c.run_id == run_id))).scalar_one_or_none()
+            if status is not None and status != "running":
                 break
             await asyncio.sleep(0.005)
         done = time.perf_counter()

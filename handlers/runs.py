@@ -2,32 +2,46 @@
 
 from __future__ import annotations
 
+from tornado_sched.history import RunFilter, parse_time_bound
+
 from .base import ApiHandler
 
 
-class WorkflowRunsHandler(ApiHandler):
+class RunHistoryHandler(ApiHandler):
+    """Shared query parsing of the run lists: `before` (a cursor from `next_before`)
+    or `page`/`page_size`, and the filters `status` (a run status or `failed`),
+    `since`/`until` (ISO 8601)."""
+
+    async def write_runs(self, workflow_id: int | None) -> None:
+        page, size = self.page_args(default_size=20, max_size=200)
+        before = self.get_query_argument("before", "") or None
+        filters = RunFilter(
+            workflow_id=workflow_id,
+            status=self.get_query_argument("status", "") or None,
+            since=parse_time_bound("since", self.get_query_argument("since", "")),
+            until=parse_time_bound("until", self.get_query_argument("until", "")),
+        )
+        found = await self.ctx.runs.list(filters, before=before, page=None if before else page, page_size=size)
+        self.write_envelope(found.public(None if before else page, size))
+
+
+class WorkflowRunsHandler(RunHistoryHandler):
     """`GET /workflow/<id>/runs`: newest first, paginated."""
 
     auth = "operator"
 
     async def get(self, workflow_id: str) -> None:
         workflow = await self.ctx.workflows.get(int(workflow_id))
-        page, size = self.page_args(default_size=20, max_size=200)
-        runs, total = await self.ctx.runs.list(workflow.workflow_id, page=page, page_size=size)
-        self.write_envelope({"total": total, "page": page, "page_size": size, "runs": [r.public() for r in runs]})
+        await self.write_runs(workflow.workflow_id)
 
 
-class RunListHandler(ApiHandler):
-    """`GET /runs?workflow_id=&status=`: every run, filterable."""
+class RunListHandler(RunHistoryHandler):
+    """`GET /runs?workflow_id=&status=&since=&until=&before=`: every run, filterable."""
 
     auth = "operator"
 
     async def get(self) -> None:
-        page, size = self.page_args(default_size=20, max_size=200)
-        workflow_id = self.int_query("workflow_id")
-        status = self.get_query_argument("status", "") or None
-        runs, total = await self.ctx.runs.list(workflow_id, status, page=page, page_size=size)
-        self.write_envelope({"total": total, "page": page, "page_size": size, "runs": [r.public() for r in runs]})
+        await self.write_runs(self.int_query("workflow_id"))
 
 
 class RunDetailHandler(ApiHandler):

@@ -26,6 +26,7 @@ from tornado_sched.protocol import (
     parse_module_message,
 )
 from tornado_sched.registry import ModuleRecord
+from tornado_sched.runs import ResultNotMatched
 
 from .base import SocketHandler
 
@@ -55,7 +56,8 @@ class ModuleSocketHandler(SocketHandler):
         if not module_hash or len(module_hash) > 128:
             self.refuse(401, "4010", "hash: required")
             return
-        self.module = await self.ctx.registry.find(module_hash)  # an outage -> 503 (base)
+        # From memory: no store read per handshake (and none while MongoDB is down).
+        self.module = self.ctx.registry.authenticate(module_hash)
         if self.module is None:
             log.info("websocket refused: unknown hash %s", short_secret(module_hash))
             self.ctx.throttle.failure(address)
@@ -103,6 +105,9 @@ class ModuleSocketHandler(SocketHandler):
         """Acknowledge a result once it is durable (the seed's `receive result`)."""
         try:
             await self.ctx.runs.record_result(session, result)
+        except ResultNotMatched as exc:
+            self.reply(error_reply(f"result not recorded: {exc}"))
+            return
         except Exception as exc:
             log.error("result from %r not stored: %s", session.name, type(exc).__name__)
             self.reply(error_reply("result not stored (server unavailable); send it again later"))

@@ -20,6 +20,7 @@ from .config import Settings
 from .docserver import EmbeddedDocumentServer
 from .events import EventBus
 from .failing import FailingNow
+from .history import RunHistory
 from .hub import ConnectionHub
 from .metrics import ServerMetrics
 from .modules import ModuleService
@@ -160,6 +161,7 @@ async def open_context(settings: Settings) -> AppContext:
         closers.append(audit.pending.close)
         events = EventBus()
         registry = ModuleRegistry(docs)
+        await registry.load()
         hub = ConnectionHub(
             registry, events, settings.heartbeat_flush_seconds, settings.heartbeat_store_seconds,
             max_queued_bytes=settings.websocket_max_queued_bytes,
@@ -170,7 +172,11 @@ async def open_context(settings: Settings) -> AppContext:
         notifier = Notifier(sql, events, workflows, settings)
         await notifier.start()
         closers.append(notifier.close)
-        runs = RunTracker(docs, registry, workflows, hub, events)
+        history = RunHistory(sql)
+        # Before the tracker starts: runs a pre-SQL version left open are migrated first,
+        # so they are marked interrupted like any other.
+        await history.migrate_from_documents(docs)
+        runs = RunTracker(history, registry, workflows, hub, events)
         await runs.start()
         closers.append(runs.close)
         failing = FailingNow(workflows, runs, events)

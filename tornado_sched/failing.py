@@ -16,7 +16,8 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from .events import FAILING_CHANGED, RUN_FINISHED, WORKFLOW_DELETED, WORKFLOW_SAVED, EventBus
-from .runs import RUN_STATUSES, Run
+from .history import RunFilter, RunPage
+from .runs import Run
 from .workflows import FAILED_RUN_STATUSES, Workflow, WorkflowStore
 
 log = logging.getLogger(__name__)
@@ -28,13 +29,13 @@ STREAK_SCAN = 100
 FAILED_STEP_STATUSES = ("failure", "timeout", "offline", "interrupted")
 # Run statuses that end nothing: they neither extend nor break a streak.
 NEUTRAL_RUN_STATUSES = ("running", "skipped")
-# `/history?status=failed`: the group of failed run statuses.
-FAILED_GROUP = "failed"
 
 
 class RunLister(Protocol):
-    async def list(self, workflow_id: int | None = None, status: str | None = None,
-                   page: int = 1, page_size: int = 20) -> tuple[list[Run], int]: ...
+    """What the service reads history through (RunTracker fits)."""
+
+    async def list(self, filters: RunFilter, *, before: str | None = None, page: int | None = None,
+                   page_size: int = 20) -> RunPage: ...
 
 
 @dataclass
@@ -113,8 +114,9 @@ class FailingNow:
             self._events.publish(FAILING_CHANGED, {"failing": self.list()})
 
     async def _rebuild(self, workflow: Workflow) -> None:
-        runs, _total = await self._runs.list(workflow.workflow_id, page=1, page_size=STREAK_SCAN)
-        item = streak_of(runs, workflow.name)
+        # One keyset page over the (workflow_id, started_at) index: no count.
+        found = await self._runs.list(RunFilter(workflow_id=workflow.workflow_id), page_size=STREAK_SCAN)
+        item = streak_of(found.runs, workflow.name)
         if item is not None:
             self._failing[workflow.workflow_id] = item
 
@@ -160,25 +162,3 @@ class FailingNow:
             current.since = min(current.since, run.started_at)
         return True
 
-
-async def list_runs(runs: RunLister, workflow_id: int | None, status: str | None,
-                    page: int, page_size: int) -> tuple[list[Run], int]:
-    """Runs for the history page: `status` is one run status, or `failed` for the
-    failed group. The group is merged from one query per status (newest first), as
-    the run store offers one status per query.
-
-    TODO(issue 11): ask the SQL run history for the group in one query."""
-    if status != FAILED_GROUP:
-        return await runs.list(workflow_id, status, page=page, page_size=page_size)
-    wanted = page * page_size
-    merged: list[Run] = []
-    total = 0
-    for one in FAILED_RUN_STATUSES:
-        items, count = await runs.list(workflow_id, one, page=1, page_size=wanted)
-        merged.extend(items)
-        total += count
-    merged.sort(key=lambda r: r.started_at, reverse=True)
-    return merged[(page - 1) * page_size:wanted], total
-
-
-HISTORY_STATUSES = (*RUN_STATUSES, FAILED_GROUP)

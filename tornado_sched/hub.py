@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from .batching import GroupCommit
 from .clock import utcnow
 from .errors import Conflict
 from .events import MODULE_OFFLINE, MODULE_ONLINE, EventBus
@@ -92,14 +93,22 @@ class ConnectionHub:
         self._heartbeat_store_seconds = heartbeat_store_seconds
         self._sessions: dict[str, ModuleSession] = {}
         self._doc_ids: dict[str, Any] = {}
-        self._dirty: set[str] = set()
-        self._urgent = asyncio.Event()
-        self._flusher: asyncio.Task[None] | None = None
-        self.flush_failures = 0
-        self.last_flush_error: str | None = None
+        # Module state written in group commits: connects/disconnects soon (urgent),
+        # heartbeats with the next periodic flush.
+        self._writer: GroupCommit[str] = GroupCommit(
+            "module state", self._write_states, period_seconds=flush_seconds, coalesce_seconds=0.05
+        )
         # WebSocket frames to and from modules, for /metrics (counted, never stored).
         self.frames_in = 0
         self.frames_out = 0
+
+    @property
+    def flush_failures(self) -> int:
+        return self._writer.failures
+
+    @property
+    def last_flush_error(self) -> str | None:
+        return self._writer.last_error
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -107,22 +116,15 @@ class ConnectionHub:
         count = await self._registry.mark_all_offline()
         if count:
             log.info("marked %d module(s) offline at start-up", count)
-        self._flusher = asyncio.ensure_future(self._flush_loop())
+        self._writer.start()
 
     async def close(self) -> None:
         for session in list(self._sessions.values()):
             session.connection.close(CLOSE_SHUTDOWN, "server shutting down")
-        if self._flusher is not None:
-            self._flusher.cancel()
-            try:
-                await self._flusher
-            except asyncio.CancelledError:
-                pass
         # Write pending heartbeats, then every module offline in one statement
         # (not one write per module: shutdown stays fast with 10,000 sockets).
-        await self.flush()
+        await self._writer.close()
         self._sessions.clear()
-        self._dirty.clear()
         try:
             await self._registry.mark_all_offline()
         except Exception as exc:
@@ -237,9 +239,7 @@ class ConnectionHub:
 
     # -- state persistence -----------------------------------------------------------
     def _mark_dirty(self, module_hash: str, *, urgent: bool) -> None:
-        self._dirty.add(module_hash)
-        if urgent:
-            self._urgent.set()
+        self._writer.mark(module_hash, urgent=urgent)
 
     def _state(self, module_hash: str) -> dict[str, Any]:
         session = self._sessions.get(module_hash)
@@ -253,35 +253,10 @@ class ConnectionHub:
             "remote_address": session.remote_address,
         }
 
-    async def flush(self) -> None:
-        """Write the current state of every changed module in one bulk write."""
-        if not self._dirty:
-            return
-        dirty, self._dirty = self._dirty, set()
-        try:
-            await self._registry.save_states({self._doc_ids[h]: self._state(h) for h in dirty if h in self._doc_ids})
-            self.last_flush_error = None
-        except asyncio.CancelledError:
-            # close() cancels the flusher mid-write; its final flush must still see these.
-            self._dirty |= dirty
-            raise
-        except Exception as exc:
-            # Keep them dirty: the next flush retries with the then-current state.
-            self._dirty |= dirty
-            self.flush_failures += 1
-            self.last_flush_error = f"{type(exc).__name__}: {exc}"
-            log.warning("module state flush failed (%d pending): %s", len(dirty), self.last_flush_error)
+    async def flush(self) -> bool:
+        """Write the current state of every changed module now."""
+        return await self._writer.flush()
 
-    async def _flush_loop(self) -> None:
-        while True:
-            try:
-                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the
-                # cancellation close() sends when the event fires at the same moment.
-                async with asyncio.timeout(self._flush_seconds):
-                    await self._urgent.wait()
-                # Let a burst of connects coalesce into one write.
-                await asyncio.sleep(0.05)
-            except TimeoutError:
-                pass
-            self._urgent.clear()
-            await self.flush()
+    async def _write_states(self, dirty: set[str]) -> None:
+        """One bulk write of the current state of the given modules."""
+        await self._registry.save_states({self._doc_ids[h]: self._state(h) for h in dirty if h in self._doc_ids})

@@ -126,10 +126,21 @@ class ModuleRequirements:
 
 
 class ModuleRegistry:
-    """Module documents in the `modules` collection."""
+    """Module documents in the `modules` collection, with hash -> module in memory.
+
+    The WebSocket handshake authenticates a hash on every connect; 10,000 modules
+    reconnecting after a restart must not mean 10,000 store reads, so the map is
+    loaded once at start and kept current by register and delete (this process is
+    the only writer of `modules`)."""
 
     def __init__(self, docs: DocumentStore) -> None:
         self._docs = docs
+        self._by_hash: dict[str, ModuleRecord] = {}
+
+    async def load(self) -> int:
+        """Read every module once (at start). Returns how many."""
+        self._by_hash = {r.hash: r for r in await self.list()}
+        return len(self._by_hash)
 
     @property
     def _col(self) -> Any:
@@ -168,7 +179,9 @@ class ModuleRegistry:
                     )
                 await self._col.update_one({"_id": existing["_id"]}, {"$set": fields})
                 existing.update(fields)
-                return ModuleRecord.from_doc(existing)
+                record = ModuleRecord.from_doc(existing)
+                self._by_hash[record.hash] = record
+                return record
             doc = {
                 "name": name,
                 # 160 random bits; never derived from public fields.
@@ -186,7 +199,9 @@ class ModuleRegistry:
             except DuplicateKeyError:
                 continue  # a concurrent registration of the same name won; update it
             log.info("registered module %r (id %d)", name, doc["module_id"])
-            return ModuleRecord.from_doc(doc)
+            record = ModuleRecord.from_doc(doc)
+            self._by_hash[record.hash] = record
+            return record
         raise Conflict(f"module {name!r} is being registered concurrently; retry")
 
     async def get(self, module_hash: str) -> ModuleRecord:
@@ -194,6 +209,11 @@ class ModuleRegistry:
         if doc is None:
             raise NotFound(f"module {short_secret(module_hash)} not found")
         return ModuleRecord.from_doc(doc)
+
+    def authenticate(self, module_hash: str) -> ModuleRecord | None:
+        """The module a hash belongs to, from memory (no store read); None if unknown.
+        Its online/heartbeat fields are as loaded: live state is the hub's."""
+        return self._by_hash.get(module_hash)
 
     async def find(self, module_hash: str) -> ModuleRecord | None:
         doc = await self._col.find_one({"hash": module_hash})
@@ -228,6 +248,7 @@ class ModuleRegistry:
         if users:
             raise Conflict(f"module {record.name!r} is used by {users} workflow(s)")
         await self._col.delete_one({"hash": record.hash})
+        self._by_hash.pop(record.hash, None)
         return record
 
     async def rotate_hash(self, module_hash: str) -> tuple[ModuleRecord, str]:
@@ -237,6 +258,8 @@ class ModuleRegistry:
         record = await self.get(module_hash)
         new_hash = secrets.token_hex(20)
         await self._col.update_one({"_id": record.doc_id}, {"$set": {"hash": new_hash, "updated_at": utcnow()}})
+        # The old hash stops opening sockets now, before workflows are rewritten.
+        self._by_hash.pop(record.hash, None)
         workflows = self._docs["workflows"]
         async for doc in workflows.find({"module_hashes": record.hash}, {"_id": 1, "execute_modules": 1,
                                                                          "module_hashes": 1}):
@@ -248,7 +271,9 @@ class ModuleRegistry:
             await workflows.update_one({"_id": doc["_id"]}, {"$set": {"execute_modules": steps,
                                                                       "module_hashes": hashes}})
         log.info("rotated the hash of module %r (id %d)", record.name, record.module_id)
-        return await self.get(new_hash), record.hash
+        rotated = await self.get(new_hash)
+        self._by_hash[rotated.hash] = rotated
+        return rotated, record.hash
 
     async def save_states(self, states: dict[Any, dict[str, Any]]) -> None:
         """Bulk writes of many modules' online/heartbeat state, keyed by `_id`: the

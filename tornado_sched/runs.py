@@ -1,36 +1,49 @@
-"""Runs: one firing of a workflow, one step per module.
+"""Runs: one firing of a workflow, one step per module — the run lifecycle.
 
 Open runs live in memory (this process dispatched them and holds the sockets their
-results come back on); the store gets the current state of each changed run in a
-group commit: results that arrive together are written together, and a module's
-`receive result` ack is sent only after its result is durable.
+results come back on): creation, dispatch, result matching, retries and timeouts
+happen here. Persistence is `RunHistory` (SQL, `history.py`): each changed step and
+run row is written by key in a group commit (`batching.GroupCommit`), so results
+that arrive together are written together, and a module's `receive result` ack is
+sent only after its result is durable.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from pymongo import DESCENDING
-
+from .batching import GroupCommit
 from .clock import as_utc, read_datetime, utcnow
-from .errors import Invalid, NotFound, Unavailable
+from .errors import Invalid, NotFound
 from .events import EventBus
 from .hub import ConnectionHub, ModuleSession
 from .protocol import ResultMessage, execute_frame
 from .registry import ModuleRegistry
-from .stores import DocumentStore
 from .workflows import Workflow, WorkflowStore
+
+if TYPE_CHECKING:
+    from .history import RunFilter, RunHistory, RunPage
 
 log = logging.getLogger(__name__)
 
 OPEN_STEP = ("pending", "sent")
 RUN_STATUSES = ("running", "success", "failure", "partial", "skipped", "interrupted")
+# The dashboard's "failed" filter: a run that did not fully succeed.
+FAILED_RUN_STATUSES = ("failure", "partial", "interrupted")
+# A step key meaning "only the run row changed" (status, counters, reason).
+RUN_ROW = -1
+
+
+class ResultNotMatched(Exception):
+    """A module's result that matches no step it may close; the text says why and is
+    sent back to the module in an error frame (instead of `receive result`)."""
 
 
 @dataclass
@@ -176,60 +189,58 @@ def overall_status(steps: list[Step]) -> str:
 
 
 class RunTracker:
-    """Starts runs, dispatches steps over the hub, records results and timeouts."""
+    """Run lifecycle: starts runs, dispatches steps over the hub, matches results,
+    retries and times out steps of open runs; persists through a RunHistory."""
 
     def __init__(
         self,
-        docs: DocumentStore,
+        history: RunHistory,
         registry: ModuleRegistry,
         workflows: WorkflowStore,
         hub: ConnectionHub,
         events: EventBus,
     ) -> None:
-        self._docs = docs
+        self._history = history
         self._registry = registry
         self._workflows = workflows
         self._hub = hub
         self._events = events
         self._open: dict[str, Run] = {}
+        # Finished in memory, not yet written: the writer still needs their state.
+        self._closing: dict[str, Run] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._dirty: set[str] = set()
-        self._waiters: list[asyncio.Future[None]] = []
-        self._finished: list[Run] = []
         self._retry_timers: set[asyncio.TimerHandle] = set()
-        self._wake = asyncio.Event()
-        self._flusher: asyncio.Task[None] | None = None
+        self._writer: GroupCommit[tuple[str, int]] = GroupCommit("run state", self._write)
         self._unsubscribe = events.subscribe(self._on_event)
-        self.flush_failures = 0
 
     @property
-    def _col(self) -> Any:
-        return self._docs["runs"]
+    def flush_failures(self) -> int:
+        return self._writer.failures
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> int:
         """Runs left open by a crash become interrupted. Returns how many."""
-        count = 0
-        async for doc in self._col.find({"status": "running"}):
-            run = Run.from_doc(doc)
-            now = utcnow()
+        stale = await self._history.open_runs()
+        now = utcnow()
+        for run in stale:
             for step in run.steps:
                 if step.open:
                     step.status, step.ended_at = "interrupted", now
                     step.error = step.error or "server restarted while the step was open"
             run.status, run.ended_at = "interrupted", now
             run.reason = "server restarted while the run was open"
-            await self._col.update_one({"run_id": run.run_id}, {"$set": self._state(run)})
+        if stale:
+            await self._history.write([(run, range(len(run.steps))) for run in stale])
+        for run in stale:
             await self._workflows.set_last_run(run.workflow_id, run.summary())
             self._events.publish("run.finished", {"run": run})
             for step in run.steps:
                 if step.status == "interrupted":
                     self._events.publish("step.failed", {"run": run, "step": step})
-            count += 1
-        if count:
-            log.warning("marked %d run(s) interrupted after an unclean stop", count)
-        self._flusher = asyncio.ensure_future(self._flush_loop())
-        return count
+        if stale:
+            log.warning("marked %d run(s) interrupted after an unclean stop", len(stale))
+        self._writer.start()
+        return len(stale)
 
     async def close(self) -> None:
         self._unsubscribe()
@@ -237,18 +248,8 @@ class RunTracker:
             timer.cancel()
         self._timers.clear()
         self._retry_timers.clear()
-        if self._flusher is not None:
-            self._flusher.cancel()
-            try:
-                await self._flusher
-            except asyncio.CancelledError:
-                pass
-        if not await self._flush_once():
-            log.error("run state not written at shutdown (store unavailable); open runs become interrupted at the next start")
-        for future in self._waiters:  # nobody may wait forever on a stopped tracker
-            if not future.done():
-                future.set_exception(Unavailable("shutting down before the result was stored"))
-        self._waiters.clear()
+        if not await self._writer.close():
+            log.error("open runs not written at shutdown; they become interrupted at the next start")
 
     # -- starting runs ---------------------------------------------------------------
     def open_runs(self, workflow_id: int) -> list[Run]:
@@ -286,38 +287,54 @@ class RunTracker:
             run.reason = "previous run still open (overlap=forbid)"
             for step in steps:
                 step.status = "skipped"
-            await self._col.insert_one(run.doc())
+            await self._history.insert(run)
             self._events.publish("run.finished", {"run": run})
             return run
         # Open before the first await: a second firing racing this one must see it.
         self._open[run.run_id] = run
         try:
-            await self._col.insert_one(run.doc())
+            await self._history.insert(run)
         except BaseException:
             self._open.pop(run.run_id, None)
             raise
         loop = asyncio.get_running_loop()
         self._timers[run.run_id] = loop.call_later(run.timeout_seconds, self._on_timeout, run.run_id)
-        for step in steps:
-            self._dispatch(run, step)
-        self._after_change(run)
+        self._dispatch_all(run, steps)
+        self._after_change(run, [s.index for s in steps])
         try:
             await self._workflows.set_last_run(run.workflow_id, run.summary())
         except Exception as exc:  # the run is live; its summary is rewritten when it ends
             log.warning("run %s: last-run summary not written: %s", run.run_id[:8], type(exc).__name__)
         self._events.publish("run.started", {"run": run})
-        await self._commit()
+        await self._writer.commit()
         return run
 
-    def _dispatch(self, run: Run, step: Step) -> None:
-        step.attempts += 1
-        step.sent_at = utcnow()
-        message = execute_frame(
+    def _execute_frame(self, run: Run, step: Step) -> str:
+        return encode_frame(execute_frame(
             execution_time=run.execution_time, workflow_id=run.workflow_id, workflow_name=run.workflow_name,
             run_id=run.run_id, fired_at=run.fired_at.isoformat(), timezone=run.timezone, args=step.args,
-        )
+        ))
+
+    def _dispatch_all(self, run: Run, steps: list[Step]) -> None:
+        """Send every step its command. Steps with the same args share one encoded
+        frame: a 1,000-module fan-out with common args encodes JSON once, not 1,000
+        times."""
+        frames: dict[str, str] = {}
+        for step in steps:
+            key = encode_frame(step.args)
+            frame = frames.get(key)
+            if frame is None:
+                frame = frames[key] = self._execute_frame(run, step)
+            self._send(run, step, frame)
+
+    def _dispatch(self, run: Run, step: Step) -> None:
+        self._send(run, step, self._execute_frame(run, step))
+
+    def _send(self, run: Run, step: Step, frame: str) -> None:
+        step.attempts += 1
+        step.sent_at = utcnow()
         try:
-            self._hub.send(step.module_hash, message)
+            self._hub.send(step.module_hash, frame)
         except Exception:  # offline (Conflict) or a socket that just closed
             # Said for the operator; the step status `offline` is the machine-readable fact.
             when = "when the run started" if step.attempts == 1 else f"at retry {step.attempts - 1}"
@@ -327,13 +344,13 @@ class RunTracker:
 
     # -- results ---------------------------------------------------------------------
     async def record_result(self, session: ModuleSession, result: ResultMessage) -> None:
-        """Apply a module's result to its step, then wait until it is durable."""
-        run, step = self._match(session.module_hash, result)
-        if step is None or run is None:
-            log.warning(
-                "result from %r matches no open step (run_id=%s workflow_id=%s): ignored",
-                session.name, result.run_id, result.workflow_id,
-            )
+        """Apply a module's result to its step and return once it is durable.
+        ResultNotMatched (with the reason) when it matches no step it may close; a
+        re-sent result equal to the stored one is acknowledged (returns normally)."""
+        run, step = await self._match(session.module_hash, result)
+        if run is None or step is None:
+            # A re-send of a stored result: acknowledged once what it matched is durable.
+            await self._writer.commit()
             return
         now = utcnow()
         step.message, step.error = result.message, result.error
@@ -341,30 +358,50 @@ class RunTracker:
             step.status, step.ended_at = "success", now
         else:
             self._fail_step(run, step, "failure", result.error or "module reported failure")
-        self._after_change(run)
-        await self._commit()
+        self._after_change(run, [step.index])
+        await self._writer.commit()
 
-    def _match(self, module_hash: str, result: ResultMessage) -> tuple[Run | None, Step | None]:
+    async def _match(self, module_hash: str, result: ResultMessage) -> tuple[Run | None, Step | None]:
+        """(run, step) to apply the result to; (None, None) for a re-send of the stored
+        result; ResultNotMatched otherwise."""
         if result.run_id:
-            run = self._open.get(result.run_id)
+            run = self._open.get(result.run_id) or self._closing.get(result.run_id)
             if run is None:
+                # Not open here: a late or re-sent result. One keyed read, off the hot path.
+                run = await self._history.get(result.run_id) if len(result.run_id) <= 32 else None
+                if run is None:
+                    raise ResultNotMatched(f"unknown run_id {result.run_id[:32]}")
+            mine = [s for s in run.steps if s.module_hash == module_hash]
+            if not mine:
+                raise ResultNotMatched(f"run {run.run_id} has no step for this module")
+            if run.open:
+                for step in mine:
+                    if step.status == "sent":
+                        return run, step
+            if any(_same_result(step, result) for step in mine):
                 return None, None
-            candidates = [run]
-        else:
-            try:
-                workflow_id = int(result.workflow_id) if result.workflow_id is not None else None
-            except ValueError:
-                workflow_id = None
-            candidates = sorted(
-                (r for r in self._open.values() if workflow_id is None or r.workflow_id == workflow_id),
-                key=lambda r: r.started_at,
-                reverse=True,
-            )
+            if not run.open:
+                raise ResultNotMatched(f"run {run.run_id} is closed ({run.status})")
+            status = ", ".join(sorted({s.status for s in mine}))
+            raise ResultNotMatched(f"this module's step in run {run.run_id} is not awaiting a result ({status})")
+        try:
+            workflow_id = int(result.workflow_id) if result.workflow_id is not None else None
+        except ValueError:
+            workflow_id = None
+        candidates = sorted(
+            (r for r in self._open.values() if workflow_id is None or r.workflow_id == workflow_id),
+            key=lambda r: r.started_at,
+            reverse=True,
+        )
         for run in candidates:
             for step in run.steps:
                 if step.module_hash == module_hash and step.status == "sent":
                     return run, step
-        return None, None
+        for run in candidates:
+            if any(s.module_hash == module_hash and _same_result(s, result) for s in run.steps):
+                return None, None
+        where = f"workflow {result.workflow_id}" if result.workflow_id is not None else "any workflow"
+        raise ResultNotMatched(f"no open step for this module in {where} (send run_id for an exact match)")
 
     def _fail_step(self, run: Run, step: Step, status: str, error: str) -> None:
         step.error = error
@@ -386,8 +423,7 @@ class RunTracker:
         if run is None or run.steps[index].status != "pending":
             return
         self._dispatch(run, run.steps[index])
-        self._after_change(run)
-        asyncio.ensure_future(self._commit())
+        self._after_change(run, [index])
 
     # -- disconnects and timeouts ----------------------------------------------------
     def _on_event(self, kind: str, data: dict[str, Any]) -> None:
@@ -396,123 +432,109 @@ class RunTracker:
         module_hash = data["hash"]
         error = "module disconnected during the run" + (f" ({data['reason']})" if data.get("reason") else "")
         for run in list(self._open.values()):
-            changed = False
+            changed = []
             for step in run.steps:
                 if step.module_hash == module_hash and step.status == "sent":
                     self._fail_step(run, step, "failure", error)
-                    changed = True
+                    changed.append(step.index)
             if changed:
-                self._after_change(run)
-        self._wake.set()
+                self._after_change(run, changed)
 
     def _on_timeout(self, run_id: str) -> None:
         run = self._open.get(run_id)
         if run is None:
             return
         now = utcnow()
+        changed = []
         for step in run.steps:
             if step.open:
                 step.status, step.ended_at = "timeout", now
                 step.error = f"no result within {run.timeout_seconds} s"
+                changed.append(step.index)
                 self._events.publish("step.failed", {"run": run, "step": step})
-        self._after_change(run)
-        self._wake.set()
+        self._after_change(run, changed)
 
     # -- state and persistence -------------------------------------------------------
-    def _after_change(self, run: Run) -> None:
+    def _after_change(self, run: Run, step_indexes: list[int]) -> None:
+        """Mark the changed steps (and the run row) for the next group commit and
+        close the run if every step is done."""
+        for index in step_indexes:
+            self._writer.mark((run.run_id, index))
+        self._writer.mark((run.run_id, RUN_ROW))
         status = overall_status(run.steps)
-        self._dirty.add(run.run_id)
         if status != "running" and run.open:
             run.status, run.ended_at = status, utcnow()
             self._open.pop(run.run_id, None)
+            self._closing[run.run_id] = run
             timer = self._timers.pop(run.run_id, None)
             if timer is not None:
                 timer.cancel()
-            self._finished.append(run)
             self._events.publish("run.finished", {"run": run})
         else:
             self._events.publish("run.updated", {"run": run})
 
-    def _state(self, run: Run) -> dict[str, Any]:
-        doc = run.doc()
-        return {k: doc[k] for k in ("status", "ended_at", "steps", "reason")}
-
-    async def _commit(self) -> None:
-        """Wait for the next group commit that includes the changes made so far."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(future)
-        self._wake.set()
-        await future
-
-    async def _flush_once(self) -> bool:
-        """Write every changed run; False if the store refused (all kept for a retry)."""
-        dirty, self._dirty = self._dirty, set()
-        waiters, self._waiters = self._waiters, []
-        finished, self._finished = self._finished, []
-        runs = {r.run_id: r for r in finished}
-        for run_id in dirty:
-            run = self._open.get(run_id) or runs.get(run_id)
+    async def _write(self, keys: set[tuple[str, int]]) -> None:
+        """GroupCommit's writer: every changed step row and run row, one transaction."""
+        by_run: dict[str, set[int]] = {}
+        for run_id, index in keys:
+            indexes = by_run.setdefault(run_id, set())
+            if index != RUN_ROW:
+                indexes.add(index)
+        changes = []
+        # Only runs already closed now are complete once written; one that closes while
+        # this write is in flight stays in _closing for the next flush (its keys are dirty).
+        closed = [run_id for run_id in by_run if run_id in self._closing]
+        for run_id, indexes in by_run.items():
+            run = self._open.get(run_id) or self._closing.get(run_id)
             if run is not None:
-                runs[run_id] = run
-        try:
-            for run in runs.values():
-                await self._col.update_one({"run_id": run.run_id}, {"$set": self._state(run)})
-            for run in finished:
+                changes.append((run, indexes))
+        await self._history.write(changes)
+        finished = [self._closing.pop(run_id) for run_id in closed]
+        for run in finished:
+            try:
                 await self._workflows.set_last_run(run.workflow_id, run.summary())
-        except asyncio.CancelledError:
-            # close() cancelled the flusher mid-write: its final flush must see these.
-            self._dirty |= set(runs)
-            self._finished = finished + self._finished
-            self._waiters = waiters + self._waiters
-            raise
-        except Exception as exc:
-            self.flush_failures += 1
-            log.warning("run state flush failed, will retry: %s: %s", type(exc).__name__, exc)
-            self._dirty |= set(runs)
-            self._finished = finished + self._finished
-            self._waiters = waiters + self._waiters
-            return False
-        for future in waiters:
-            if not future.done():
-                future.set_result(None)
-        return True
-
-    async def _flush_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if not await self._flush_once():
-                # The store refused: back off before retrying what is still pending.
-                await asyncio.sleep(1.0)
-                self._wake.set()
+            except Exception as exc:  # the history row is the truth; the summary is a cache
+                log.warning("run %s: last-run summary not written: %s", run.run_id[:8], type(exc).__name__)
 
     # -- queries ---------------------------------------------------------------------
     async def get(self, run_id: str) -> Run:
         if not isinstance(run_id, str) or len(run_id) > 64:
             raise Invalid("run_id: expected a run id string", field="run_id")
-        if run_id in self._open:
-            return self._open[run_id]
-        doc = await self._col.find_one({"run_id": run_id})
-        if doc is None:
+        live = self._open.get(run_id) or self._closing.get(run_id)
+        if live is not None:
+            return live
+        run = await self._history.get(run_id)
+        if run is None:
             raise NotFound(f"run {run_id} not found")
-        return Run.from_doc(doc)
+        return run
 
     async def list(
-        self, workflow_id: int | None = None, status: str | None = None, page: int = 1, page_size: int = 20
-    ) -> tuple[list[Run], int]:
-        query: dict[str, Any] = {}
-        if workflow_id is not None:
-            query["workflow_id"] = int(workflow_id)
-        if status is not None:
-            if status not in RUN_STATUSES:
-                raise Invalid(f"status: must be one of {', '.join(RUN_STATUSES)}", field="status")
-            query["status"] = status
-        total = await self._col.count_documents(query)
-        cursor = self._col.find(query).sort("started_at", DESCENDING).skip((page - 1) * page_size).limit(page_size)
-        runs = [Run.from_doc(d) async for d in cursor]
+        self, filters: RunFilter, *, before: str | None = None, page: int | None = None, page_size: int = 20
+    ) -> RunPage:
+        """Newest first: after the `before` cursor, or by page number (bounded)."""
+        if before is not None or page is None:
+            found = await self._history.page(filters, before, page_size)
+        else:
+            found = await self._history.page_by_number(filters, page, page_size)
         # Open runs: the in-memory state is newer than the last flush.
-        return [self._open.get(r.run_id, r) for r in runs], total
+        live = [self._open.get(r.run_id) or self._closing.get(r.run_id) or r for r in found.runs]
+        found.runs[:] = live
+        return found
+
+    async def last_started(self, workflow_id: int) -> datetime | None:
+        return await self._history.last_started(workflow_id)
 
     async def delete_older_than(self, cutoff: datetime) -> int:
-        result = await self._col.delete_many({"started_at": {"$lt": cutoff}, "status": {"$ne": "running"}})
-        return result.deleted_count
+        return await self._history.delete_older_than(cutoff)
+
+
+def _same_result(step: Step, result: ResultMessage) -> bool:
+    """Whether `result` is a re-send of the result this step already holds."""
+    expected = "success" if result.succeeded else "failure"
+    return step.status == expected and step.message == result.message and (
+        result.succeeded or step.error == (result.error or "module reported failure")
+    )
+
+
+def encode_frame(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)

@@ -318,11 +318,7 @@ class WorkflowScheduler:
             log.exception("workflow %d: misfire catch-up failed", workflow.workflow_id)
 
     async def _last_started(self, workflow_id: int) -> datetime | None:
-        doc = await self._docs["runs"].find_one(
-            {"workflow_id": workflow_id}, {"started_at": 1}, sort=[("started_at", -1)]
-        )
-        value = doc.get("started_at") if doc else None
-        return value if isinstance(value, datetime) else None
+        return await self._runs.last_started(workflow_id)
 
     # -- housekeeping ----------------------------------------------------------------
     async def _cleanup(self) -> None:

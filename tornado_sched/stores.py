@@ -10,7 +10,7 @@ import asyncio
 import logging
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo import AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ConnectionFailure
 from pymongo.monitoring import ConnectionPoolListener
@@ -46,7 +46,7 @@ class _ConnectionCounter(ConnectionPoolListener):
 
 
 class DocumentStore:
-    """Business data in MongoDB (`modules`, `workflows`, `runs`, `counters`).
+    """Business data in MongoDB (`modules`, `workflows`, `counters`; run history is SQL).
 
     Rules the embedded server forces on us (docs/design.md): reference documents by string
     ids, create unique things with `insert_one`, counters are the only upserts.
@@ -74,9 +74,6 @@ class DocumentStore:
         await self.db.modules.create_index("module_id", unique=True)
         await self.db.workflows.create_index("workflow_id", unique=True)
         await self.db.workflows.create_index("name", unique=True)
-        await self.db.runs.create_index("run_id", unique=True)
-        await self.db.runs.create_index([("workflow_id", ASCENDING), ("started_at", DESCENDING)])
-        await self.db.runs.create_index("status")
 
     async def next_id(self, name: str) -> int:
         """Sequential integer ids (the seed exposes module_id / workflow_id)."""

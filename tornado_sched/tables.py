@@ -8,6 +8,8 @@ SQLite, so we strip it on the way in and add it back on the way out
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
+    Boolean,
     Column,
     DateTime,
     Index,
@@ -17,8 +19,15 @@ from sqlalchemy import (
     Table,
     Text,
 )
+from sqlalchemy.dialects import mysql
 
 metadata = MetaData()
+
+# Microseconds on MySQL too (its DATETIME keeps whole seconds by default): run times
+# order the history and form its page cursors.
+PreciseDateTime = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+# SQLite only auto-increments an INTEGER PRIMARY KEY (the rowid).
+RowId = BigInteger().with_variant(Integer, "sqlite")
 
 operators = Table(
     "operators",
@@ -117,5 +126,57 @@ browser_sessions = Table(
     Column("remote_ip", String(64), nullable=True),
     Column("user_agent", String(200), nullable=True),
     Index("ix_browser_sessions_user", "username", "ended_at"),
+    mysql_charset="utf8mb4",
+)
+
+# Run history: one row per run, one row per step. The run row carries the status and
+# step counters so lists never read steps; a result updates its step by key and the
+# run row by key, whatever the size of the history.
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("run_id", String(32), nullable=False, unique=True),
+    Column("workflow_id", Integer, nullable=False),
+    Column("workflow_name", String(200), nullable=False),
+    Column("trigger", String(16), nullable=False),
+    Column("nominal_time", PreciseDateTime, nullable=False),
+    Column("timezone", String(64), nullable=False),
+    Column("fired_at", PreciseDateTime, nullable=False),
+    Column("started_at", PreciseDateTime, nullable=False),
+    Column("ended_at", PreciseDateTime, nullable=True),
+    Column("status", String(16), nullable=False),
+    # status in the "failed" group (failure, partial, interrupted, ...), kept as a
+    # column so the dashboard's "failed" filter walks an index instead of an IN list.
+    Column("failed", Boolean, nullable=False, default=False),
+    Column("reason", Text, nullable=True),
+    Column("timeout_seconds", Integer, nullable=False),
+    Column("retries", Integer, nullable=False),
+    Column("retry_delay_seconds", Integer, nullable=False),
+    Column("steps_total", Integer, nullable=False),
+    Column("steps_ok", Integer, nullable=False, default=0),
+    Column("steps_failed", Integer, nullable=False, default=0),
+    # Every list is "newest first": (started_at, id) is the page key.
+    Index("ix_runs_started", "started_at", "id"),
+    Index("ix_runs_workflow_started", "workflow_id", "started_at", "id"),
+    Index("ix_runs_status_started", "status", "started_at", "id"),
+    Index("ix_runs_failed_started", "failed", "started_at", "id"),
+    mysql_charset="utf8mb4",
+)
+
+run_steps = Table(
+    "run_steps",
+    metadata,
+    Column("run_id", String(32), primary_key=True),
+    Column("step_index", Integer, primary_key=True, autoincrement=False),
+    Column("module_hash", String(128), nullable=False),
+    Column("module_name", String(200), nullable=False),
+    Column("args", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("sent_at", PreciseDateTime, nullable=True),
+    Column("ended_at", PreciseDateTime, nullable=True),
+    Column("message", Text, nullable=True),
+    Column("error", Text, nullable=True),
     mysql_charset="utf8mb4",
 )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import zoneinfo
+from datetime import timedelta
 from functools import cache
 from typing import Any, ClassVar
 from urllib.parse import urlencode
@@ -26,7 +27,7 @@ import tornado.web
 
 from tornado_sched.clock import utcnow
 from tornado_sched.errors import DomainError, Invalid, InvalidFields
-from tornado_sched.failing import HISTORY_STATUSES, list_runs
+from tornado_sched.history import HISTORY_STATUSES, RunFilter, parse_time_bound
 from tornado_sched.logs import short_secret
 from tornado_sched.modules import MODULE_SORTS, MODULE_STATES
 from tornado_sched.notify import STATUSES as OUTBOX_STATUSES
@@ -142,7 +143,9 @@ class OverviewPage(PageHandler):
     async def get(self) -> None:
         modules = await self.ctx.modules.list()
         workflows = await self.ctx.workflows.list()
-        runs, total_runs = await self.ctx.runs.list(page_size=LIVE_RECENT_RUNS)
+        recent = await self.ctx.runs.list(RunFilter(), page=1, page_size=LIVE_RECENT_RUNS)
+        runs = recent.runs
+        total_runs = str(recent.total) if recent.total_exact else f"{recent.total}+"
         online = sum(1 for m in modules if m.online)
         self.render(
             "overview.html",
@@ -395,23 +398,47 @@ class RunsPage(PageHandler):
     async def get(self) -> None:
         raw_id = self.get_query_argument("workflow_id", "")
         status = self.get_query_argument("status", "")
+        since_day = self.get_query_argument("since", "")
+        until_day = self.get_query_argument("until", "")
+        before = self.get_query_argument("before", "") or None
         if raw_id and not re.fullmatch(r"[0-9]{1,18}", raw_id):
             raise Invalid("workflow_id: expected a workflow id", field="workflow_id")
         if status and status not in HISTORY_STATUSES:
             raise Invalid(f"status: must be one of {', '.join(HISTORY_STATUSES)}", field="status")
-        page = page_number(self.get_query_argument("page", "1"))
-        runs, total = await list_runs(
-            self.ctx.runs, int(raw_id) if raw_id else None, status or None, page=page, page_size=PAGE_SIZE
+        for name, day in (("since", since_day), ("until", until_day)):
+            if day and not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", day):
+                raise Invalid(f"{name}: expected a date (YYYY-MM-DD)", field=name)
+        filters = RunFilter(
+            workflow_id=int(raw_id) if raw_id else None,
+            status=status or None,
+            since=parse_time_bound("since", since_day),
+            # `until` is a day: runs up to the end of it.
+            until=parse_time_bound("until", until_day) + timedelta(days=1) if until_day else None,
         )
+        page = page_number(self.get_query_argument("page", "1"))
+        found = await self.ctx.runs.list(
+            filters, before=before, page=None if before else page, page_size=PAGE_SIZE
+        )
+        kept = {"workflow_id": raw_id, "status": status, "since": since_day, "until": until_day}
+
+        def link(**extra: str) -> str:
+            return "/history?" + urlencode({**{k: v for k, v in kept.items() if v}, **extra})
+
         self.render(
             "runs.html",
-            runs=runs,
-            **pager("/history", {"workflow_id": raw_id, "status": status}, page, total),
+            runs=found.runs,
+            total=found.total,
+            total_exact=found.total_exact,
+            first_page=before is None and page == 1,
+            newest_url=None if before is None and page == 1 else link(),
+            older_url=link(before=found.next_before) if found.has_more and found.next_before else None,
             workflows=await self.ctx.workflows.list(),
             selected_workflow=raw_id,
             selected_status=status,
+            since=since_day,
+            until=until_day,
             statuses=HISTORY_STATUSES,
-            filtered=bool(raw_id or status),
+            filtered=any(kept.values()),
         )
 
 

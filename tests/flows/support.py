@@ -12,6 +12,7 @@ from sqlalchemy import select
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from tests.conftest import RunningServer
+from tests.support.history import HistoryProbe
 from tornado_sched.tables import execution_log
 
 READ_TIMEOUT = 5.0
@@ -162,14 +163,19 @@ async def wait_run(server: RunningServer, run_id: str, within: float = 5.0) -> d
     """Wait until the run is closed in the store (not just in memory); returns it."""
     found: dict[str, Any] = {}
 
+    probe = HistoryProbe(server.ctx.settings.sql_url)
+
     async def closed() -> bool:
-        doc = await server.ctx.docs["runs"].find_one({"run_id": run_id})
+        doc = await probe.stored(run_id)
         if doc is not None and doc.get("status") != "running":
             found.update(doc)
             return True
         return False
 
-    await wait_until(closed, within, 0.05)
+    try:
+        await wait_until(closed, within, 0.05)
+    finally:
+        await probe.close()
     return found
 
 

@@ -19,6 +19,7 @@ from sqlalchemy import insert
 
 from tests.conftest import RunningServer, make_settings, start_server, stop_server
 from tests.flows.support import Module, create_workflow, get_run, log_rows, register, workflow_body
+from tests.support.history import HistoryProbe
 from tornado_sched.clock import as_utc, naive_utc, utcnow
 from tornado_sched.config import Settings
 from tornado_sched.tables import execution_log
@@ -36,6 +37,14 @@ async def db(docserver_uri: str, shared_settings: Settings) -> AsyncIterator[Asy
     client: AsyncMongoClient = AsyncMongoClient(docserver_uri, tz_aware=True)
     yield client[shared_settings.mongodb_name]
     await client.close()
+
+
+@pytest.fixture
+async def probe(shared_settings: Settings) -> AsyncIterator[HistoryProbe]:
+    """Direct access to the SQL run history (the schema exists once a server started)."""
+    holder = HistoryProbe(shared_settings.sql_url)
+    yield holder
+    await holder.close()
 
 
 class Restartable:
@@ -60,14 +69,14 @@ async def restartable(shared_settings: Settings) -> AsyncIterator[Restartable]:
     await holder.stop()
 
 
-async def misfire_runs(db: AsyncDatabase, workflow_id: int) -> list[dict[str, Any]]:
+async def misfire_runs(probe: HistoryProbe, workflow_id: int) -> list[dict[str, Any]]:
     """The catch-up fires in the background after start-up: wait for it (bounded),
     then give it time to show a second, wrong, run."""
     for _ in range(50):
-        runs = [d async for d in db["runs"].find({"workflow_id": workflow_id, "trigger": "misfire"})]
+        runs = await probe.find(workflow_id=workflow_id, trigger="misfire")
         if runs:
             await asyncio.sleep(0.3)
-            return [d async for d in db["runs"].find({"workflow_id": workflow_id, "trigger": "misfire"})]
+            return await probe.find(workflow_id=workflow_id, trigger="misfire")
         await asyncio.sleep(0.1)
     return []
 
@@ -76,7 +85,9 @@ def _minute(moment: datetime) -> datetime:
     return moment.replace(second=0, microsecond=0)
 
 
-async def test_ticks_missed_while_down_run_once_or_are_skipped(restartable: Restartable, db: AsyncDatabase) -> None:
+async def test_ticks_missed_while_down_run_once_or_are_skipped(
+    restartable: Restartable, db: AsyncDatabase, probe: HistoryProbe
+) -> None:
     server = await restartable.start()
     module_hash = await register(server)  # never connected: runs end at once as offline
     every_minute = {"execute_cron_list": ["* * * * *"], "execute_shift_time": 0, "timezone": "UTC"}
@@ -94,7 +105,7 @@ async def test_ticks_missed_while_down_run_once_or_are_skipped(restartable: Rest
 
     # The server "was down" for the last 10 minutes: move its liveness mark back, and
     # drop any run the first server fired (a minute may have turned while it ran).
-    await db["runs"].delete_many({})
+    await probe.clear()
     alive = await db["scheduler_state"].find_one({"_id": "alive"})
     assert alive is not None and isinstance(alive["at"], datetime)
     assert utcnow() - alive["at"] < timedelta(seconds=30)
@@ -102,7 +113,7 @@ async def test_ticks_missed_while_down_run_once_or_are_skipped(restartable: Rest
     await db["scheduler_state"].update_one({"_id": "alive"}, {"$set": {"at": down_since}})
     stored = (await db["scheduler_state"].find_one({"_id": "alive"}))["at"]
     assert isinstance(stored, datetime) and abs(stored - down_since) < timedelta(seconds=1)
-    before_restart = {wid: await db["runs"].count_documents({"workflow_id": wid, "trigger": "misfire"})
+    before_restart = {wid: await probe.count(workflow_id=wid, trigger="misfire")
                       for wid in (run_once, skip, too_late, disabled)}
     assert set(before_restart.values()) == {0}
 
@@ -112,7 +123,7 @@ async def test_ticks_missed_while_down_run_once_or_are_skipped(restartable: Rest
     # run_once: exactly one run, for the latest missed tick, fired once its modules
     # are back or MISFIRE_SETTLE_SECONDS (0.5 s in tests) have passed; this one's
     # module never reconnects.
-    runs = await misfire_runs(db, run_once)
+    runs = await misfire_runs(probe, run_once)
     assert len(runs) == 1, runs
     latest_tick = _minute(restarted)
     assert runs[0]["nominal_time"] in (latest_tick, latest_tick - timedelta(minutes=1))
@@ -122,19 +133,19 @@ async def test_ticks_missed_while_down_run_once_or_are_skipped(restartable: Rest
     assert [(r["outcome"], r["run_id"]) for r in rows] == [("started", runs[0]["run_id"])]
 
     # skip: no run, one "missed" row that says how many ticks were missed.
-    assert await db["runs"].count_documents({"workflow_id": skip, "trigger": "misfire"}) == 0
+    assert await probe.count(workflow_id=skip, trigger="misfire") == 0
     rows = [r for r in await log_rows(server, skip) if r["trigger"] == "misfire"]
     assert len(rows) == 1, rows
     assert rows[0]["outcome"] == "missed" and rows[0]["run_id"] is None
     assert rows[0]["error"].split()[0] in ("10", "11")
 
     # run_once beyond the grace period: treated as skip.
-    assert await db["runs"].count_documents({"workflow_id": too_late}) == 0
+    assert await probe.count(workflow_id=too_late) == 0
     rows = await log_rows(server, too_late)
     assert [(r["outcome"], r["nominal_time"]) for r in rows] == [("missed", naive_utc(old_tick))]
 
     # Disabled workflows have nothing to catch up.
-    assert await db["runs"].count_documents({"workflow_id": disabled}) == 0
+    assert await probe.count(workflow_id=disabled) == 0
     assert await log_rows(server, disabled) == []
 
     # The liveness mark is fresh again, and the jobs are back.
@@ -144,7 +155,9 @@ async def test_ticks_missed_while_down_run_once_or_are_skipped(restartable: Rest
     assert {j["workflow_id"] for j in env["result"]} >= {run_once, skip, too_late}
 
 
-async def test_long_downtime_still_runs_the_latest_tick_once(restartable: Restartable, db: AsyncDatabase) -> None:
+async def test_long_downtime_still_runs_the_latest_tick_once(
+    restartable: Restartable, db: AsyncDatabase, probe: HistoryProbe
+) -> None:
     """Eight days down: ~11,500 ticks of an every-minute crontab were missed. The
     decision must still be about the latest one (and not stall the start-up)."""
     server = await restartable.start()
@@ -154,13 +167,13 @@ async def test_long_downtime_still_runs_the_latest_tick_once(restartable: Restar
         "run-once", [module_hash], misfire="run_once", misfire_grace_seconds=300, **every_minute))
     skip = await create_workflow(server, workflow_body("skip", [module_hash], misfire="skip", **every_minute))
     await restartable.stop()
-    await db["runs"].delete_many({})
+    await probe.clear()
     await db["scheduler_state"].update_one({"_id": "alive"}, {"$set": {"at": utcnow() - timedelta(days=8)}})
 
     started = time.monotonic()
     server = await restartable.start()
     assert time.monotonic() - started < 5
-    runs = await misfire_runs(db, run_once)
+    runs = await misfire_runs(probe, run_once)
     assert len(runs) == 1, runs
     assert utcnow() - runs[0]["nominal_time"] < timedelta(minutes=2)
     rows = [r for r in await log_rows(server, skip) if r["trigger"] == "misfire"]
@@ -169,7 +182,9 @@ async def test_long_downtime_still_runs_the_latest_tick_once(restartable: Restar
     assert utcnow() - as_utc(rows[0]["nominal_time"]) < timedelta(minutes=2)
 
 
-async def test_tick_fired_just_before_a_crash_is_not_run_again(restartable: Restartable, db: AsyncDatabase) -> None:
+async def test_tick_fired_just_before_a_crash_is_not_run_again(
+    restartable: Restartable, db: AsyncDatabase, probe: HistoryProbe
+) -> None:
     """The liveness mark is refreshed every 30 s, so after a crash it can predate the
     last ticks that did fire. Those must not be caught up a second time."""
     server = await restartable.start()
@@ -178,7 +193,7 @@ async def test_tick_fired_just_before_a_crash_is_not_run_again(restartable: Rest
         "crash", [module_hash], misfire="run_once", misfire_grace_seconds=300,
         execute_cron_list=["* * * * *"], execute_shift_time=0, timezone="UTC"))
     await restartable.stop()
-    await db["runs"].delete_many({})
+    await probe.clear()
     if utcnow() - _minute(utcnow()) < timedelta(seconds=2):
         await asyncio.sleep(2)
     tick = _minute(utcnow())
@@ -187,21 +202,23 @@ async def test_tick_fired_just_before_a_crash_is_not_run_again(restartable: Rest
     fired = _open_run(wid, tick) | {"status": "success", "ended_at": tick + timedelta(seconds=1)}
     fired["started_at"] = fired["fired_at"] = tick + timedelta(milliseconds=100)
     fired["steps"] = [fired["steps"][0]]
-    await db["runs"].insert_one(fired)
+    await probe.insert(fired)
 
     server = await restartable.start()
-    assert await db["runs"].count_documents({"workflow_id": wid, "trigger": "misfire"}) == 0
+    assert await probe.count(workflow_id=wid, trigger="misfire") == 0
     assert [r for r in await log_rows(server, wid) if r["trigger"] == "misfire"] == []
 
 
-async def test_clean_restart_misses_nothing(restartable: Restartable, db: AsyncDatabase) -> None:
+async def test_clean_restart_misses_nothing(
+    restartable: Restartable, db: AsyncDatabase, probe: HistoryProbe
+) -> None:
     server = await restartable.start()
     module_hash = await register(server)
     wid = await create_workflow(server, workflow_body(
         "steady", [module_hash], misfire="run_once", execute_cron_list=["0 0 1 1 *"], timezone="UTC"))
     await restartable.stop()
     server = await restartable.start()
-    assert await db["runs"].count_documents({"workflow_id": wid}) == 0
+    assert await probe.count(workflow_id=wid) == 0
     assert await log_rows(server, wid) == []
 
 
@@ -233,7 +250,9 @@ def _open_run(workflow_id: int, started: datetime) -> dict[str, Any]:
     }
 
 
-async def test_runs_left_open_by_a_crash_become_interrupted(restartable: Restartable, db: AsyncDatabase) -> None:
+async def test_runs_left_open_by_a_crash_become_interrupted(
+    restartable: Restartable, db: AsyncDatabase, probe: HistoryProbe
+) -> None:
     server = await restartable.start()
     module_hash = await register(server)
     wid = await create_workflow(server, workflow_body("crashed", [module_hash], enable=False, execute_cron_list=[]))
@@ -243,6 +262,8 @@ async def test_runs_left_open_by_a_crash_become_interrupted(restartable: Restart
     crashed = _open_run(wid, started)
     finished = _open_run(wid, started) | {"status": "success", "ended_at": started}
     finished["steps"] = [crashed["steps"][0]]
+    # Written the way versions before the SQL history kept runs: the start migrates
+    # them into SQL, then marks the open one interrupted.
     await db["runs"].insert_many([dict(crashed), dict(finished)])
 
     server = await restartable.start()
@@ -252,9 +273,11 @@ async def test_runs_left_open_by_a_crash_become_interrupted(restartable: Restart
     assert [s["status"] for s in run["steps"]] == ["success", "interrupted", "interrupted"]
     assert run["steps"][0]["message"] == "ok"
     assert all("restart" in s["error"] for s in run["steps"][1:])
-    stored = await db["runs"].find_one({"run_id": crashed["run_id"]})
-    assert stored["status"] == "interrupted"
+    stored = await probe.stored(crashed["run_id"])
+    assert stored is not None and stored["status"] == "interrupted"
     assert isinstance(stored["ended_at"], datetime) and stored["ended_at"] >= started
+    assert [s["status"] for s in stored["steps"]] == ["success", "interrupted", "interrupted"]
+    assert "runs" not in await db.list_collection_names()
     assert (await get_run(server, finished["run_id"]))["status"] == "success"
     status, env = await server.api(f"/runs?workflow_id={wid}&status=interrupted")
     assert env["result"]["total"] == 1
@@ -267,13 +290,14 @@ async def test_retention_deletes_old_runs_and_log_rows(server: RunningServer) ->
     days = server.ctx.settings.run_retention_days
     old = utcnow() - timedelta(days=days + 1)
     recent = utcnow() - timedelta(days=days - 1)
-    runs = server.ctx.docs["runs"]
+    probe = HistoryProbe(server.ctx.settings.sql_url)
     docs = {
         "old-finished": _open_run(1, old) | {"status": "success", "ended_at": old},
         "old-open": _open_run(1, old),  # still running (in another life): kept
         "recent-finished": _open_run(1, recent) | {"status": "failure", "ended_at": recent},
     }
-    await runs.insert_many([dict(d) for d in docs.values()])
+    for doc in docs.values():
+        await probe.insert(doc)
     async with server.ctx.sql.engine.begin() as conn:
         for label, when in (("old", old), ("recent", recent)):
             await conn.execute(insert(execution_log).values(
@@ -283,12 +307,15 @@ async def test_retention_deletes_old_runs_and_log_rows(server: RunningServer) ->
 
     await server.ctx.scheduler._cleanup()
 
-    left = {d["run_id"] async for d in runs.find({"workflow_id": 1})}
+    left = {d["run_id"] for d in await probe.find(workflow_id=1)}
+    await probe.close()
     assert left == {docs["old-open"]["run_id"], docs["recent-finished"]["run_id"]}
     assert [r["error"] for r in await log_rows(server, 1)] == ["recent"]
 
 
-async def test_misfire_catch_up_waits_for_its_module_to_reconnect(shared_settings: Settings, db: AsyncDatabase) -> None:
+async def test_misfire_catch_up_waits_for_its_module_to_reconnect(
+    shared_settings: Settings, db: AsyncDatabase, probe: HistoryProbe
+) -> None:
     """After a restart every module is offline until it reconnects: the catch-up
     waits for the workflow's modules (up to MISFIRE_SETTLE_SECONDS) and then runs
     for real instead of recording `offline` steps."""
@@ -306,7 +333,7 @@ async def test_misfire_catch_up_waits_for_its_module_to_reconnect(shared_setting
 
         server = await holder.start()
         await asyncio.sleep(0.5)
-        assert await db["runs"].count_documents({"workflow_id": wid}) == 0, "fired before the module was back"
+        assert await probe.count(workflow_id=wid) == 0, "fired before the module was back"
         module.server = server
         await module.connect()
         command = await module.recv_execute()

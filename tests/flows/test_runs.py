@@ -21,6 +21,7 @@ from tests.flows.support import (
     wait_until,
     workflow_body,
 )
+from tests.support.history import stored_run
 
 
 def on_demand(modules: list[str], **fields: Any) -> dict[str, Any]:
@@ -100,15 +101,15 @@ async def test_run_timeout_closes_open_steps_and_late_results_change_nothing(ser
     assert [s["status"] for s in run["steps"]] == ["success", "timeout"]
     assert "1 s" in run["steps"][1]["error"]
 
-    # A late result (after its step closed) is acknowledged and changes nothing,
-    # with or without run_id.
-    assert await slow.result(slow_cmd, "success", message="late") == "receive result"
-    assert await slow.result(slow_cmd, "success", run_id=None, message="late") == "receive result"
+    # A late result (after its step closed) changes nothing and is not acknowledged:
+    # an error frame says why, with or without run_id.
+    assert _refusal(await slow.result(slow_cmd, "success", message="late")) == f"run {run_id} is closed (partial)"
+    assert "no open step for this module" in _refusal(await slow.result(slow_cmd, "success", run_id=None, message="late"))
     after = await get_run(server, run_id)
     assert after["status"] == "partial"
     assert [s["status"] for s in after["steps"]] == ["success", "timeout"]
     assert after["steps"][1]["message"] is None
-    stored = await server.ctx.docs["runs"].find_one({"run_id": run_id})
+    stored = await stored_run(server, run_id)
     assert [s["status"] for s in stored["steps"]] == ["success", "timeout"]
     fast.close()
     slow.close()
@@ -122,16 +123,27 @@ async def test_duplicate_result_does_not_change_a_closed_step(server: RunningSer
     command = await module.recv_execute()
     other_cmd = await other.recv_execute()
     assert await module.result(command, "success", message="first") == "receive result"
-    # Run still open (other has not answered): duplicates must not touch the closed step.
-    assert await module.result(command, "failure", error="boom", message="second") == "receive result"
-    assert await module.result(command, "failure", run_id=None, error="boom", message="third") == "receive result"
+    # Run still open (other has not answered): a re-send of the stored result is
+    # acknowledged; a different result for the closed step is refused, saying why.
+    assert await module.result(command, "success", message="first") == "receive result"
+    assert await module.result(command, "success", run_id=None, message="first") == "receive result"
+    assert "not awaiting a result (success)" in _refusal(
+        await module.result(command, "failure", error="boom", message="second"))
+    assert "no open step" in _refusal(
+        await module.result(command, "failure", run_id=None, error="boom", message="third"))
     run = await get_run(server, run_id)
     assert run["status"] == "running"
     assert run["steps"][0]["status"] == "success" and run["steps"][0]["message"] == "first"
     assert run["steps"][0]["error"] is None
     assert run["steps"][1]["status"] == "sent"
-    # A result for another module's step is not taken by this module.
-    assert await module.result(other_cmd, "failure") == "receive result"
+    # A result for another module's step is not taken by this module (its own step in
+    # that run is closed), nor is one for a run it has no step in.
+    assert "not awaiting a result (success)" in _refusal(await module.result(other_cmd, "failure"))
+    stranger = await Module.online(server, "stranger")
+    assert f"run {run_id} has no step for this module" == _refusal(await stranger.result(other_cmd, "failure"))
+    stranger.close()
+    assert _refusal(await module.result(other_cmd | {"meta": other_cmd["meta"] | {"run_id": "f" * 32}}, "failure")) \
+        == "unknown run_id " + "f" * 32
     assert (await get_run(server, run_id))["steps"][1]["status"] == "sent"
 
     assert await other.result(other_cmd) == "receive result"
@@ -163,8 +175,9 @@ async def test_result_routing_with_and_without_run_id(server: RunningServer) -> 
     assert statuses == ["success", "running", "success"]
     assert (await get_run(server, runs[2]))["steps"][0]["message"] == "no-id-1"
 
-    # Without run_id and for another workflow id: nothing matches, still acknowledged.
-    assert await module.result(commands[1], run_id=None, workflow_id=wid + 1000) == "receive result"
+    # Without run_id and for another workflow id: nothing matches, and the module is told.
+    assert f"no open step for this module in workflow {wid + 1000}" in _refusal(
+        await module.result(commands[1], run_id=None, workflow_id=wid + 1000))
     assert (await get_run(server, runs[1]))["status"] == "running"
 
     assert await module.result(commands[1], run_id=None, message="no-id-2") == "receive result"
@@ -314,3 +327,12 @@ async def test_overlap_forbid_holds_for_simultaneous_firings(server: RunningServ
     await module.no_message(0.3)
     assert await module.result(command) == "receive result"
     module.close()
+
+
+def _refusal(reply: str | dict) -> str:
+    """The reason in an error frame (and not `receive result`)."""
+    frame = json.loads(reply) if isinstance(reply, str) else reply
+    assert frame["type"] == "error", frame
+    prefix = "result not recorded: "
+    assert frame["error"].startswith(prefix), frame
+    return frame["error"][len(prefix):]

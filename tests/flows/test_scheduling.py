@@ -15,6 +15,7 @@ from tests.flows.support import (
     wait_until,
     workflow_body,
 )
+from tests.support.history import count_runs
 from tornado_sched.clock import utcnow
 
 
@@ -78,7 +79,7 @@ async def test_scheduled_firing_reaches_module_and_result_closes_run(server: Run
     assert row["error"] is None
     # The coincident second line did not fire a second run.
     await module.no_message(1.0)
-    assert await server.ctx.docs["runs"].count_documents({"workflow_id": wid}) == 1
+    assert await count_runs(server, workflow_id=wid) == 1
 
     # The job moved on to the next minute.
     status, env = await server.api("/scheduler/jobs")
@@ -97,7 +98,7 @@ async def test_disabled_before_its_tick_does_not_fire(server: RunningServer) -> 
     assert status == 200, env
     wait = (fire - utcnow()).total_seconds() + 1.0
     await module.no_message(max(wait, 0.5))
-    assert await server.ctx.docs["runs"].count_documents({"workflow_id": wid}) == 0
+    assert await count_runs(server, workflow_id=wid) == 0
     assert await log_rows(server, wid) == []
 
 

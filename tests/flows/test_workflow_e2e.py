@@ -9,6 +9,7 @@ import json
 from tornado.websocket import websocket_connect
 
 from tests.conftest import RunningServer
+from tests.support.history import stored_run
 
 
 async def register(server: RunningServer, name: str) -> str:
@@ -52,7 +53,7 @@ async def test_manual_run_reaches_module_and_result_closes_it(server: RunningSer
     assert env["result"]["status"] == "success"
     assert env["result"]["steps"][0]["status"] == "success"
     assert env["result"]["steps"][0]["message"] == "done"
-    stored = await server.ctx.docs["runs"].find_one({"run_id": run_id})
+    stored = await stored_run(server, run_id)
     assert stored["status"] == "success"
 
     status, env = await server.api("/scheduler/jobs")

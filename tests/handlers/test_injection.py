@@ -20,6 +20,7 @@ from sqlalchemy import select
 from websockets.asyncio.client import ClientConnection
 
 from tests.conftest import RunningServer
+from tests.support.history import stored_run
 from tests.support.rawclient import REGISTRATION_TOKEN, eventually, open_socket, register
 from tornado_sched.tables import api_tokens, audit_log, operators
 
@@ -192,7 +193,7 @@ async def test_query_string_filters(target: Target) -> None:
     run_id = env["result"]["run_id"]
 
     async def closed() -> bool:
-        doc = await server.ctx.docs["runs"].find_one({"run_id": run_id})
+        doc = await stored_run(server, run_id)
         return doc is not None and doc["status"] != "running"
 
     await eventually(closed)

@@ -29,6 +29,7 @@ from tests.conftest import (
     stop_server,
 )
 from tests.handlers.test_auth_matrix import METHODS, _sample_path
+from tests.support.history import count_runs
 from tornado_sched.tables import api_tokens
 
 VIEWER = ("viewer1", "viewer-pass-1")
@@ -133,7 +134,7 @@ async def test_viewer_writes_change_nothing(shared: RunningServer) -> None:
         assert status == 403 and env["code"] == "4030", (method, path, env)
     doc = await server.ctx.docs["workflows"].find_one({"workflow_id": wf})
     assert doc is not None and doc["description"] == ""
-    assert await server.ctx.docs["runs"].count_documents({"workflow_id": wf}) == 0
+    assert await count_runs(server, workflow_id=wf) == 0
     assert (await server.api(f"/workflow/{wf}", auth=VIEWER))[0] == 200
     assert (await server.api(f"/workflow/{wf}", "DELETE"))[0] == 200
 

@@ -1,0 +1,425 @@
+"""Run history in the relational store: `runs` (one row per run) and `run_steps`.
+
+Every hot-path write is addressed by key: a result updates its own step row by
+(run_id, step_index) and the run row by run_id, so its cost does not grow with the
+history. Lists walk an index newest first with an opaque keyset cursor
+(`before`); the old `page`/`page_size` still work, with a bounded offset and a
+bounded total. Retention deletes in short batches so result writes interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, delete, func, insert, or_, select, update
+
+from .clock import as_utc, naive_utc, utcnow
+from .errors import Invalid
+from .runs import FAILED_RUN_STATUSES, RUN_STATUSES, Run, Step
+from .stores import DocumentStore, SqlStore
+from .tables import run_steps, runs
+
+log = logging.getLogger(__name__)
+
+# `page`/`page_size` clients may not make the database skip more rows than this;
+# deeper pages are reached with `before=` cursors.
+MAX_OFFSET = 10_000
+# Totals are counted up to here and then shown as "1000+": an exact count of a
+# million-row filter is a scan, and nobody pages through it by number.
+TOTAL_CAP = 1000
+RETENTION_BATCH = 1000
+MIGRATION_BATCH = 500
+# `status=failed`: the group of failed run statuses, one indexed column (`failed`).
+FAILED_GROUP = "failed"
+# What a history list's `status` may be: one run status or the failed group.
+HISTORY_STATUSES = (*RUN_STATUSES, FAILED_GROUP)
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """What a history list is restricted to; every combination walks an index."""
+
+    workflow_id: int | None = None
+    status: str | None = None  # a run status, or "failed" for the failed group
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.status is not None and self.status not in HISTORY_STATUSES:
+            raise Invalid(f"status: must be one of {', '.join(HISTORY_STATUSES)}", field="status")
+
+    def where(self) -> list[Any]:
+        clauses: list[Any] = []
+        if self.workflow_id is not None:
+            clauses.append(runs.c.workflow_id == self.workflow_id)
+        if self.status == FAILED_GROUP:
+            clauses.append(runs.c.failed.is_(True))
+        elif self.status is not None:
+            clauses.append(runs.c.status == self.status)
+        if self.since is not None:
+            clauses.append(runs.c.started_at >= naive_utc(self.since))
+        if self.until is not None:
+            clauses.append(runs.c.started_at < naive_utc(self.until))
+        return clauses
+
+
+def parse_time_bound(name: str, raw: str | None) -> datetime | None:
+    """`since`/`until` from a query string: ISO 8601; without a zone it means UTC."""
+    if raw is None or raw == "":
+        return None
+    try:
+        moment = datetime.fromisoformat(raw) if len(raw) <= 40 else None
+    except ValueError:
+        moment = None
+    if moment is None:
+        raise Invalid(f"{name}: expected an ISO 8601 time such as 2026-12-01T08:00:00Z", field=name)
+    return as_utc(moment)
+
+
+@dataclass(frozen=True)
+class RunPage:
+    """One page of history, newest first."""
+
+    runs: list[Run]
+    has_more: bool
+    next_before: str | None
+    total: int | None = None
+    total_exact: bool = True
+
+    def public(self, page: int | None, page_size: int) -> dict[str, Any]:
+        """The API's list shape: the seed's total/page/page_size/runs plus keyset
+        fields (`has_more`, `next_before`) and `total_exact` (False: "1000+")."""
+        return {
+            "total": self.total,
+            "total_exact": self.total_exact,
+            "page": page,
+            "page_size": page_size,
+            "runs": [r.public() for r in self.runs],
+            "has_more": self.has_more,
+            "next_before": self.next_before,
+        }
+
+
+def encode_cursor(started_at: datetime, row_id: int) -> str:
+    raw = f"{naive_utc(started_at).isoformat()}|{row_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, int]:
+    """The (started_at, id) key a cursor stands for; Invalid for anything else."""
+    bad = Invalid("before: not a history cursor from this server", field="before")
+    if not isinstance(cursor, str) or not 1 <= len(cursor) <= 100:
+        raise bad
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        when, row_id = raw.split("|")
+        moment = datetime.fromisoformat(when)
+        number = int(row_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise bad from None
+    if moment.tzinfo is not None or not 0 < number < 2**63:
+        raise bad
+    return moment, number
+
+
+def _step_row(run_id: str, step: Step) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "step_index": step.index,
+        "module_hash": step.module_hash,
+        "module_name": step.module_name[:200],
+        "args": json.dumps(step.args, ensure_ascii=False, default=str),
+        "status": step.status,
+        "attempts": step.attempts,
+        "sent_at": naive_utc(step.sent_at),
+        "ended_at": naive_utc(step.ended_at),
+        "message": step.message,
+        "error": step.error,
+    }
+
+
+def _counters(run: Run) -> dict[str, Any]:
+    return {
+        "status": run.status,
+        "failed": run.status in FAILED_RUN_STATUSES,
+        "ended_at": naive_utc(run.ended_at),
+        "reason": run.reason,
+        "steps_ok": sum(1 for s in run.steps if s.status == "success"),
+        "steps_failed": sum(1 for s in run.steps if s.status not in ("pending", "sent", "success", "skipped")),
+    }
+
+
+def _run_row(run: Run) -> dict[str, Any]:
+    return {
+        "run_id": run.run_id,
+        "workflow_id": run.workflow_id,
+        "workflow_name": run.workflow_name[:200],
+        "trigger": run.trigger,
+        "nominal_time": naive_utc(run.nominal_time),
+        "timezone": run.timezone,
+        "fired_at": naive_utc(run.fired_at),
+        "started_at": naive_utc(run.started_at),
+        "timeout_seconds": run.timeout_seconds,
+        "retries": run.retries,
+        "retry_delay_seconds": run.retry_delay_seconds,
+        "steps_total": len(run.steps),
+        **_counters(run),
+    }
+
+
+def _step_from_row(row: Any) -> Step:
+    try:
+        args = json.loads(row.args) if row.args else {}
+    except ValueError:
+        args = {}
+    return Step(
+        index=row.step_index,
+        module_hash=row.module_hash,
+        module_name=row.module_name,
+        args=args if isinstance(args, dict) else {},
+        status=row.status,
+        attempts=row.attempts,
+        sent_at=as_utc(row.sent_at),
+        ended_at=as_utc(row.ended_at),
+        message=row.message,
+        error=row.error,
+    )
+
+
+def _run_from_row(row: Any, steps: list[Step]) -> Run:
+    return Run(
+        run_id=row.run_id,
+        workflow_id=row.workflow_id,
+        workflow_name=row.workflow_name,
+        trigger=row.trigger,
+        nominal_time=as_utc(row.nominal_time) or utcnow(),
+        timezone=row.timezone,
+        fired_at=as_utc(row.fired_at) or utcnow(),
+        steps=steps,
+        status=row.status,
+        started_at=as_utc(row.started_at) or utcnow(),
+        ended_at=as_utc(row.ended_at),
+        timeout_seconds=row.timeout_seconds,
+        retries=row.retries,
+        retry_delay_seconds=row.retry_delay_seconds,
+        reason=row.reason,
+    )
+
+
+# executemany statements: one round trip for every step row a group commit touches.
+_UPDATE_STEP = (
+    update(run_steps)
+    .where(run_steps.c.run_id == bindparam("k_run"), run_steps.c.step_index == bindparam("k_index"))
+    .values(
+        status=bindparam("status"),
+        attempts=bindparam("attempts"),
+        sent_at=bindparam("sent_at"),
+        ended_at=bindparam("ended_at"),
+        message=bindparam("message"),
+        error=bindparam("error"),
+    )
+)
+_UPDATE_RUN = (
+    update(runs)
+    .where(runs.c.run_id == bindparam("k_run"))
+    .values(
+        status=bindparam("status"),
+        failed=bindparam("failed"),
+        ended_at=bindparam("ended_at"),
+        reason=bindparam("reason"),
+        steps_ok=bindparam("steps_ok"),
+        steps_failed=bindparam("steps_failed"),
+    )
+)
+
+
+class RunHistory:
+    """Runs and their steps in SQL: keyed writes, keyset pages, batched retention."""
+
+    def __init__(self, sql: SqlStore) -> None:
+        self._sql = sql
+
+    @property
+    def _engine(self) -> Any:
+        return self._sql.engine
+
+    # -- writes ----------------------------------------------------------------------
+    async def insert(self, run: Run) -> None:
+        """A new run and all its step rows, in one transaction."""
+        async with self._engine.begin() as conn:
+            await conn.execute(insert(runs), [_run_row(run)])
+            if run.steps:
+                await conn.execute(insert(run_steps), [_step_row(run.run_id, s) for s in run.steps])
+
+    async def write(self, changes: Iterable[tuple[Run, Iterable[int]]]) -> None:
+        """Store the current state of the given steps of each run, and each run's row
+        (status, counters), in one transaction. Cost: one keyed update per changed
+        step and per run, whatever the size of the history or of the run."""
+        step_rows: list[dict[str, Any]] = []
+        run_rows: list[dict[str, Any]] = []
+        for run, indexes in changes:
+            for index in sorted(set(indexes)):
+                row = _step_row(run.run_id, run.steps[index])
+                step_rows.append({
+                    "k_run": run.run_id, "k_index": index,
+                    **{k: row[k] for k in ("status", "attempts", "sent_at", "ended_at", "message", "error")},
+                })
+            run_rows.append({"k_run": run.run_id, **_counters(run)})
+        if not run_rows:
+            return
+        async with self._engine.begin() as conn:
+            if step_rows:
+                await conn.execute(_UPDATE_STEP, step_rows)
+            await conn.execute(_UPDATE_RUN, run_rows)
+
+    # -- reads -----------------------------------------------------------------------
+    async def get(self, run_id: str) -> Run | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(runs).where(runs.c.run_id == run_id))).first()
+            if row is None:
+                return None
+            steps = await self._steps(conn, [run_id])
+        return _run_from_row(row, steps.get(run_id, []))
+
+    async def _steps(self, conn: Any, run_ids: list[str]) -> dict[str, list[Step]]:
+        if not run_ids:
+            return {}
+        result = await conn.execute(
+            select(run_steps).where(run_steps.c.run_id.in_(run_ids))
+            .order_by(run_steps.c.run_id, run_steps.c.step_index)
+        )
+        found: dict[str, list[Step]] = {}
+        for row in result:
+            found.setdefault(row.run_id, []).append(_step_from_row(row))
+        return found
+
+    async def _runs(self, conn: Any, rows: list[Any]) -> list[Run]:
+        steps = await self._steps(conn, [r.run_id for r in rows])
+        return [_run_from_row(r, steps.get(r.run_id, [])) for r in rows]
+
+    async def open_runs(self) -> list[Run]:
+        """Runs the store still has as running (left open by a crash, at start-up)."""
+        async with self._engine.connect() as conn:
+            rows = list(await conn.execute(select(runs).where(runs.c.status == "running")))
+            return await self._runs(conn, rows)
+
+    async def page(self, filters: RunFilter, before: str | None = None, limit: int = 20) -> RunPage:
+        """Newest first, `limit` runs older than the `before` cursor."""
+        clauses = filters.where()
+        if before:
+            moment, row_id = decode_cursor(before)
+            # `started_at <= m` bounds the index range; the OR only breaks ties.
+            clauses.append(runs.c.started_at <= moment)
+            clauses.append(or_(runs.c.started_at < moment, runs.c.id < row_id))
+        query = (
+            select(runs).where(*clauses)
+            .order_by(runs.c.started_at.desc(), runs.c.id.desc()).limit(limit + 1)
+        )
+        async with self._engine.connect() as conn:
+            rows = list(await conn.execute(query))
+            has_more = len(rows) > limit
+            rows = rows[:limit]
+            found = await self._runs(conn, rows)
+        last = rows[-1] if rows and has_more else None
+        return RunPage(found, has_more, encode_cursor(last.started_at, last.id) if last is not None else None)
+
+    async def page_by_number(self, filters: RunFilter, page: int, page_size: int) -> RunPage:
+        """The seed clients' `page`/`page_size`: a bounded offset and a bounded total
+        (exact below TOTAL_CAP, else TOTAL_CAP with total_exact False)."""
+        offset = (page - 1) * page_size
+        if offset > MAX_OFFSET:
+            raise Invalid(
+                f"page: at most {MAX_OFFSET} runs can be skipped by page number; use before= (next_before)",
+                field="page",
+            )
+        clauses = filters.where()
+        query = (
+            select(runs).where(*clauses)
+            .order_by(runs.c.started_at.desc(), runs.c.id.desc()).offset(offset).limit(page_size + 1)
+        )
+        capped = select(runs.c.id).where(*clauses).limit(TOTAL_CAP + 1).subquery()
+        async with self._engine.connect() as conn:
+            rows = list(await conn.execute(query))
+            counted = (await conn.execute(select(func.count()).select_from(capped))).scalar_one()
+            has_more = len(rows) > page_size
+            rows = rows[:page_size]
+            found = await self._runs(conn, rows)
+        last = rows[-1] if rows and has_more else None
+        return RunPage(
+            found, has_more, encode_cursor(last.started_at, last.id) if last is not None else None,
+            total=min(counted, TOTAL_CAP), total_exact=counted <= TOTAL_CAP,
+        )
+
+    async def last_started(self, workflow_id: int) -> datetime | None:
+        query = select(func.max(runs.c.started_at)).where(runs.c.workflow_id == workflow_id)
+        async with self._engine.connect() as conn:
+            return as_utc((await conn.execute(query)).scalar_one_or_none())
+
+    # -- retention -------------------------------------------------------------------
+    async def delete_older_than(self, cutoff: datetime, batch: int = RETENTION_BATCH) -> int:
+        """Delete closed runs started before `cutoff`, `batch` per transaction, yielding
+        between batches so result writes (and the loop) are never held up for long."""
+        deleted = 0
+        while True:
+            async with self._engine.begin() as conn:
+                rows = list(await conn.execute(
+                    select(runs.c.id, runs.c.run_id)
+                    .where(runs.c.started_at < naive_utc(cutoff), runs.c.status != "running")
+                    .order_by(runs.c.started_at).limit(batch)
+                ))
+                if rows:
+                    await conn.execute(delete(run_steps).where(run_steps.c.run_id.in_([r.run_id for r in rows])))
+                    await conn.execute(delete(runs).where(runs.c.id.in_([r.id for r in rows])))
+            deleted += len(rows)
+            if len(rows) < batch:
+                return deleted
+            await asyncio.sleep(0.01)
+
+    # -- migration -------------------------------------------------------------------
+    async def migrate_from_documents(self, docs: DocumentStore, batch: int = MIGRATION_BATCH) -> int:
+        """Move runs kept in the document store's `runs` collection (versions before
+        the SQL history) into SQL, `batch` per transaction. Idempotent: a run already
+        in SQL is skipped, so an interrupted migration simply runs again at the next
+        start. Afterwards the collection is dropped. Returns how many were inserted."""
+        names = await docs.db.list_collection_names()
+        if "runs" not in names:
+            return 0
+        inserted = 0
+        pending: list[Run] = []
+        async for doc in docs["runs"].find({}):
+            try:
+                pending.append(Run.from_doc(doc))
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("migration: run document %s skipped: %s", doc.get("_id"), type(exc).__name__)
+            if len(pending) >= batch:
+                inserted += await self._insert_missing(pending)
+                pending = []
+        if pending:
+            inserted += await self._insert_missing(pending)
+        # Every document is now in SQL (inserted or already there). Dropped, not
+        # renamed: `rename` is a silent no-op on the embedded nx-27017 server.
+        await docs["runs"].drop()
+        log.info("migrated %d run(s) from the document store into SQL", inserted)
+        return inserted
+
+    async def _insert_missing(self, batch: list[Run]) -> int:
+        unique = {r.run_id: r for r in batch}
+        async with self._engine.begin() as conn:
+            existing = set((await conn.execute(
+                select(runs.c.run_id).where(runs.c.run_id.in_(list(unique)))
+            )).scalars())
+            fresh = [r for r in unique.values() if r.run_id not in existing]
+            if fresh:
+                await conn.execute(insert(runs), [_run_row(r) for r in fresh])
+                step_rows = [_step_row(r.run_id, s) for r in fresh for s in r.steps]
+                if step_rows:
+                    await conn.execute(insert(run_steps), step_rows)
+        return len(fresh)

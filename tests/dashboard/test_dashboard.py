@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -90,6 +91,35 @@ async def test_unknown_things_get_html_error_pages(server: RunningServer) -> Non
     assert b"workflow 999999 not found" in response.body
     response = await server.fetch("/history?status=bogus")
     assert response.code == 400 and b"status: must be one of" in response.body
+    response = await server.fetch("/history?before=not-ours")
+    assert response.code == 400 and b"before: not a history cursor" in response.body
+    response = await server.fetch("/history?since=yesterday")
+    assert response.code == 400 and b"since: expected a date" in response.body
+
+
+async def test_history_pages_with_cursors_and_filters(server: RunningServer) -> None:
+    """`/history` walks newest first by cursor ("Older" links), keeping its filters."""
+    module_hash, _ = await register(server, "hist")
+    status, env = await server.api("/workflow/create", "POST", json_body={
+        "name": "hist", "enable": False, "execute_cron_list": [],
+        "execute_modules": [{"module_hash": module_hash, "args": {}}],
+    })
+    wid = env["result"]["workflow_id"]
+    run_ids = [(await server.api(f"/workflow/{wid}/execute", "POST"))[1]["result"]["run_id"] for _ in range(27)]
+    path = f"/history?workflow_id={wid}&status=failed"
+    seen = []
+    for _ in range(3):
+        body = (await server.fetch(path)).body.decode()
+        seen += [r for r in run_ids if f"/history/{r}" in body]
+        older = re.search(r'href="(/history\?[^"]*before=[^"]+)" rel="next"', body)
+        if older is None:
+            break
+        assert f"workflow_id={wid}" in older.group(1) and "status=failed" in older.group(1)
+        path = older.group(1).replace("&amp;", "&")
+    assert sorted(seen) == sorted(run_ids) and len(seen) == 27
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    body = (await server.fetch(f"/history?workflow_id={wid}&since={today}&until={today}")).body.decode()
+    assert "27 run(s)" in body
 
 
 async def test_cookie_post_needs_the_xsrf_token(server: RunningServer) -> None:

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 
@@ -383,3 +384,31 @@ async def test_run_history_is_newest_first_and_paginated(server: RunningServer) 
     assert env["result"]["total"] == 0
     run = await get_run(server, run_ids[0])
     assert run["workflow_id"] == wid and run["steps"][0]["status"] == "offline"
+
+    # Keyset pages: `next_before` leads on, `has_more` says when to stop, with the
+    # filters kept; a cursor the server did not make is a 400 in the envelope.
+    seen, before = [], ""
+    for _ in range(4):
+        status, env = await server.api(f"/workflow/{wid}/runs?page_size=2{before}")
+        assert status == 200, env
+        seen += [r["run_id"] for r in env["result"]["runs"]]
+        if not env["result"]["has_more"]:
+            assert env["result"]["next_before"] is None
+            break
+        before = f"&before={env['result']['next_before']}"
+    assert seen == list(reversed(run_ids))
+    status, env = await server.api(f"/runs?status=failed&workflow_id={wid}&page_size=3")
+    assert [r["run_id"] for r in env["result"]["runs"]] == list(reversed(run_ids))[:3]
+    assert env["result"]["has_more"] is True and env["result"]["total_exact"] is True
+    status, env = await server.api(f"/runs?status=failed&workflow_id={wid}&before={env['result']['next_before']}")
+    assert [r["run_id"] for r in env["result"]["runs"]] == list(reversed(run_ids))[3:]
+    assert env["result"]["page"] is None and env["result"]["has_more"] is False
+    started = datetime.fromisoformat(run["started_at"])
+    since = (started - timedelta(milliseconds=1)).isoformat()
+    until = (started + timedelta(milliseconds=1)).isoformat()
+    status, env = await server.api(f"/runs?{urlencode({'since': since, 'until': until})}")
+    assert [r["run_id"] for r in env["result"]["runs"]] == [run_ids[0]], env
+    for bad in ("before=zzz", "before=" + "A" * 101, "since=yesterday", "until=2026-13-01", "status=nope",
+                "page=600&page_size=20"):
+        status, env = await server.api(f"/runs?{bad}")
+        assert status == 400 and env["code"] == "4000", (bad, env)

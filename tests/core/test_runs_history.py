@@ -1,0 +1,305 @@
+"""RunTracker + RunHistory constructed directly, against SQLite and MariaDB (and the
+embedded document server for modules/workflows): a result writes its own step row,
+results arriving together share one transaction, retention deletes in batches,
+keyset pages, migration from the document store's `runs` collection."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import event, func, insert, select
+
+from tornado_sched.errors import Invalid
+from tornado_sched.events import EventBus
+from tornado_sched.history import RunFilter, RunHistory
+from tornado_sched.hub import ConnectionHub
+from tornado_sched.protocol import ResultMessage
+from tornado_sched.registry import ModuleRegistry
+from tornado_sched.runs import ResultNotMatched, Run, RunTracker, Step
+from tornado_sched.stores import DocumentStore, SqlStore
+from tornado_sched.tables import naive_utc, run_steps, runs, utcnow
+from tornado_sched.workflows import WorkflowStore
+
+
+@dataclass
+class RecordingSocket:
+    """The hub's connection shape (Tornado's WebSocketHandler fits it): keeps frames."""
+
+    frames: list[str] = field(default_factory=list)
+
+    def write_message(self, message: Any, binary: bool = False) -> None:
+        self.frames.append(message)
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        pass
+
+
+@dataclass
+class Core:
+    docs: DocumentStore
+    sql: SqlStore
+    history: RunHistory
+    registry: ModuleRegistry
+    hub: ConnectionHub
+    workflows: WorkflowStore
+    tracker: RunTracker
+    statements: list[tuple[str, int]] = field(default_factory=list)
+
+    def watch(self) -> None:
+        """Record every SQL statement from now on: (text, number of parameter sets)."""
+        self.statements.clear()
+
+        def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+            self.statements.append((statement.split()[0].upper() + " " + _table_of(statement),
+                                    len(parameters) if executemany else 1))
+
+        event.listen(self.sql.engine.sync_engine, "before_cursor_execute", record)
+
+
+def _table_of(statement: str) -> str:
+    words = statement.replace("`", "").replace('"', "").split()
+    for keyword in ("UPDATE", "INTO", "FROM"):
+        if keyword in (w.upper() for w in words):
+            index = [w.upper() for w in words].index(keyword)
+            return words[index + 1]
+    return "?"
+
+
+@pytest.fixture
+async def core(sql_url: str, docserver_uri: str) -> AsyncIterator[Core]:
+    docs = DocumentStore(docserver_uri, f"t{uuid.uuid4().hex[:16]}")
+    await docs.ensure_indexes()
+    sql = SqlStore(sql_url)
+    await sql.create_schema()
+    events = EventBus()
+    registry = ModuleRegistry(docs)
+    await registry.load()
+    hub = ConnectionHub(registry, events, flush_seconds=0.2)
+    await hub.start()
+    workflows = WorkflowStore(docs, registry, "UTC")
+    history = RunHistory(sql)
+    tracker = RunTracker(history, registry, workflows, hub, events)
+    await tracker.start()
+    yield Core(docs, sql, history, registry, hub, workflows, tracker)
+    await tracker.close()
+    await hub.close()
+    await sql.close()
+    await docs.db.client.drop_database(docs.db.name)
+    await docs.close()
+
+
+async def _online_modules(core: Core, count: int) -> list[tuple[Any, Any]]:
+    sessions = []
+    for i in range(count):
+        record = await core.registry.register(f"m{i}-{uuid.uuid4().hex[:6]}", "", [], [], "")
+        sessions.append(core.hub.attach(record, RecordingSocket(), "127.0.0.1"))
+    return sessions
+
+
+async def _workflow(core: Core, hashes: list[str], **fields: Any) -> Any:
+    return await core.workflows.create({
+        "name": f"wf-{uuid.uuid4().hex[:8]}", "enable": False, "execute_cron_list": [],
+        "execute_modules": [{"module_hash": h, "args": {"n": 1}} for h in hashes],
+        "timeout_seconds": 600, **fields,
+    })
+
+
+def _result(run: Run, status: str = "success", message: str = "ok") -> ResultMessage:
+    return ResultMessage(status, str(run.workflow_id), run.workflow_name, None, None, message, run.run_id)
+
+
+async def _step_rows(core: Core, run_id: str) -> list[Any]:
+    async with core.sql.engine.connect() as conn:
+        return list(await conn.execute(
+            select(run_steps).where(run_steps.c.run_id == run_id).order_by(run_steps.c.step_index)))
+
+
+async def test_a_result_writes_its_own_step_row_and_the_run_row(core: Core) -> None:
+    sessions = await _online_modules(core, 3)
+    workflow = await _workflow(core, [s.module_hash for s in sessions])
+    run = await core.tracker.start_run(workflow, "manual", utcnow())
+    assert [r.status for r in await _step_rows(core, run.run_id)] == ["sent", "sent", "sent"]
+
+    core.watch()
+    await core.tracker.record_result(sessions[1], _result(run, message="second"))
+    # Durable when record_result returns: one keyed update of one step row, one of the run row.
+    writes = [s for s in core.statements if s[0].startswith(("UPDATE", "INSERT", "DELETE"))]
+    assert writes == [("UPDATE run_steps", 1), ("UPDATE runs", 1)], core.statements
+    rows = await _step_rows(core, run.run_id)
+    assert [(r.status, r.message) for r in rows] == [("sent", None), ("success", "second"), ("sent", None)]
+    async with core.sql.engine.connect() as conn:
+        row = (await conn.execute(select(runs).where(runs.c.run_id == run.run_id))).one()
+    assert (row.status, row.steps_ok, row.steps_failed, row.steps_total) == ("running", 1, 0, 3)
+
+    await core.tracker.record_result(sessions[0], _result(run, "failure"))
+    await core.tracker.record_result(sessions[2], _result(run))
+    stored = await core.history.get(run.run_id)
+    assert stored is not None and stored.status == "partial"
+    async with core.sql.engine.connect() as conn:
+        row = (await conn.execute(select(runs).where(runs.c.run_id == run.run_id))).one()
+    assert (row.status, bool(row.failed), row.steps_ok, row.steps_failed) == ("partial", True, 2, 1)
+    assert row.ended_at is not None
+
+
+async def test_results_arriving_together_share_one_transaction(core: Core) -> None:
+    sessions = await _online_modules(core, 40)
+    workflow = await _workflow(core, [s.module_hash for s in sessions])
+    run = await core.tracker.start_run(workflow, "manual", utcnow())
+    core.watch()
+    await asyncio.gather(*(core.tracker.record_result(s, _result(run)) for s in sessions))
+    writes = [s for s in core.statements if s[0].startswith("UPDATE")]
+    # Every result went out in one executemany of 40 step rows (not 40 statements,
+    # and not the whole run rewritten per result).
+    assert ("UPDATE run_steps", 40) in writes, writes
+    assert sum(n for s, n in writes if s == "UPDATE run_steps") == 40
+    assert (await core.history.get(run.run_id)).status == "success"
+
+
+async def test_unmatched_results_say_why(core: Core) -> None:
+    sessions = await _online_modules(core, 2)
+    workflow = await _workflow(core, [sessions[0].module_hash])
+    run = await core.tracker.start_run(workflow, "manual", utcnow())
+    with pytest.raises(ResultNotMatched, match="has no step for this module"):
+        await core.tracker.record_result(sessions[1], _result(run))
+    unknown = ResultMessage("success", None, None, None, None, None, "f" * 32)
+    with pytest.raises(ResultNotMatched, match="unknown run_id"):
+        await core.tracker.record_result(sessions[0], unknown)
+    await core.tracker.record_result(sessions[0], _result(run))
+    # A re-send of the stored result is acknowledged; a different one is refused.
+    await core.tracker.record_result(sessions[0], _result(run))
+    with pytest.raises(ResultNotMatched, match="closed"):
+        await core.tracker.record_result(sessions[0], _result(run, "failure"))
+
+
+def _stored_run(workflow_id: int, started: Any, status: str, steps: int = 2) -> Run:
+    return Run(
+        run_id=uuid.uuid4().hex, workflow_id=workflow_id, workflow_name=f"w{workflow_id}", trigger="schedule",
+        nominal_time=started, timezone="UTC", fired_at=started, started_at=started, status=status,
+        ended_at=started + timedelta(seconds=1),
+        steps=[Step(i, "a" * 40, f"m{i}", {}, status="success" if status == "success" else "failure")
+               for i in range(steps)],
+    )
+
+
+async def _bulk(sql: SqlStore, items: list[Run]) -> None:
+    from tornado_sched.history import _run_row, _step_row  # the same rows the history writes
+
+    async with sql.engine.begin() as conn:
+        await conn.execute(insert(runs), [_run_row(r) for r in items])
+        await conn.execute(insert(run_steps), [_step_row(r.run_id, s) for r in items for s in r.steps])
+
+
+async def test_retention_deletes_in_batches_and_keeps_open_and_recent_runs(core: Core) -> None:
+    now = utcnow()
+    old = [_stored_run(1, now - timedelta(days=100, seconds=i), "success") for i in range(2500)]
+    open_old = _stored_run(1, now - timedelta(days=100), "running")
+    recent = _stored_run(1, now - timedelta(days=1), "failure")
+    await _bulk(core.sql, [*old, open_old, recent])
+    core.watch()
+    deleted = await core.history.delete_older_than(now - timedelta(days=90), batch=1000)
+    assert deleted == 2500
+    deletes = [s for s in core.statements if s[0].startswith("DELETE")]
+    assert deletes == [("DELETE run_steps", 1), ("DELETE runs", 1)] * 3, deletes
+    async with core.sql.engine.connect() as conn:
+        left = set((await conn.execute(select(runs.c.run_id))).scalars())
+        steps_left = (await conn.execute(select(func.count()).select_from(run_steps))).scalar_one()
+    assert left == {open_old.run_id, recent.run_id}
+    assert steps_left == 4
+
+
+async def test_retention_lets_result_writes_through(core: Core) -> None:
+    """A result arriving during a long clean-up is stored before the clean-up ends."""
+    now = utcnow()
+    await _bulk(core.sql, [_stored_run(1, now - timedelta(days=100, seconds=i), "success", 1) for i in range(5000)])
+    sessions = await _online_modules(core, 1)
+    workflow = await _workflow(core, [sessions[0].module_hash])
+    run = await core.tracker.start_run(workflow, "manual", utcnow())
+    cleanup = asyncio.ensure_future(core.history.delete_older_than(now - timedelta(days=90), batch=500))
+    await asyncio.sleep(0)
+    await core.tracker.record_result(sessions[0], _result(run))
+    assert not cleanup.done(), "the result waited for the whole clean-up"
+    assert await cleanup == 5000
+
+
+async def test_keyset_pages_filters_and_bounded_totals(core: Core) -> None:
+    now = utcnow().replace(microsecond=0)
+    items = []
+    for i in range(45):
+        # Pairs of runs share a start time: the cursor must break the tie.
+        items.append(_stored_run(1 + i % 3, now - timedelta(minutes=i // 2), ("success", "failure", "partial")[i % 3]))
+    await _bulk(core.sql, items)
+    seen: list[str] = []
+    before = None
+    pages = 0
+    while True:
+        page = await core.history.page(RunFilter(), before, 20)
+        seen += [r.run_id for r in page.runs]
+        pages += 1
+        if not page.has_more:
+            assert page.next_before is None
+            break
+        before = page.next_before
+    assert pages == 3 and len(seen) == 45 and set(seen) == {r.run_id for r in items}
+    starts = [r.started_at for r in (await core.history.page(RunFilter(), None, 45)).runs]
+    assert starts == sorted(starts, reverse=True)
+
+    failed = await core.history.page(RunFilter(status="failed"), None, 100)
+    assert len(failed.runs) == 30 and {r.status for r in failed.runs} == {"failure", "partial"}
+    only = await core.history.page(RunFilter(workflow_id=2, status="failure"), None, 100)
+    assert len(only.runs) == 15 and {r.workflow_id for r in only.runs} == {2}
+    window = await core.history.page(
+        RunFilter(since=now - timedelta(minutes=4), until=now - timedelta(minutes=1)), None, 100)
+    # `until` is exclusive.
+    assert {r.started_at for r in window.runs} == {now - timedelta(minutes=m) for m in (2, 3, 4)}
+    assert len(window.runs[0].steps) == 2
+
+    numbered = await core.history.page_by_number(RunFilter(), 2, 20)
+    assert [r.run_id for r in numbered.runs] == seen[20:40]
+    assert (numbered.total, numbered.total_exact) == (45, True)
+    with pytest.raises(Invalid, match="before"):
+        await core.history.page(RunFilter(), "not-a-cursor", 20)
+    with pytest.raises(Invalid, match="page"):
+        await core.history.page_by_number(RunFilter(), 10_000, 20)
+    with pytest.raises(Invalid, match="status"):
+        RunFilter(status="bogus")
+
+
+async def test_total_is_bounded(core: Core) -> None:
+    now = utcnow()
+    await _bulk(core.sql, [_stored_run(7, now - timedelta(seconds=i), "success", 1) for i in range(1005)])
+    page = await core.history.page_by_number(RunFilter(workflow_id=7), 1, 20)
+    assert (page.total, page.total_exact, page.has_more) == (1000, False, True)
+
+
+async def test_migration_from_the_document_store_is_batched_and_idempotent(core: Core) -> None:
+    started = utcnow().replace(microsecond=0) - timedelta(days=3)
+    docs = [_stored_run(3, started - timedelta(minutes=i), "success").doc() for i in range(120)]
+    # Half were migrated by an earlier, interrupted attempt.
+    await _bulk(core.sql, [Run.from_doc(d) for d in docs[:60]])
+    await core.docs["runs"].insert_many([dict(d) for d in docs])
+
+    core.watch()
+    assert await core.history.migrate_from_documents(core.docs, batch=25) == 60
+    inserts = [s for s in core.statements if s[0] == "INSERT runs"]
+    assert len(inserts) == 3  # batches of 25 holding the 60 missing ones (0, 10, 25, 25)
+    assert "runs" not in await core.docs.db.list_collection_names()
+    assert await core.history.migrate_from_documents(core.docs) == 0
+    stored = await core.history.get(docs[100]["run_id"])
+    assert stored is not None and stored.status == "success" and len(stored.steps) == 2
+    assert naive_utc(stored.started_at) == naive_utc(docs[100]["started_at"])
+
+
+async def test_registry_authenticates_hashes_from_memory(core: Core) -> None:
+    record = await core.registry.register(f"mem-{uuid.uuid4().hex[:6]}", "", [], [], "")
+    assert core.registry.authenticate(record.hash) == record
+    fresh = ModuleRegistry(core.docs)
+    assert fresh.authenticate(record.hash) is None
+    assert await fresh.load() >= 1 and fresh.authenticate(record.hash) is not None
+    await core.registry.delete(record.hash)
+    assert core.registry.authenticate(record.hash) is None

@@ -63,6 +63,19 @@ def execute(run_id: str, **args: Any) -> dict[str, Any]:
     }
 
 
+async def execute_real_run(server: RunningServer, module_hash: str, name: str) -> str:
+    """A workflow of this one module, executed: the server acknowledges only results
+    for steps it sent."""
+    status, env = await server.api("/workflow/create", "POST", json_body={
+        "name": name, "enable": False, "execute_cron_list": [],
+        "execute_modules": [{"module_hash": module_hash, "args": EXECUTE["args"]}],
+    })
+    assert status == 200, env
+    status, env = await server.api(f"/workflow/{env['result']['workflow_id']}/execute", "POST")
+    assert status == 200, env
+    return env["result"]["run_id"]
+
+
 async def idle_handler(args: dict[str, Any], meta: dict[str, Any]) -> None:
     return None
 
@@ -233,15 +246,23 @@ async def test_handler_gets_args_and_meta_and_results_are_acknowledged(
         async with asyncio.timeout(5):
             await client.wait_connected()
         assert client.module_hash is not None
-        server.ctx.hub.send(client.module_hash, EXECUTE)
-        args, meta = await asyncio.wait_for(calls.get(), 5)
-        assert args == EXECUTE["args"] and meta == EXECUTE["meta"]
-        # The server answers only a well-formed result with the ack; a refused frame
-        # would come back as {"type": "error"} and reach on_message.
-        await eventually(lambda: client.results_acknowledged == 1)
-
-        server.ctx.hub.send(client.module_hash, execute("run-0002", explode=True))
-        await asyncio.wait_for(calls.get(), 5)
+        # Real runs: the server acknowledges only results that match a step it sent.
+        run_ids = []
+        for args in (EXECUTE["args"], {"explode": True}):
+            status, env = await server.api("/workflow/create", "POST", json_body={
+                "name": f"sdk-{len(run_ids)}", "enable": False, "execute_cron_list": [],
+                "execute_modules": [{"module_hash": client.module_hash, "args": args}],
+            })
+            assert status == 200, env
+            status, env = await server.api(f"/workflow/{env['result']['workflow_id']}/execute", "POST")
+            run_ids.append(env["result"]["run_id"])
+            args_seen, meta = await asyncio.wait_for(calls.get(), 5)
+            assert args_seen == args and meta["run_id"] == run_ids[-1]
+            # The server answers only a well-formed result with the ack; a refused frame
+            # would come back as {"type": "error"} and reach on_message.
+            expected = len(run_ids)
+            await eventually(lambda: client.results_acknowledged == expected)  # noqa: B023
+        assert meta["workflow_name"] == "sdk-1" and meta["execution_time"]
         await eventually(lambda: client.results_acknowledged == 2)
         assert client.results_sent == 2
         await asyncio.sleep(0.05)
@@ -273,7 +294,7 @@ async def test_reconnects_after_the_server_closes_the_socket(server: RunningServ
         await eventually(
             lambda: client.connections == 2 and server.ctx.hub.session(h) not in (None, old)
         )
-        server.ctx.hub.send(h, EXECUTE)
+        await execute_real_run(server, h, "sdk-reconnect")
         await asyncio.wait_for(ran.wait(), 5)
         await eventually(lambda: client.results_acknowledged == 1)
     finally:

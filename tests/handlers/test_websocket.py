@@ -66,6 +66,30 @@ def async_true(fetch: Any, check: Any) -> Any:
     return predicate
 
 
+
+
+async def answered_not_matched(conn: Any, **fields: Any) -> None:
+    """Send a well-formed result for a run the server never started: the session is
+    alive and parsed it when the answer is the "matches nothing" error frame."""
+    reply = json.loads(await send_result(conn, **{"run_id": "f" * 32, **fields}))
+    assert reply == {"type": "error", "error": "result not recorded: unknown run_id " + "f" * 32}, reply
+
+
+async def answer_a_real_run(server: RunningServer, conn: Any, module_hash: str) -> str | bytes:
+    """Execute a one-module workflow and answer its command on `conn` (echoing run_id);
+    returns the server's answer."""
+    status, env = await server.api("/workflow/create", "POST", json_body={
+        "name": f"ws-{module_hash[:8]}-{len(server.ctx.hub.sessions())}-{id(conn)}", "enable": False,
+        "execute_cron_list": [], "execute_modules": [{"module_hash": module_hash, "args": {}}],
+    })
+    assert status == 200, env
+    status, env = await server.api(f"/workflow/{env['result']['workflow_id']}/execute", "POST")
+    assert status == 200, env
+    command = await receive_json(conn)
+    assert command["type"] == "execute" and command["meta"]["run_id"] == env["result"]["run_id"]
+    return await send_result(conn, run_id=command["meta"]["run_id"], workflow_id=str(command["meta"]["workflow_id"]))
+
+
 @contextlib.asynccontextmanager
 async def custom_server(
     tmp_path: Path, docserver_uri: str, **overrides: Any
@@ -96,7 +120,8 @@ async def test_seed_client_flow_with_the_raw_client(server: RunningServer) -> No
     assert await online_hashes(server) == [h]
     await send_message(server, h, "to the new one")
     assert await receive(second) == "to the new one"
-    assert await send_result(second, run_id="r-1") == RESULT_ACK
+    assert await answer_a_real_run(server, second, h) == RESULT_ACK
+    await answered_not_matched(second)
     await asyncio.sleep(0.3)  # the replaced socket's close must not mark the module offline
     assert server.ctx.hub.is_online(h)
     assert (await stored(server, h))["online"] is True
@@ -183,7 +208,7 @@ async def test_connections_racing_for_one_hash_end_with_one_session(server: Runn
         survivor = b if loser is a else a
         assert (loser.close_code, loser.close_reason) == (4000, "replaced")
         assert len(sessions_for(server, h)) == 1
-        assert await send_result(survivor) == RESULT_ACK
+        await answered_not_matched(survivor)
         assert await online_hashes(server) == [h]
         await survivor.close()
         await eventually(lambda: not server.ctx.hub.is_online(h))
@@ -238,7 +263,7 @@ async def test_malformed_frames_get_an_error_reply_and_the_session_stays(
         assert reply["type"] == "error" and isinstance(reply["error"], str) and reply["error"], (
             reply
         )
-        assert await send_result(conn, run_id="after-error") == RESULT_ACK
+        await answered_not_matched(conn)
         assert server.ctx.hub.session(h) is session
     finally:
         await conn.close()
@@ -260,7 +285,7 @@ async def test_frames_over_the_size_limit_get_an_error_reply(
                 assert reply["type"] == "error" and "2048" in reply["error"], reply
             just_fits = result_frame(message="y" * 1800)
             assert len(just_fits.encode()) <= 2048
-            assert await send_result(conn, message="y" * 1800) == RESULT_ACK
+            await answered_not_matched(conn, message="y" * 1800)
             assert running.ctx.hub.is_online(h)
         finally:
             await conn.close()
@@ -279,8 +304,7 @@ async def test_heartbeat_message_gets_no_reply_and_refreshes_last_heartbeat(
         await asyncio.sleep(0.05)
         await conn.send(json.dumps({"type": "heartbeat"}))
         # The next frame from the server answers the result: nothing answered the heartbeat.
-        await conn.send(result_frame())
-        assert await receive(conn) == RESULT_ACK
+        await answered_not_matched(conn)
         assert session.last_heartbeat > before
         await eventually(
             async_true(lambda: stored(server, h), lambda d: d["last_heartbeat"] is not None)

@@ -1,7 +1,9 @@
 """BARE baseline: the least Tornado server doing the bench's work (no auth, no store).
 
 `/websocket?hash=...` keeps hash -> handler; `POST /send` {module_hash, message}
-writes to one socket; `GET /count` says how many are open. Same ping settings as
+writes to one socket; `POST /broadcast` sends an execute-shaped frame to every socket,
+and each `result` frame is answered `receive result` (no store: the bare round trip);
+`GET /count` says how many are open. Same ping settings as
 tornado_sched's defaults. Prints `listening on port N` like run.py.
 """
 
@@ -26,6 +28,10 @@ class Socket(tornado.websocket.WebSocketHandler):
         if old is not None:
             old.close(4000, "replaced")
 
+    def on_message(self, message: str | bytes) -> None:
+        if json.loads(message).get("type") == "result":
+            self.write_message("receive result")
+
     def on_close(self) -> None:
         if SOCKETS.get(getattr(self, "h", "")) is self:
             del SOCKETS[self.h]
@@ -41,6 +47,14 @@ class Send(tornado.web.RequestHandler):
         self.write({"message": "sent"})
 
 
+class Broadcast(tornado.web.RequestHandler):
+    def post(self) -> None:
+        frame = json.dumps({"type": "execute", "meta": {"run_id": "bare", "workflow_id": 0}, "args": {}})
+        for ws in list(SOCKETS.values()):
+            ws.write_message(frame)
+        self.write({"sent": len(SOCKETS)})
+
+
 class Count(tornado.web.RequestHandler):
     def get(self) -> None:
         self.write({"online": len(SOCKETS)})
@@ -49,7 +63,7 @@ class Count(tornado.web.RequestHandler):
 async def main() -> None:
     raise_nofile()
     app = tornado.web.Application(
-        [(r"/websocket", Socket), (r"/send", Send), (r"/count", Count)],
+        [(r"/websocket", Socket), (r"/send", Send), (r"/broadcast", Broadcast), (r"/count", Count)],
         websocket_ping_interval=20.0,
         websocket_ping_timeout=20.0,
         log_function=lambda h: None,

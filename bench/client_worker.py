@@ -7,6 +7,9 @@ share: {"hashes": [...], "ws_url", "http_host", "http_port", "send_path",
 
   {"cmd": "connect", "timeout": s}  open every socket (bounded concurrency)
   {"cmd": "send", "timeout": s}     POST one message per own module, wait for all receipts
+  {"cmd": "acks", "expected": n, "timeout": s}
+                                    wait until n `receive result` acks arrived (each
+                                    socket answers every `execute` with a success result)
   {"cmd": "close"}                  abort every socket
   {"cmd": "exit"}
 
@@ -39,6 +42,10 @@ class Worker:
         self.all_received = asyncio.Event()
         self.unexpected_closes = 0
         self.closing = False
+        self.acks = 0
+        self.last_ack: float | None = None
+        self.ack_event = asyncio.Event()
+        self.acks_expected = 1 << 62
 
     # -- connect ---------------------------------------------------------------------
     async def connect(self, within: float) -> dict[str, Any]:
@@ -86,6 +93,20 @@ class Worker:
     async def _read(self, i: int, ws: ClientConnection) -> None:
         try:
             async for _message in ws:
+                if _message == "receive result":
+                    self.acks += 1
+                    self.last_ack = time.monotonic()
+                    if self.acks >= self.acks_expected:
+                        self.ack_event.set()
+                    continue
+                if isinstance(_message, str) and _message.startswith('{"type": "execute"'):
+                    meta = json.loads(_message)["meta"]
+                    await ws.send(json.dumps({
+                        "type": "result", "status": "success", "workflow_id": meta.get("workflow_id"),
+                        "workflow_name": meta.get("workflow_name"), "module_name": "bench",
+                        "error": None, "message": "ok", "run_id": meta.get("run_id"),
+                    }))
+                    continue
                 if self.recv_t[i] is None:
                     self.recv_t[i] = time.monotonic()
                     self.received += 1
@@ -155,6 +176,20 @@ class Worker:
             "errors": bad[:5],
         }
 
+    # -- execute -> results durable ---------------------------------------------------
+    async def wait_acks(self, expected: int, within: float) -> dict[str, Any]:
+        self.acks_expected = expected
+        if self.acks >= expected:
+            self.ack_event.set()
+        try:
+            await asyncio.wait_for(self.ack_event.wait(), within)
+        except TimeoutError:
+            pass
+        result = {"acks": self.acks, "last_ack": self.last_ack}
+        self.acks, self.last_ack, self.acks_expected = 0, None, 1 << 62
+        self.ack_event.clear()
+        return result
+
     # -- close -----------------------------------------------------------------------
     async def close(self) -> dict[str, Any]:
         self.closing = True
@@ -193,6 +228,8 @@ async def main() -> None:
             reply(await worker.connect(cmd["timeout"]))
         elif cmd["cmd"] == "send":
             reply(await worker.send(cmd["timeout"]))
+        elif cmd["cmd"] == "acks":
+            reply(await worker.wait_acks(cmd["expected"], cmd["timeout"]))
         elif cmd["cmd"] == "close":
             reply(await worker.close())
         elif cmd["cmd"] == "exit":

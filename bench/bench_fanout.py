@@ -1,0 +1,117 @@
+"""Fan-out round trip, the connection bench's execute phase: execute -> all results durable.
+
+    python bench/bench_fanout.py --n 1000 --repeats 3
+    python bench/bench_fanout.py --n 1000 10000 --workflow-size 1000
+
+N modules connect (client processes from bench_connections / client_worker.py; each
+socket answers every `execute` with a success result echoing run_id). Then, timed
+from the client side, until every socket has received `receive result`:
+
+  ours  workflows of at most --workflow-size modules covering all N, all executed at
+        once (`POST /workflow/<id>/execute`); `receive result` follows durability
+        (the step rows and run rows are committed in SQL)
+  bare  bench/bare_server.py `POST /broadcast`: one execute-shaped frame to every
+        socket; each result answered `receive result` at once (no store)
+
+Medians over --repeats; ours/bare printed in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_connections import BASIC, Worker, broadcast, register_modules, start_server, stop_server
+from kahttp import Connection, json_request, raise_nofile
+
+
+async def one(kind: str, hashes: list[str], data_dir: Path, args: argparse.Namespace) -> list[float]:
+    server = await start_server(kind, data_dir)
+    workers: list[Worker] = []
+    conn = Connection("127.0.0.1", server.port, timeout=120)
+    samples: list[float] = []
+    try:
+        auth = {"Authorization": BASIC}
+        workflow_ids = []
+        if kind == "ours":
+            for start in range(0, len(hashes), args.workflow_size):
+                part = hashes[start:start + args.workflow_size]
+                status, env = await json_request(conn, "POST", "/workflow/create", {
+                    "name": f"fanout-{len(hashes)}-{start}-{time.monotonic_ns()}", "enable": False,
+                    "execute_cron_list": [], "overlap": "allow", "timeout_seconds": 600,
+                    "execute_modules": [{"module_hash": h, "args": {"n": 1}} for h in part],
+                }, auth)
+                assert status == 200, env
+                workflow_ids.append(env["result"]["workflow_id"])
+        shares = [hashes[i::args.clients] for i in range(args.clients)]
+        cfg = {
+            "ws_url": f"ws://127.0.0.1:{server.port}/websocket", "http_host": "127.0.0.1",
+            "http_port": server.port, "send_path": "/send", "headers": {},
+            "connect_concurrency": 50, "send_concurrency": 8,
+        }
+        workers = list(await asyncio.gather(*(Worker.start(dict(cfg, hashes=s)) for s in shares)))
+        replies = await broadcast(workers, {"cmd": "connect", "timeout": 120}, 120)
+        assert sum(r["connected"] for r in replies) == len(hashes), replies
+        await asyncio.sleep(2.0)  # let the online-state flush settle
+        for _ in range(args.repeats):
+            for share, w in zip(shares, workers, strict=True):
+                await w.send_cmd({"cmd": "acks", "expected": len(share), "timeout": 120})
+            t0 = time.monotonic()
+            if kind == "ours":
+                calls = [Connection("127.0.0.1", server.port, timeout=120) for _ in workflow_ids]
+                results = await asyncio.gather(*(
+                    json_request(c, "POST", f"/workflow/{wid}/execute", None, auth)
+                    for c, wid in zip(calls, workflow_ids, strict=True)))
+                for c in calls:
+                    await c.close()
+                assert all(status == 200 for status, _ in results), results
+            else:
+                status, env = await json_request(conn, "POST", "/broadcast", {})
+                assert status == 200, env
+            acks = [await w.reply(130) for w in workers]
+            got = sum(a["acks"] for a in acks)
+            assert got == len(hashes), f"{kind}: {got} of {len(hashes)} acks"
+            samples.append(max(a["last_ack"] for a in acks) - t0)
+            await asyncio.sleep(0.5)
+    finally:
+        await conn.close()
+        for w in workers:
+            await w.stop()
+        await stop_server(server, 60)
+    return samples
+
+
+async def amain(args: argparse.Namespace) -> int:
+    raise_nofile()
+    root = Path(tempfile.mkdtemp(prefix="bench-fanout-"))
+    print(f"{os.cpu_count()} CPUs, loadavg {os.getloadavg()[0]:.1f}; workflow size <= {args.workflow_size}")
+    print("| N | ours execute -> all results durable | bare round trip | ours/bare |")
+    print("|---|---|---|---|")
+    for n in args.n:
+        data_dir = root / f"n{n}"
+        hashes, _ = await register_modules(n, data_dir, 16, f"fan{n}")
+        ours = await one("ours", hashes, data_dir, args)
+        bare = await one("bare", hashes, root / f"bare{n}", args)
+        o, b = statistics.median(ours), statistics.median(bare)
+        print(f"| {n:,} | {o * 1000:.0f} ms | {b * 1000:.0f} ms | {o / b:.1f}x |", flush=True)
+        print(f"  samples ours {[round(x * 1000) for x in ours]} bare {[round(x * 1000) for x in bare]}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, nargs="+", default=[1000])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--workflow-size", type=int, default=1000)
+    return asyncio.run(amain(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -248,7 +248,7 @@ class Notifier:
             if self._closing:
                 return
             try:
-                # asyncio.timeout, not wait_for: see ConnectionHub._flush_loop.
+                # asyncio.timeout, not wait_for: see GroupCommit._loop (batching.py).
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
             except TimeoutError:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, func, insert, select
 
+from tornado_sched.clock import naive_utc, utcnow
 from tornado_sched.errors import Invalid
 from tornado_sched.events import EventBus
 from tornado_sched.history import RunFilter, RunHistory
@@ -23,7 +24,7 @@ from tornado_sched.protocol import ResultMessage
 from tornado_sched.registry import ModuleRegistry
 from tornado_sched.runs import ResultNotMatched, Run, RunTracker, Step
 from tornado_sched.stores import DocumentStore, SqlStore
-from tornado_sched.tables import naive_utc, run_steps, runs, utcnow
+from tornado_sched.tables import run_steps, runs
 from tornado_sched.workflows import WorkflowStore
 
 

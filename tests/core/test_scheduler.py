@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy import select
 
+from tornado_sched.history import RunHistory
 from tornado_sched.runs import RunTracker
 from tornado_sched.scheduler import WorkflowScheduler, job_id
 from tornado_sched.stores import SqlStore
@@ -20,7 +21,7 @@ from .conftest import Core
 async def scheduled(core: Core, sql_url: str) -> AsyncIterator[tuple[Core, WorkflowScheduler, SqlStore]]:
     sql = SqlStore(sql_url)
     await sql.create_schema()
-    runs = RunTracker(core.docs, core.registry, core.workflows, core.hub, core.events)
+    runs = RunTracker(RunHistory(sql), core.registry, core.workflows, core.hub, core.events)
     await runs.start()
     scheduler = WorkflowScheduler(
         core.docs, sql, core.workflows, runs, "Asia/Shanghai", 90, events=core.events, is_online=core.hub.is_online,

@@ -31,6 +31,21 @@ PAGE_PARAMS = [
     {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1_000_000, "default": 1}},
     {"name": "page_size", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 20}},
 ]
+# Run history: `page` numbers reach the first 10,000 runs of a filter (page x 200);
+# `before` (the previous page's `next_before`) goes on from there.
+RUN_PAGE_PARAMS = [
+    {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 50, "default": 1},
+     "description": "Page number; at most 10,000 runs are skipped this way (use `before` beyond)"},
+    {"name": "page_size", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 20}},
+    {"name": "before", "in": "query", "schema": {"type": "string", "maxLength": 100},
+     "description": "Opaque cursor: the `next_before` of the previous page (400 if not one)"},
+    {"name": "status", "in": "query", "schema": {"enum": [*RUN_STATUSES, "failed"]},
+     "description": "A run status, or `failed` (failure, partial, interrupted)"},
+    {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"},
+     "description": "Runs started at or after (ISO 8601; no zone means UTC)"},
+    {"name": "until", "in": "query", "schema": {"type": "string", "format": "date-time"},
+     "description": "Runs started before (exclusive)"},
+]
 ERRORS = {
     "400": "Bad input: `result.field` names the field (code 4000)",
     "401": "No or bad credentials (code 4010); `WWW-Authenticate` offers Digest and Basic",
@@ -201,9 +216,16 @@ def _schemas() -> dict[str, Any]:
             },
         },
         "RunPage": {
-            "type": "object", "required": ["total", "page", "page_size", "runs"],
-            "properties": {"total": {"type": "integer"}, "page": {"type": "integer"},
-                           "page_size": {"type": "integer"}, "runs": {"type": "array", "items": _ref("Run")}},
+            "type": "object", "required": ["total", "page", "page_size", "runs", "has_more", "next_before"],
+            "properties": {
+                "total": {"type": ["integer", "null"],
+                          "description": "Exact up to 1,000; then 1,000 with total_exact false; null with `before`"},
+                "total_exact": {"type": "boolean"},
+                "page": {"type": ["integer", "null"], "description": "null when paging with `before`"},
+                "page_size": {"type": "integer"}, "runs": {"type": "array", "items": _ref("Run")},
+                "has_more": {"type": "boolean"},
+                "next_before": {"type": ["string", "null"], "description": "Cursor for the next (older) page"},
+            },
         },
         "Job": {
             "type": "object", "required": ["id", "name", "trigger", "next_run_time"],
@@ -394,14 +416,13 @@ def _paths() -> dict[str, Any]:
         "/workflow/{workflow_id}/runs": {
             "x-tornado-route": [r"/workflow/(\d{1,18})/runs", OBJECT_ID_ROUTE], "parameters": [WORKFLOW_ID],
             "get": _op("Run history of one workflow, newest first", _ref("RunPage"), "400", "404", *auth,
-                       params=PAGE_PARAMS, tag="runs"),
+                       params=RUN_PAGE_PARAMS, tag="runs"),
         },
         "/runs": {"x-tornado-route": r"/runs", "get": _op(
             "Every run, newest first", _ref("RunPage"), "400", *auth, tag="runs", params=[
                 {"name": "workflow_id", "in": "query",
                  "schema": {"type": "integer", "minimum": 0, "maximum": 999_999_999_999_999_999}},
-                {"name": "status", "in": "query", "schema": {"enum": list(RUN_STATUSES)}},
-                *PAGE_PARAMS])},
+                *RUN_PAGE_PARAMS])},
         "/runs/{run_id}": {
             "x-tornado-route": r"/runs/([0-9a-f]{1,64})", "parameters": [RUN_ID],
             "get": _op("One run with its steps", _ref("Run"), "404", *auth, tag="runs"),

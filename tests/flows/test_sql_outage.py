@@ -1,4 +1,5 @@
-"""SQL unreachable mid-run: execution-log and audit rows are kept and written later.
+"""SQL unreachable mid-run: execution-log and audit rows are kept and written later;
+results of open runs are acknowledged once SQL has them.
 
 The server reaches the shared MariaDB through a TCP proxy that the test cuts and
 restores, so MariaDB itself is never stopped.
@@ -6,6 +7,7 @@ restores, so MariaDB itself is never stopped.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from tests.flows.support import (
     create_workflow,
     execute,
     log_rows,
+    wait_run,
     wait_until,
     workflow_body,
 )
@@ -41,6 +44,9 @@ async def proxied_mariadb(mariadb_admin_url: str) -> AsyncIterator[tuple[str, Tc
 async def test_rows_written_while_sql_is_down_arrive_when_it_returns(
     tmp_path: Path, docserver_uri: str, proxied_mariadb: tuple[str, TcpProxy]
 ) -> None:
+    """Runs live in SQL: a run open when SQL goes away gets its result acknowledged
+    only once SQL has it; firings during the outage cannot create their run (503,
+    nothing dispatched) but their execution-log rows are kept and written later."""
     url, proxy = proxied_mariadb
     running, http_server = await start_server(make_settings(tmp_path, docserver_uri, sql_url_override=url))
     ctx = running.ctx
@@ -50,11 +56,22 @@ async def test_rows_written_while_sql_is_down_arrive_when_it_returns(
         module = await Module.online(running)
         workflow_id = await create_workflow(running, workflow_body(modules=[module.hash], overlap="allow"))
         before = len(await log_rows(running, workflow_id))
+        open_run = await execute(running, workflow_id)
+        command = await module.recv_execute()
 
         await proxy.cut()
-        run_ids = [await execute(running, workflow_id) for _ in range(3)]
-        for _ in run_ids:
-            await module.recv_execute()
+        # The open run's result: not acknowledged while it cannot be stored.
+        assert module.ws is not None
+        await module.ws.write_message(json.dumps({
+            "type": "result", "status": "success", "run_id": open_run, "workflow_id": str(workflow_id),
+            "workflow_name": command["meta"]["workflow_name"], "module_name": module.name,
+            "error": None, "message": "done",
+        }))
+        await module.no_message(1.0)
+        for _ in range(3):
+            status, env = await running.api(f"/workflow/{workflow_id}/execute", "POST")
+            assert status == 503 and env["code"] == "5030" and "could not start the run" in env["message"], env
+        await module.no_message(0.3)  # nothing was dispatched for runs that do not exist
         # An audited change made during the outage (the operator is in the auth cache).
         status, env = await running.api(f"/workflow/{workflow_id}/disable", "POST")
         assert status == 200, env
@@ -63,12 +80,15 @@ async def test_rows_written_while_sql_is_down_arrive_when_it_returns(
         assert status == 503 and env["code"] == "5030" and "sql" in env["message"], env
         waiting = env["result"]["failed_writes"]
         assert waiting["execution_log_kept"] == 3, waiting
-        assert waiting["audit_log_kept"] >= 2, waiting  # execute x3 and disable are audited
+        assert waiting["audit_log_kept"] >= 1, waiting  # the disable
 
         await proxy.restore()
+        assert await module.recv(10) == "receive result"
         await wait_until(lambda: ctx.scheduler.execution_log.kept == 0 and ctx.audit.pending.kept == 0, 10)
         rows = await log_rows(running, workflow_id)
-        assert [r["run_id"] for r in rows[before:]] == run_ids
+        assert [r["run_id"] for r in rows[before:]] == [open_run, None, None, None]
+        assert [r["outcome"] for r in rows[before:]] == ["started", "error", "error", "error"]
+        assert (await wait_run(running, open_run))["status"] == "success"
         async with ctx.sql.engine.connect() as conn:
             actions = (await conn.execute(
                 select(audit_log.c.action).where(audit_log.c.target == f"workflow:{workflow_id}")

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import tornado.web
 
 from tornado_sched.context import AppContext
+from tornado_sched.errors import Unstorable
 from tornado_sched.hub import ModuleSession
 from tornado_sched.logs import short_secret
 from tornado_sched.protocol import (
@@ -107,6 +108,10 @@ class ModuleSocketHandler(SocketHandler):
             await self.ctx.runs.record_result(session, result)
         except ResultNotMatched as exc:
             self.reply(error_reply(f"result not recorded: {exc}"))
+            return
+        except Unstorable as exc:
+            # Not an outage: sending the same result again cannot help.
+            self.reply(error_reply(f"result not stored: {exc.message}"))
             return
         except Exception as exc:
             log.error("result from %r not stored: %s", session.name, type(exc).__name__)

@@ -8,18 +8,24 @@ current state (not each event) keeps the store at one write per key per flush
 however many changes arrived, and makes out-of-order writes impossible.
 
 Urgent marks flush soon (after `coalesce_seconds`, so a burst becomes one write);
-others wait for the next `period_seconds`. A failed write keeps its keys dirty and
-its waiters waiting; the flusher retries after `retry_seconds`.
+others wait for the next `period_seconds`. A write that fails because the store is
+out of reach (`is_outage`, or no answer within `write_timeout`) keeps its keys dirty
+and its waiters waiting; the flusher retries after `retry_seconds`. A write that fails
+for any other reason is a bad record: the batch is written again group by group
+(`group`, e.g. one run), the groups that still fail are set aside (counted, logged,
+`on_quarantine`) and every other change is written, so one record never blocks the
+rest. Waiters give up after `commit_timeout` (Unavailable) and those waiting for a
+quarantined key get Unstorable.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Collection, Hashable
 from typing import Generic, TypeVar
 
-from .errors import Unavailable
+from .errors import Unavailable, Unstorable
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +43,32 @@ class GroupCommit(Generic[K]):
         period_seconds: float | None = None,
         coalesce_seconds: float = 0.0,
         retry_seconds: float = 1.0,
+        is_outage: Callable[[BaseException], bool] = lambda exc: True,
+        group: Callable[[K], Hashable] = lambda key: key,
+        on_quarantine: Callable[[set[K], str], None] | None = None,
+        write_timeout: float = 15.0,
+        commit_timeout: float = 30.0,
     ) -> None:
         self.name = name
         self._write = write
         self._period = period_seconds
         self._coalesce = coalesce_seconds
         self._retry = retry_seconds
+        self._is_outage = is_outage
+        self._group = group
+        self._on_quarantine = on_quarantine
+        self._write_timeout = write_timeout
+        self._commit_timeout = commit_timeout
         self._dirty: set[K] = set()
-        self._waiters: list[asyncio.Future[None]] = []
+        # Quarantined keys and why, until they change again (their waiters fail).
+        self._refused: dict[K, str] = {}
+        # Each waiter with the keys it needs (None: everything marked before it).
+        self._waiters: list[tuple[asyncio.Future[None], frozenset[K] | None]] = []
         self._urgent = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.failures = 0
+        self.quarantined = 0
         self.last_error: str | None = None
 
     @property
@@ -57,18 +77,27 @@ class GroupCommit(Generic[K]):
 
     def mark(self, key: K, *, urgent: bool = True) -> None:
         self._dirty.add(key)
+        self._refused.pop(key, None)
         if urgent:
             self._urgent.set()
 
     def discard(self, key: K) -> None:
         self._dirty.discard(key)
 
-    async def commit(self) -> None:
-        """Wait for the next write that includes every change marked so far."""
+    async def commit(self, keys: Collection[K] | None = None) -> None:
+        """Wait for the next write that includes every change marked so far.
+
+        Bounded: Unavailable after `commit_timeout` (the change stays marked and is
+        written when the store answers). With `keys`, Unstorable if one of them was
+        quarantined instead of written."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(future)
+        self._waiters.append((future, frozenset(keys) if keys is not None else None))
         self._urgent.set()
-        await future
+        try:
+            async with asyncio.timeout(self._commit_timeout):
+                await asyncio.shield(future)
+        except TimeoutError:
+            raise Unavailable(f"{self.name}: not stored within {self._commit_timeout:g} s") from None
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._loop())
@@ -86,21 +115,27 @@ class GroupCommit(Generic[K]):
         written = await self.flush()
         if not written:
             log.error("%s: pending writes lost at shutdown (store unavailable)", self.name)
-        for future in self._waiters:  # nobody may wait forever on a stopped writer
+        for future, _keys in self._waiters:  # nobody may wait forever on a stopped writer
             if not future.done():
                 future.set_exception(Unavailable("shutting down before the change was stored"))
         self._waiters.clear()
         return written
 
     async def flush(self) -> bool:
-        """Write every dirty key now; False if the store refused (all kept for a retry)."""
+        """Write every dirty key now; False if the store is out of reach (all kept for
+        a retry). Bad records are quarantined, never retried, never blocking."""
         if not self._dirty and not self._waiters:
             return True
         dirty, self._dirty = self._dirty, set()
         waiters, self._waiters = self._waiters, []
         try:
             if dirty:
-                await self._write(dirty)
+                try:
+                    await self._write_bounded(dirty)
+                except Exception as exc:
+                    if self._outage(exc):
+                        raise
+                    await self._isolate(dirty, exc)
         except asyncio.CancelledError:
             # close() cancelled the flusher mid-write: its final flush must see these.
             self._dirty |= dirty
@@ -119,10 +154,45 @@ class GroupCommit(Generic[K]):
             log.warning("%s: write failed (%d pending), will retry: %s", self.name, len(dirty), self.last_error)
             return False
         self.last_error = None
-        for future in waiters:
-            if not future.done():
+        for future, keys in waiters:
+            if future.done():
+                continue
+            bad = [self._refused[k] for k in keys if k in self._refused] if keys is not None else []
+            if bad:
+                future.set_exception(Unstorable(f"the store refused it: {bad[0]}"))
+            else:
                 future.set_result(None)
         return True
+
+    def _outage(self, exc: BaseException) -> bool:
+        return isinstance(exc, TimeoutError) or self._is_outage(exc)
+
+    async def _write_bounded(self, keys: set[K]) -> None:
+        async with asyncio.timeout(self._write_timeout):
+            await self._write(keys)
+
+    async def _isolate(self, dirty: set[K], first: Exception) -> None:
+        """The batch failed for a record, not the store: write it group by group and
+        quarantine the groups the store still refuses. An outage met on the way is
+        raised, with everything not yet written still in `dirty` for the caller."""
+        groups: dict[Hashable, set[K]] = {}
+        for key in dirty:
+            groups.setdefault(self._group(key), set()).add(key)
+        log.warning("%s: batch of %d refused (%s: %s); writing its %d groups one by one",
+                    self.name, len(dirty), type(first).__name__, first, len(groups))
+        for keys in groups.values():
+            try:
+                await self._write_bounded(keys)
+            except Exception as exc:
+                if self._outage(exc):
+                    raise
+                reason = f"{type(exc).__name__}: {exc}"[:300]
+                self.quarantined += 1
+                log.error("%s: quarantined %d key(s) the store refuses: %s", self.name, len(keys), reason)
+                if self._on_quarantine is not None:
+                    self._on_quarantine(keys, reason)
+                self._refused.update(dict.fromkeys(keys, reason))
+            dirty -= keys
 
     async def _loop(self) -> None:
         while not self._stopping:

@@ -78,6 +78,8 @@ class AppContext:
         return {
             "module_state_flush": self.hub.flush_failures,
             "run_state_flush": self.runs.flush_failures,
+            # Runs whose state the store refused (set aside so others are written).
+            "run_state_quarantined": self.runs.quarantined,
             "execution_log": self.scheduler.log_failures,
             "notification_outbox": self.notifier.write_failures,
             "audit_log": self.audit.write_failures,

@@ -53,6 +53,14 @@ class TooManyRequests(DomainError):
     code = "4290"
 
 
+class Unstorable(DomainError):
+    """The store refused one record for its content (not an outage): the record was
+    set aside so the others could be written. Retrying the same record will not help."""
+
+    status = 422
+    code = "4220"
+
+
 class Unavailable(DomainError):
     """A dependency (a store, a module, the email API) cannot be reached."""
 

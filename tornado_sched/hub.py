@@ -22,6 +22,7 @@ from .errors import Conflict
 from .events import MODULE_OFFLINE, MODULE_ONLINE, EventBus
 from .logs import short_secret
 from .registry import ModuleRecord, ModuleRegistry
+from .stores import is_store_outage
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,8 @@ class ConnectionHub:
         # Module state written in group commits: connects/disconnects soon (urgent),
         # heartbeats with the next periodic flush.
         self._writer: GroupCommit[str] = GroupCommit(
-            "module state", self._write_states, period_seconds=flush_seconds, coalesce_seconds=0.05
+            "module state", self._write_states, period_seconds=flush_seconds, coalesce_seconds=0.05,
+            is_outage=is_store_outage,
         )
         # WebSocket frames to and from modules, for /metrics (counted, never stored).
         self.frames_in = 0

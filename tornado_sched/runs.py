@@ -26,6 +26,7 @@ from .events import EventBus
 from .hub import ConnectionHub, ModuleSession
 from .protocol import ResultMessage, execute_frame
 from .registry import ModuleRegistry
+from .stores import is_store_outage
 from .workflows import Workflow, WorkflowStore
 
 if TYPE_CHECKING:
@@ -210,12 +211,21 @@ class RunTracker:
         self._closing: dict[str, Run] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._retry_timers: set[asyncio.TimerHandle] = set()
-        self._writer: GroupCommit[tuple[str, int]] = GroupCommit("run state", self._write)
+        # Keys are (run_id, step index or RUN_ROW); a bad record quarantines its run's
+        # pending state and never blocks the results of other runs.
+        self._writer: GroupCommit[tuple[str, int]] = GroupCommit(
+            "run state", self._write, is_outage=is_store_outage, group=lambda key: key[0],
+            on_quarantine=self._on_quarantine,
+        )
         self._unsubscribe = events.subscribe(self._on_event)
 
     @property
     def flush_failures(self) -> int:
         return self._writer.failures
+
+    @property
+    def quarantined(self) -> int:
+        return self._writer.quarantined
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> int:
@@ -359,7 +369,7 @@ class RunTracker:
         else:
             self._fail_step(run, step, "failure", result.error or "module reported failure")
         self._after_change(run, [step.index])
-        await self._writer.commit()
+        await self._writer.commit([(run.run_id, step.index)])
 
     async def _match(self, module_hash: str, result: ResultMessage) -> tuple[Run | None, Step | None]:
         """(run, step) to apply the result to; (None, None) for a re-send of the stored
@@ -472,6 +482,13 @@ class RunTracker:
             self._events.publish("run.finished", {"run": run})
         else:
             self._events.publish("run.updated", {"run": run})
+
+    def _on_quarantine(self, keys: set[tuple[str, int]], reason: str) -> None:
+        """The store refuses this run's state: stop carrying it (it is not retried);
+        a run left open in the store becomes interrupted at the next start."""
+        for run_id in {run_id for run_id, _ in keys}:
+            self._closing.pop(run_id, None)
+            log.error("run %s: state not stored (%s)", run_id[:8], reason)
 
     async def _write(self, keys: set[tuple[str, int]]) -> None:
         """GroupCommit's writer: every changed step row and run row, one transaction."""

@@ -138,6 +138,12 @@ async def check_ready(docs: DocumentStore, sql: SqlStore, limit_seconds: float =
     return dict(results)
 
 
+def is_store_outage(exc: BaseException) -> bool:
+    """True when a write failed because its store is out of reach (retry later),
+    False when the store refused the record itself (retrying cannot help)."""
+    return store_outage(exc) is not None or isinstance(exc, OSError | Unavailable)
+
+
 def store_outage(exc: BaseException) -> Unavailable | None:
     """A driver error meaning a store cannot be reached, as the domain's 503 naming
     the store; None for anything else. The one place that knows the drivers' types,

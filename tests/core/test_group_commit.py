@@ -1,0 +1,94 @@
+"""GroupCommit against real stores: a record the store refuses is quarantined and
+never blocks the others; a wait on a store that is out of reach is bounded and the
+change is written once the store is back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, make_url, select
+
+from tests.core.test_runs_history import Core, _online_modules, _result, _workflow, core  # noqa: F401
+from tests.support.tcpproxy import TcpProxy
+from tornado_sched.batching import GroupCommit
+from tornado_sched.clock import utcnow
+from tornado_sched.errors import Unavailable, Unstorable
+from tornado_sched.stores import SqlStore, is_store_outage
+
+
+async def test_a_poisoned_result_is_quarantined_and_other_runs_are_stored(core: Core) -> None:  # noqa: F811
+    sessions = await _online_modules(core, 3)
+    runs = []
+    for session in sessions:
+        workflow = await _workflow(core, [session.module_hash])
+        runs.append(await core.tracker.start_run(workflow, "manual", utcnow()))
+    # A lone surrogate cannot be encoded for the store (the edge refuses it; this is
+    # the last line of defence for whatever else a store may refuse).
+    outcomes = await asyncio.gather(
+        core.tracker.record_result(sessions[0], _result(runs[0], message="bad \ud800")),
+        core.tracker.record_result(sessions[1], _result(runs[1], message="good")),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[0], Unstorable), outcomes
+    assert outcomes[1] is None, outcomes
+    assert (await core.history.get(runs[1].run_id)).status == "success"
+    # Nothing is frozen: a later result of another run is stored and acknowledged.
+    await core.tracker.record_result(sessions[2], _result(runs[2], message="later"))
+    assert (await core.history.get(runs[2].run_id)).status == "success"
+    assert core.tracker.quarantined == 1
+    assert core.tracker.flush_failures == 0  # a bad record is not an outage
+
+
+async def _proxied_table(admin_url: str, proxy: TcpProxy) -> tuple[SqlStore, Table]:
+    url = make_url(admin_url).set(host="127.0.0.1", port=proxy.port)
+    sql = SqlStore(url.render_as_string(hide_password=False))
+    table = Table(f"gc_{uuid.uuid4().hex[:10]}", MetaData(), Column("k", Integer, primary_key=True),
+                  Column("v", String(40)))
+    async with sql.engine.begin() as conn:
+        await conn.run_sync(table.metadata.create_all)
+    return sql, table
+
+
+@pytest.mark.mariadb
+async def test_a_wait_on_an_unreachable_store_is_bounded_and_the_change_lands_later(mariadb_admin_url: str) -> None:
+    target = make_url(mariadb_admin_url)
+    proxy = TcpProxy(target.host or "127.0.0.1", target.port or 3306)
+    await proxy.start()
+    sql, table = await _proxied_table(mariadb_admin_url, proxy)
+    values: dict[int, str] = {}
+
+    async def write(keys: set[int]) -> None:
+        async with sql.engine.begin() as conn:
+            for key in keys:
+                await conn.execute(table.delete().where(table.c.k == key))
+                await conn.execute(table.insert().values(k=key, v=values[key]))
+
+    writer: GroupCommit[int] = GroupCommit(
+        "test rows", write, is_outage=is_store_outage, retry_seconds=0.2, commit_timeout=1.0, write_timeout=2.0)
+    writer.start()
+    try:
+        values[1] = "before"
+        writer.mark(1)
+        await writer.commit([1])
+        await proxy.cut()
+        values[2] = "during"
+        writer.mark(2)
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match="not stored within"):
+            await writer.commit([2])
+        assert time.monotonic() - started < 5
+        assert writer.failures >= 1 and writer.quarantined == 0
+        await proxy.restore()
+        await writer.commit([2])  # kept while the store was away, written now
+        async with sql.engine.connect() as conn:
+            rows = dict((await conn.execute(select(table.c.k, table.c.v))).all())
+        assert rows == {1: "before", 2: "during"}
+    finally:
+        await writer.close()
+        async with sql.engine.begin() as conn:
+            await conn.run_sync(table.metadata.drop_all)
+        await sql.close()
+        await proxy.close()

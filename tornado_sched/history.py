@@ -144,6 +144,7 @@ def _step_row(run_id: str, step: Step) -> dict[str, Any]:
         "ended_at": naive_utc(step.ended_at),
         "message": step.message,
         "error": step.error,
+        "output": None if step.output is None else json.dumps(step.output, ensure_ascii=False),
     }
 
 
@@ -181,6 +182,10 @@ def _step_from_row(row: Any) -> Step:
         args = json.loads(row.args) if row.args else {}
     except ValueError:
         args = {}
+    try:
+        output = json.loads(row.output) if row.output else None
+    except ValueError:
+        output = None
     return Step(
         index=row.step_index,
         module_hash=row.module_hash,
@@ -192,6 +197,7 @@ def _step_from_row(row: Any) -> Step:
         ended_at=as_utc(row.ended_at),
         message=row.message,
         error=row.error,
+        output=output,
     )
 
 
@@ -226,6 +232,7 @@ _UPDATE_STEP = (
         ended_at=bindparam("ended_at"),
         message=bindparam("message"),
         error=bindparam("error"),
+        output=bindparam("output"),
     )
 )
 _UPDATE_RUN = (
@@ -271,7 +278,7 @@ class RunHistory:
                 row = _step_row(run.run_id, run.steps[index])
                 step_rows.append({
                     "k_run": run.run_id, "k_index": index,
-                    **{k: row[k] for k in ("status", "attempts", "sent_at", "ended_at", "message", "error")},
+                    **{k: row[k] for k in ("status", "attempts", "sent_at", "ended_at", "message", "error", "output")},
                 })
             run_rows.append({"k_run": run.run_id, **_counters(run)})
         if not run_rows:

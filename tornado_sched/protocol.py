@@ -2,7 +2,8 @@
 
 Server -> module: `{"type": "execute", "meta": {...}, "args": {...}}`.
 Module -> server: `{"type": "result", "status": "success"|"failure", "workflow_id",
-"workflow_name", "module_name", "error", "message"}` (plus our optional `run_id`),
+"workflow_name", "module_name", "error", "message"}` (plus our optional `run_id` and
+`output`),
 answered with the text `receive result`; `{"type": "heartbeat"}` from older clients
 is accepted quietly.
 """
@@ -18,6 +19,9 @@ from .payload import PayloadError, read_json
 RESULT_ACK = "receive result"
 RESULT_STATUSES = ("success", "failure")
 _TEXT_LIMIT = 64 * 1024
+# A result's `output` is passed to downstream steps in their execute frame and stored
+# on the step row: bounded, so one module cannot bloat every consumer's frame.
+OUTPUT_LIMIT_BYTES = 64 * 1024
 
 
 class ProtocolError(ValueError):
@@ -33,6 +37,9 @@ class ResultMessage:
     error: str | None
     message: str | None
     run_id: str | None
+    # Ours, optional: a JSON value (data, or a reference such as a path or table name)
+    # handed to the steps that consume this step's outputs. None when not sent.
+    output: Any = None
 
     @property
     def succeeded(self) -> bool:
@@ -67,6 +74,22 @@ def _message_text(data: dict[str, Any]) -> str | None:
     raise ProtocolError("message: unsupported type")
 
 
+def _output(data: dict[str, Any]) -> Any:
+    value = data.get("output")
+    if value is None:
+        return None
+    try:
+        encoded = json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (ValueError, UnicodeEncodeError, RecursionError):
+        raise ProtocolError("output: not storable JSON (NaN, Infinity, a lone surrogate or too deep)") from None
+    if len(encoded) > OUTPUT_LIMIT_BYTES:
+        raise ProtocolError(
+            f"output: {len(encoded)} bytes encoded, more than {OUTPUT_LIMIT_BYTES}; "
+            "pass a reference (a path or table name) instead"
+        )
+    return value
+
+
 def parse_module_message(raw: str | bytes) -> ResultMessage | HeartbeatMessage:
     if isinstance(raw, bytes):
         raise ProtocolError("binary frames are not part of the protocol; send JSON text")
@@ -94,16 +117,18 @@ def parse_module_message(raw: str | bytes) -> ResultMessage | HeartbeatMessage:
         error=_optional_text(data, "error"),
         message=_message_text(data),
         run_id=_optional_text(data, "run_id"),
+        output=_output(data),
     )
 
 
 def execute_frame(
     *, execution_time: str, workflow_id: int, workflow_name: str, run_id: str, fired_at: str,
-    timezone: str, args: dict[str, Any],
+    timezone: str, args: dict[str, Any], inputs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The seed's `execute` command; `run_id`, `fired_at` and `timezone` are ours
-    (additive: the seed's clients ignore them)."""
-    return {
+    (additive: the seed's clients ignore them), and so is `inputs` (data-ordered
+    runs only: data name -> the producing step's `output`)."""
+    frame = {
         "type": "execute",
         "meta": {
             "execution_time": execution_time,
@@ -115,6 +140,9 @@ def execute_frame(
         },
         "args": args,
     }
+    if inputs is not None:
+        frame["meta"]["inputs"] = inputs
+    return frame
 
 
 def error_reply(reason: str) -> str:

@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 
 from .batching import GroupCommit
 from .clock import as_utc, read_datetime, utcnow
+from .dataorder import UPSTREAM_FAILED, WAITING, DataOrder
 from .errors import Invalid, NotFound
 from .events import EventBus
 from .hub import ConnectionHub, ModuleSession
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 
 OPEN_STEP = ("pending", "sent")
 RUN_STATUSES = ("running", "success", "failure", "partial", "skipped", "interrupted")
+# A step of a data-ordered run that was never sent because a producer of one of its
+# required inputs did not succeed.
+STEP_UPSTREAM_FAILED = UPSTREAM_FAILED
 # The dashboard's "failed" filter: a run that did not fully succeed.
 FAILED_RUN_STATUSES = ("failure", "partial", "interrupted")
 # A step key meaning "only the run row changed" (status, counters, reason).
@@ -59,10 +63,17 @@ class Step:
     ended_at: datetime | None = None
     message: str | None = None
     error: str | None = None
+    # The module's `output` from its result (a bounded JSON value), fed to consumers.
+    output: Any = None
 
     @property
     def open(self) -> bool:
         return self.status in OPEN_STEP
+
+    @property
+    def waiting(self) -> bool:
+        """Never sent yet (a data-ordered step waiting for its producers)."""
+        return self.status == "pending" and self.attempts == 0
 
     def doc(self) -> dict[str, Any]:
         return {
@@ -76,6 +87,7 @@ class Step:
             "ended_at": self.ended_at,
             "message": self.message,
             "error": self.error,
+            "output": self.output,
         }
 
     @classmethod
@@ -91,6 +103,7 @@ class Step:
             ended_at=read_datetime(doc.get("ended_at")),
             message=doc.get("message"),
             error=doc.get("error"),
+            output=doc.get("output"),
         )
 
 
@@ -113,6 +126,14 @@ class Run:
     retries: int = 0
     retry_delay_seconds: int = 10
     reason: str | None = None
+    # "data": steps are sent in the order of `data_order` (built from the solver's plan
+    # at start; in memory only, since a run left open by a restart is interrupted).
+    order: str = "parallel"
+    data_order: DataOrder | None = field(default=None, repr=False, compare=False)
+
+    def states(self) -> list[str]:
+        """Each step's state for the dispatch rule ("waiting" if never sent)."""
+        return [WAITING if s.waiting else s.status for s in self.steps]
 
     @property
     def execution_time(self) -> str:
@@ -266,8 +287,10 @@ class RunTracker:
         return [r for r in self._open.values() if r.workflow_id == workflow_id]
 
     async def start_run(self, workflow: Workflow, trigger: str, nominal_time: datetime) -> Run:
-        """Create the run and dispatch every step. With overlap=forbid and a run still
-        open, the firing is recorded as a skipped run."""
+        """Create the run and dispatch its steps: every step at once (order "parallel"),
+        or the steps with no producer, the rest as their producers succeed (order
+        "data"; a plan with conflicts fails the run at once). With overlap=forbid and a
+        run still open, the firing is recorded as a skipped run."""
         now = utcnow()
         records = await self._registry.names(list({m["module_hash"] for m in workflow.execute_modules}))
         steps = [
@@ -291,6 +314,7 @@ class RunTracker:
             timeout_seconds=workflow.timeout_seconds,
             retries=workflow.retries,
             retry_delay_seconds=workflow.retry_delay_seconds,
+            order=workflow.order,
         )
         if workflow.overlap == "forbid" and self.open_runs(workflow.workflow_id):
             run.status, run.ended_at = "skipped", now
@@ -300,6 +324,13 @@ class RunTracker:
             await self._history.insert(run)
             self._events.publish("run.finished", {"run": run})
             return run
+        if workflow.order == "data":
+            # Solved now, against the modules' current registrations: a module may have
+            # re-registered other requirements since the workflow was saved.
+            plan = await self._workflows.solve(workflow)
+            if not plan.ok:
+                return await self._refuse_plan(run, "; ".join(c.message for c in plan.conflicts[:5]))
+            run.data_order = DataOrder.from_plan(plan)
         # Open before the first await: a second firing racing this one must see it.
         self._open[run.run_id] = run
         try:
@@ -309,7 +340,11 @@ class RunTracker:
             raise
         loop = asyncio.get_running_loop()
         self._timers[run.run_id] = loop.call_later(run.timeout_seconds, self._on_timeout, run.run_id)
-        self._dispatch_all(run, steps)
+        if run.data_order is None:
+            self._dispatch_all(run, steps)
+        else:
+            self._dispatch_all(run, [steps[i] for i in run.data_order.first()])
+            self._advance(run, [s.index for s in steps if not s.open])
         self._after_change(run, [s.index for s in steps])
         try:
             await self._workflows.set_last_run(run.workflow_id, run.summary())
@@ -319,16 +354,37 @@ class RunTracker:
         await self._writer.commit()
         return run
 
+    async def _refuse_plan(self, run: Run, conflicts: str) -> Run:
+        """A data-ordered run whose plan has conflicts: it ends failed at once, no step sent."""
+        now = utcnow()
+        run.status, run.ended_at = "failure", now
+        run.reason = f'order "data": the modules cannot be ordered: {conflicts}'
+        for step in run.steps:
+            step.status, step.ended_at = "skipped", now
+        await self._history.insert(run)
+        log.warning("run %s of workflow %d failed at start: %s", run.run_id[:8], run.workflow_id, run.reason)
+        try:
+            await self._workflows.set_last_run(run.workflow_id, run.summary())
+        except Exception as exc:  # the history row is the truth; the summary is a cache
+            log.warning("run %s: last-run summary not written: %s", run.run_id[:8], type(exc).__name__)
+        self._events.publish("run.finished", {"run": run})
+        return run
+
     def _execute_frame(self, run: Run, step: Step) -> str:
+        inputs = None
+        if run.data_order is not None:
+            inputs = run.data_order.inputs(step.index, [s.output for s in run.steps], run.states())
         return encode_frame(execute_frame(
             execution_time=run.execution_time, workflow_id=run.workflow_id, workflow_name=run.workflow_name,
             run_id=run.run_id, fired_at=run.fired_at.isoformat(), timezone=run.timezone, args=step.args,
+            inputs=inputs,
         ))
 
     def _dispatch_all(self, run: Run, steps: list[Step]) -> None:
         """Send every step its command. Steps with the same args share one encoded
         frame: a 1,000-module fan-out with common args encodes JSON once, not 1,000
-        times."""
+        times. (Only used where the steps' `meta.inputs` are equal too: all of a
+        parallel run, or a data-ordered run's first stage, whose inputs are {}.)"""
         frames: dict[str, str] = {}
         for step in steps:
             key = encode_frame(step.args)
@@ -363,13 +419,43 @@ class RunTracker:
             await self._writer.commit()
             return
         now = utcnow()
-        step.message, step.error = result.message, result.error
+        step.message, step.error, step.output = result.message, result.error, result.output
         if result.succeeded:
             step.status, step.ended_at = "success", now
         else:
             self._fail_step(run, step, "failure", result.error or "module reported failure")
-        self._after_change(run, [step.index])
+        changed = [step.index, *self._advance(run, [step.index])]
+        self._after_change(run, changed)
         await self._writer.commit([(run.run_id, step.index)])
+
+    def _advance(self, run: Run, ended: list[int]) -> list[int]:
+        """Data order: after `ended` steps changed, end the steps they block
+        (upstream_failed, never sent) and send those now ready. Returns every step
+        changed here. A no-op for parallel runs and for steps still open (retrying)."""
+        order = run.data_order
+        if order is None or not run.open:
+            return []
+        ended = [i for i in ended if not run.steps[i].open]
+        if not ended:
+            return []
+        changed: list[int] = []
+        while ended:
+            ready, blocked = order.advance(run.states(), ended)
+            now = utcnow()
+            for index, cause in blocked:
+                step, producer = run.steps[index], run.steps[cause]
+                step.status, step.ended_at = STEP_UPSTREAM_FAILED, now
+                step.error = f"not sent: {producer.module_name} (step {cause}) ended {producer.status}"
+                changed.append(index)
+            ended = []
+            for index in ready:
+                step = run.steps[index]
+                self._dispatch(run, step)
+                changed.append(index)
+                # Offline at dispatch with no retry left: it ended here; go round again.
+                if not step.open:
+                    ended.append(index)
+        return changed
 
     async def _match(self, module_hash: str, result: ResultMessage) -> tuple[Run | None, Step | None]:
         """(run, step) to apply the result to; (None, None) for a re-send of the stored
@@ -433,7 +519,7 @@ class RunTracker:
         if run is None or run.steps[index].status != "pending":
             return
         self._dispatch(run, run.steps[index])
-        self._after_change(run, [index])
+        self._after_change(run, [index, *self._advance(run, [index])])
 
     # -- disconnects and timeouts ----------------------------------------------------
     def _on_event(self, kind: str, data: dict[str, Any]) -> None:
@@ -448,7 +534,7 @@ class RunTracker:
                     self._fail_step(run, step, "failure", error)
                     changed.append(step.index)
             if changed:
-                self._after_change(run, changed)
+                self._after_change(run, [*changed, *self._advance(run, changed)])
 
     def _on_timeout(self, run_id: str) -> None:
         run = self._open.get(run_id)
@@ -457,7 +543,13 @@ class RunTracker:
         now = utcnow()
         changed = []
         for step in run.steps:
-            if step.open:
+            if step.waiting and run.data_order is not None:
+                # The run's timeout covers the whole chain: a step still waiting for a
+                # producer was never sent, so it is its producer that timed out.
+                step.status, step.ended_at = STEP_UPSTREAM_FAILED, now
+                step.error = f"not sent: the run timed out after {run.timeout_seconds} s before its producers ended"
+                changed.append(step.index)
+            elif step.open:
                 step.status, step.ended_at = "timeout", now
                 step.error = f"no result within {run.timeout_seconds} s"
                 changed.append(step.index)

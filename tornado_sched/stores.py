@@ -14,12 +14,12 @@ from pymongo import AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ConnectionFailure
 from pymongo.monitoring import ConnectionPoolListener
-from sqlalchemy import event, text
+from sqlalchemy import event, inspect, text
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from .errors import Unavailable
-from .tables import metadata
+from .tables import ADDED_COLUMNS, metadata
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,7 @@ class SqlStore:
                 # WAL lets the dashboard read while the outbox writes.
                 await conn.execute(text("PRAGMA journal_mode=WAL"))
             await conn.run_sync(metadata.create_all)
+            await conn.run_sync(_add_missing_columns)
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
@@ -121,6 +122,20 @@ class SqlStore:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+def _add_missing_columns(conn: Any) -> None:
+    """ALTER TABLE ... ADD COLUMN for each of tables.ADDED_COLUMNS an older schema lacks
+    (nullable columns only, so existing rows stay valid)."""
+    inspector = inspect(conn)
+    for table_name, column_name in ADDED_COLUMNS:
+        present = {c["name"] for c in inspector.get_columns(table_name)}
+        if column_name in present:
+            continue
+        column = metadata.tables[table_name].c[column_name]
+        kind = column.type.compile(dialect=conn.dialect)
+        conn.execute(text(f"ALTER TABLE {table_name} ADD COLUMN {column_name} {kind} NULL"))
+        log.warning("schema: added column %s.%s", table_name, column_name)
 
 
 async def check_ready(docs: DocumentStore, sql: SqlStore, limit_seconds: float = 3.0) -> dict[str, str]:

@@ -26,6 +26,11 @@ metadata = MetaData()
 # Microseconds on MySQL too (its DATETIME keeps whole seconds by default): run times
 # order the history and form its page cursors.
 PreciseDateTime = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+# MySQL's TEXT holds 65,535 bytes: less than a bounded output (64 KiB) needs.
+LongText = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+# Columns added after their table first shipped: create_all() does not add them to an
+# existing table, so SqlStore.create_schema adds each one that is missing.
+ADDED_COLUMNS: list[tuple[str, str]] = [("run_steps", "output")]
 # SQLite only auto-increments an INTEGER PRIMARY KEY (the rowid).
 RowId = BigInteger().with_variant(Integer, "sqlite")
 
@@ -178,5 +183,8 @@ run_steps = Table(
     Column("ended_at", PreciseDateTime, nullable=True),
     Column("message", Text, nullable=True),
     Column("error", Text, nullable=True),
+    # The module's `output` (JSON text, at most 64 KiB encoded: protocol.OUTPUT_LIMIT_BYTES),
+    # handed to the steps that consume it in a data-ordered run.
+    Column("output", LongText, nullable=True),
     mysql_charset="utf8mb4",
 )

@@ -425,6 +425,13 @@ class WorkflowStore:
             raise Invalid(f'order: "data" cannot order these modules: {details}{more}', field="order")
         return fields, plan.warnings()
 
+    async def solve(self, workflow: Workflow) -> Plan:
+        """The solver's plan for `workflow` against its modules' current registrations
+        (what a data-ordered run follows)."""
+        hashes = sorted({m["module_hash"] for m in workflow.execute_modules})
+        known = await self._registry.requirements(hashes) if hashes else {}
+        return _solve(workflow.execute_modules, known)
+
     async def plan(self, workflow_id: int) -> WorkflowPlan:
         """The solver's result for a stored workflow, against its modules' current
         registrations (a module may have re-registered other requirements since)."""

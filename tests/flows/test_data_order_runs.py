@@ -1,0 +1,205 @@
+"""Data-ordered runs over real sockets: each step's `execute` is sent once its
+producers succeeded, with their outputs in `meta.inputs`; a failed producer ends its
+consumers `upstream_failed` without sending them (one notification, for the failure);
+optional inputs do not block; a parallel workflow sends everything at once as before."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import select
+
+from tests.conftest import RunningServer
+from tests.flows.support import Module, create_workflow, execute, get_run, wait_run, wait_until, workflow_body
+from tests.flows.test_data_order_api import register_with
+from tornado_sched.tables import notification_outbox
+
+QUIET = 0.3  # long enough for a frame the server should not send to arrive
+
+
+async def online(server: RunningServer, name: str, inputs: list[Any], outputs: list[Any]) -> Module:
+    module = Module(server, name, await register_with(server, name, inputs, outputs))
+    await module.connect()
+    return module
+
+
+async def chain(server: RunningServer) -> tuple[Module, Module, Module]:
+    """fetch -[prices]-> features -[features]-> model, each its own module."""
+    fetch = await online(server, "fetch", [], [{"name": "prices"}])
+    features = await online(server, "features", [{"name": "prices"}], [{"name": "features"}])
+    model = await online(server, "model", [{"name": "features"}], [{"name": "forecast"}])
+    return fetch, features, model
+
+
+async def result_with_output(module: Module, command: dict[str, Any], output: Any, status: str = "success") -> Any:
+    """A result carrying `output` (our additive field); returns the server's answer."""
+    meta = command["meta"]
+    assert module.ws is not None
+    await module.ws.write_message(json.dumps({
+        "type": "result", "status": status, "workflow_id": str(meta["workflow_id"]),
+        "workflow_name": meta["workflow_name"], "module_name": module.name, "run_id": meta["run_id"],
+        "message": "done", "error": None if status == "success" else "boom", "output": output,
+    }))
+    return await module.recv()
+
+
+async def failure_facts(server: RunningServer, workflow_id: int) -> list[dict[str, Any]]:
+    async with server.ctx.sql.engine.connect() as conn:
+        rows = (await conn.execute(
+            select(notification_outbox.c.payload).where(notification_outbox.c.workflow_id == workflow_id)
+        )).all()
+    return [fact for row in rows for fact in json.loads(row.payload).get("failures", [])]
+
+
+async def test_three_stage_chain_runs_in_order_with_outputs_passed_down(server: RunningServer) -> None:
+    fetch, features, model = await chain(server)
+    wid = await create_workflow(server, workflow_body(modules=[model.hash, fetch.hash, features.hash], order="data"))
+    run_id = await execute(server, wid)
+
+    first = await fetch.recv_execute()
+    assert first["meta"]["run_id"] == run_id and first["meta"]["inputs"] == {}
+    await features.no_message(QUIET)
+    await model.no_message(QUIET)
+    run = await get_run(server, run_id)
+    assert [s["status"] for s in run["steps"]] == ["pending", "sent", "pending"]
+
+    # A too-large output is refused with an error frame; the step stays open.
+    answer = await result_with_output(fetch, first, "x" * (64 * 1024 + 1))
+    assert answer["type"] == "error" and answer["error"].startswith("output:"), answer
+    await features.no_message(QUIET)
+
+    prices = {"path": "/data/prices/2026-12-02.parquet", "rows": 5000}
+    assert await result_with_output(fetch, first, prices) == "receive result"
+    second = await features.recv_execute()
+    assert second["meta"]["inputs"] == {"prices": prices}
+    await model.no_message(QUIET)
+
+    assert await result_with_output(features, second, "warehouse.features_20261202") == "receive result"
+    third = await model.recv_execute()
+    assert third["meta"]["inputs"] == {"features": "warehouse.features_20261202"}
+    assert await model.result(third) == "receive result"  # an old client: no output
+
+    stored = await wait_run(server, run_id)
+    assert stored["status"] == "success"
+    run = await get_run(server, run_id)
+    assert run["status"] == "success"
+    assert [(s["module_name"], s["status"], s["output"]) for s in run["steps"]] == [
+        ("model", "success", None),
+        ("fetch", "success", prices),
+        ("features", "success", "warehouse.features_20261202"),
+    ]
+    sent = {s["module_name"]: s["sent_at"] for s in run["steps"]}
+    assert sent["fetch"] < sent["features"] < sent["model"]
+
+
+async def test_failing_middle_stage_marks_downstream_upstream_failed_and_notifies_once(
+    server: RunningServer,
+) -> None:
+    fetch, features, model = await chain(server)
+    publish = await online(server, "publish", [{"name": "forecast"}], [])
+    wid = await create_workflow(
+        server, workflow_body(modules=[fetch.hash, features.hash, model.hash, publish.hash], order="data")
+    )
+    run_id = await execute(server, wid)
+    assert await result_with_output(fetch, await fetch.recv_execute(), "p") == "receive result"
+    second = await features.recv_execute()
+    assert await features.result(second, "failure", error="no prices for today") == "receive result"
+
+    stored = await wait_run(server, run_id)
+    assert stored["status"] == "partial"
+    run = await get_run(server, run_id)
+    assert [s["status"] for s in run["steps"]] == ["success", "failure", "upstream_failed", "upstream_failed"]
+    assert [s["attempts"] for s in run["steps"]] == [1, 1, 0, 0]
+    assert run["steps"][2]["error"] == "not sent: features (step 1) ended failure"
+    assert run["steps"][3]["error"] == "not sent: model (step 2) ended upstream_failed"
+    await model.no_message(QUIET)
+    await publish.no_message(QUIET)
+
+    await wait_until(lambda: failure_facts(server, wid))
+    facts = await failure_facts(server, wid)
+    assert [(f["module_name"], f["status"]) for f in facts] == [("features", "failure")]
+
+
+async def test_parallel_workflow_sends_every_step_at_once_as_before(server: RunningServer) -> None:
+    fetch, features, model = await chain(server)
+    wid = await create_workflow(server, workflow_body(modules=[fetch.hash, features.hash, model.hash]))
+    run_id = await execute(server, wid)
+    commands = [await m.recv_execute() for m in (fetch, features, model)]
+    for command in commands:
+        # The seed's shape plus our run_id/fired_at/timezone; no inputs in a parallel run.
+        assert set(command) == {"type", "meta", "args"}
+        assert set(command["meta"]) == {"execution_time", "workflow_id", "workflow_name", "run_id", "fired_at",
+                                        "timezone"}
+    # A consumer may finish before its producer: nothing waits in a parallel run.
+    assert await model.result(commands[2]) == "receive result"
+    assert await features.result(commands[1], "failure", error="x") == "receive result"
+    assert await fetch.result(commands[0]) == "receive result"
+    stored = await wait_run(server, run_id)
+    assert stored["status"] == "partial"
+    run = await get_run(server, run_id)
+    assert [s["status"] for s in run["steps"]] == ["success", "failure", "success"]
+
+
+async def test_optional_input_does_not_block(server: RunningServer) -> None:
+    holidays = await online(server, "holidays", [], [{"name": "holidays"}])
+    prices = await online(server, "prices", [], [{"name": "prices"}])
+    model = await online(server, "model", [{"name": "prices"}, {"name": "holidays", "optional": True}], [])
+    wid = await create_workflow(server, workflow_body(modules=[holidays.hash, prices.hash, model.hash], order="data"))
+    run_id = await execute(server, wid)
+    h, p = await holidays.recv_execute(), await prices.recv_execute()
+    assert await result_with_output(prices, p, [1, 2]) == "receive result"
+    # The optional producer is still running: its output is worth waiting for.
+    await model.no_message(QUIET)
+    assert await holidays.result(h, "failure", error="calendar down") == "receive result"
+    command = await model.recv_execute()
+    assert command["meta"]["inputs"] == {"prices": [1, 2]}
+    assert await model.result(command) == "receive result"
+    stored = await wait_run(server, run_id)
+    assert stored["status"] == "partial"
+    run = await get_run(server, run_id)
+    assert [s["status"] for s in run["steps"]] == ["failure", "success", "success"]
+
+
+async def test_retry_resends_only_the_failed_step_and_timeout_covers_the_chain(server: RunningServer) -> None:
+    fetch, features, model = await chain(server)
+    wid = await create_workflow(server, workflow_body(
+        modules=[fetch.hash, features.hash, model.hash], order="data", retries=1, retry_delay_seconds=1,
+        timeout_seconds=3,
+    ))
+    run_id = await execute(server, wid)
+    first = await fetch.recv_execute()
+    assert await fetch.result(first, "failure", error="flaky") == "receive result"
+    again = await fetch.recv_execute()
+    assert again["meta"]["run_id"] == run_id
+    await features.no_message(QUIET)
+    assert await result_with_output(fetch, again, "p2") == "receive result"
+    second = await features.recv_execute()
+    assert second["meta"]["inputs"] == {"prices": "p2"}
+    await fetch.no_message(QUIET)  # only the failed step was re-sent, once
+    # features never answers: the run's timeout ends it, and model was never sent.
+    stored = await wait_run(server, run_id, within=8)
+    assert stored["status"] == "partial"
+    run = await get_run(server, run_id)
+    assert [s["status"] for s in run["steps"]] == ["success", "timeout", "upstream_failed"]
+    assert [s["attempts"] for s in run["steps"]] == [2, 1, 0]
+    await model.no_message(QUIET)
+
+
+async def test_conflicting_plan_at_start_fails_the_run_at_once(server: RunningServer) -> None:
+    fetch, features, model = await chain(server)
+    wid = await create_workflow(server, workflow_body(modules=[fetch.hash, features.hash, model.hash], order="data"))
+    # model re-registers as a second producer of "prices": the plan is now ambiguous.
+    status, env = await server.api("/module/register", "POST", json_body={
+        "name": "model", "input_data": json.dumps([{"name": "features"}]),
+        "output_data": json.dumps([{"name": "forecast"}, {"name": "prices"}]), "modelHash": model.hash,
+    })
+    assert status == 200 and env["result"]["hash"] == model.hash, env
+    run_id = await execute(server, wid)
+    stored = await wait_run(server, run_id)
+    assert stored["status"] == "failure"
+    run = await get_run(server, run_id)
+    assert run["reason"].startswith('order "data": the modules cannot be ordered: ') and "'prices'" in run["reason"]
+    assert [s["status"] for s in run["steps"]] == ["skipped"] * 3
+    for module in (fetch, features, model):
+        await module.no_message(QUIET)

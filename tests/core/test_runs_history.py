@@ -20,7 +20,7 @@ from tornado_sched.errors import Invalid
 from tornado_sched.events import EventBus
 from tornado_sched.history import RunFilter, RunHistory
 from tornado_sched.hub import ConnectionHub
-from tornado_sched.protocol import ResultMessage
+from tornado_sched.protocol import OUTPUT_LIMIT_BYTES, ResultMessage
 from tornado_sched.registry import ModuleRegistry
 from tornado_sched.runs import ResultNotMatched, Run, RunTracker, Step
 from tornado_sched.stores import DocumentStore, SqlStore
@@ -304,3 +304,64 @@ async def test_registry_authenticates_hashes_from_memory(core: Core) -> None:
     assert await fresh.load() >= 1 and fresh.authenticate(record.hash) is not None
     await core.registry.delete(record.hash)
     assert core.registry.authenticate(record.hash) is None
+
+
+async def test_data_ordered_run_stores_outputs_and_feeds_them_downstream(core: Core) -> None:
+    """Against SQLite and MariaDB: an output near the 64 KiB bound (multi-byte text)
+    round-trips through run_steps.output, and reaches the consumer's meta.inputs."""
+    import json
+
+    producer = await core.registry.register(f"p-{uuid.uuid4().hex[:6]}", "", [], [{"name": "prices"}], "")
+    consumer = await core.registry.register(f"c-{uuid.uuid4().hex[:6]}", "", [{"name": "prices"}], [], "")
+    sockets = [RecordingSocket(), RecordingSocket()]
+    sessions = [core.hub.attach(m, s, "127.0.0.1") for m, s in zip((producer, consumer), sockets, strict=True)]
+    workflow = await _workflow(core, [consumer.hash, producer.hash], order="data")
+    run = await core.tracker.start_run(workflow, "manual", utcnow())
+    assert [s.status for s in run.steps] == ["pending", "sent"]
+    # sockets[0] is the producer's (step 1), sockets[1] the consumer's (step 0).
+    assert len(sockets[0].frames) == 1 and len(sockets[1].frames) == 0
+    assert json.loads(sockets[0].frames[0])["meta"]["inputs"] == {}
+
+    # Exactly the bound (65,536 bytes encoded, multi-byte text): one byte more than MySQL's TEXT holds.
+    output = {"t": "价格" * 10_000 + "x" * (OUTPUT_LIMIT_BYTES - 9 - 60_000)}
+    assert len(json.dumps(output, ensure_ascii=False).encode()) == OUTPUT_LIMIT_BYTES
+    result = ResultMessage("success", str(run.workflow_id), run.workflow_name, None, None, "ok", run.run_id, output)
+    await core.tracker.record_result(sessions[0], result)
+    rows = await _step_rows(core, run.run_id)
+    assert [r.status for r in rows] == ["sent", "success"]
+    assert json.loads(rows[1].output) == output and rows[0].output is None
+    assert json.loads(sockets[1].frames[0])["meta"]["inputs"] == {"prices": output}
+
+    await core.tracker.record_result(sessions[1], _result(run))
+    stored = await core.history.get(run.run_id)
+    assert stored is not None and stored.status == "success"
+    assert [s.output for s in stored.steps] == [None, output]
+
+
+async def test_schema_adds_the_output_column_to_an_older_run_steps_table(sql_url: str) -> None:
+    """A database created before run_steps.output existed gets the column at start."""
+    from sqlalchemy import inspect, text
+
+    sql = SqlStore(sql_url)
+    try:
+        async with sql.engine.begin() as conn:
+            await conn.execute(text("DROP TABLE IF EXISTS run_steps"))
+            await conn.execute(text(
+                "CREATE TABLE run_steps (run_id VARCHAR(32) NOT NULL, step_index INTEGER NOT NULL, "
+                "module_hash VARCHAR(128) NOT NULL, module_name VARCHAR(200) NOT NULL, args TEXT NOT NULL, "
+                "status VARCHAR(16) NOT NULL, attempts INTEGER NOT NULL, sent_at DATETIME NULL, "
+                "ended_at DATETIME NULL, message TEXT NULL, error TEXT NULL, PRIMARY KEY (run_id, step_index))"
+            ))
+            await conn.execute(text(
+                "INSERT INTO run_steps (run_id, step_index, module_hash, module_name, args, status, attempts) "
+                "VALUES ('old', 0, 'h', 'm', '{}', 'success', 1)"
+            ))
+        await sql.create_schema()
+        await sql.create_schema()  # idempotent
+        async with sql.engine.connect() as conn:
+            columns = await conn.run_sync(lambda c: [col["name"] for col in inspect(c).get_columns("run_steps")])
+            row = (await conn.execute(select(run_steps).where(run_steps.c.run_id == "old"))).one()
+        assert columns[-1] == "output" and columns.count("output") == 1
+        assert (row.status, row.output) == ("success", None)
+    finally:
+        await sql.close()

@@ -11,7 +11,15 @@ from typing import Any
 from sqlalchemy import select
 
 from tests.conftest import RunningServer
-from tests.flows.support import Module, create_workflow, execute, get_run, wait_run, wait_until, workflow_body
+from tests.flows.support import (
+    Module,
+    create_workflow,
+    execute,
+    get_run,
+    wait_run,
+    wait_until,
+    workflow_body,
+)
 from tests.flows.test_data_order_api import register_with
 from tornado_sched.tables import notification_outbox
 

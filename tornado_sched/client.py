@@ -13,6 +13,19 @@ A module author writes one coroutine and hands it to :class:`ModuleClient`::
                           token="<REGISTRATION_TOKEN>")
     asyncio.run(client.run())   # registers, connects, reconnects; stop() ends it
 
+Data-ordered workflows (``order: "data"``) pass data between modules: a handler
+returns a :class:`StepResult` with an ``output`` (a JSON value of at most 64 KiB
+encoded: the data, or a reference such as a path or table name), and the modules that
+declared that data as an input read it with :func:`step_inputs`::
+
+    async def fetch(args: dict, meta: dict) -> StepResult:
+        path = await download_prices(args["day"])
+        return StepResult(message="prices ready", output={"path": path})
+
+    async def features(args: dict, meta: dict) -> str:
+        prices = step_inputs(meta)["prices"]      # {"path": ...}: fetch's output
+        ...
+
 The wire protocol is the seed's (see ``tornado_sched.protocol``): the server sends
 ``{"type": "execute", "meta": {...}, "args": {...}}`` and the module answers
 ``{"type": "result", "status": "success"|"failure", ...}``, acknowledged with the
@@ -40,11 +53,37 @@ from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect
 
 from .logs import short_secret
-from .protocol import RESULT_ACK
+from .protocol import OUTPUT_LIMIT_BYTES, RESULT_ACK
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[dict[str, Any], dict[str, Any]], Awaitable[str | dict[str, Any] | None]]
+
+
+class StepResult:
+    """What a handler returns to send an ``output`` with its result: ``message`` is
+    the seed's result message (text or JSON), ``output`` a JSON value of at most
+    64 KiB encoded that the server hands, keyed by data name, to the steps that
+    consume this module's outputs (``meta["inputs"]``, see :func:`step_inputs`)."""
+
+    __slots__ = ("message", "output")
+
+    def __init__(self, message: str | dict[str, Any] | list[Any] | None = None, output: Any = None) -> None:
+        self.message = message
+        self.output = output
+
+
+def step_inputs(meta: dict[str, Any]) -> dict[str, Any]:
+    """The producers' outputs for this step, keyed by data name (``meta["inputs"]``):
+    in a data-ordered run, one entry per input whose producer succeeded (its value
+    None when that producer sent no output); ``{}`` otherwise (a parallel run, an
+    older server)."""
+    inputs = meta.get("inputs")
+    return inputs if isinstance(inputs, dict) else {}
+
+
+Handler = Callable[
+    [dict[str, Any], dict[str, Any]], Awaitable[str | dict[str, Any] | StepResult | None]
+]
 MessageCallback = Callable[[str], Awaitable[None] | None]
 
 # Close codes the server uses (tornado_sched.hub / handlers.modules).
@@ -493,7 +532,7 @@ class ModuleClient:
     async def _execute(self, command: dict[str, Any]) -> None:
         meta = command.get("meta") if isinstance(command.get("meta"), dict) else {}
         args = command.get("args") if command.get("args") is not None else {}
-        status, message, error = "success", None, None
+        status, message, error, output = "success", None, None, None
         if self._stopping:
             status, error = "failure", "module is stopping"
         elif not isinstance(args, dict):
@@ -501,6 +540,9 @@ class ModuleClient:
         else:
             try:
                 outcome = await self.handler(args, meta)
+                if isinstance(outcome, StepResult):
+                    outcome, output = outcome.message, outcome.output
+                    status, error, output = _checked_output(output)
                 message = (
                     outcome
                     if outcome is None or isinstance(outcome, str | dict | list)
@@ -513,10 +555,10 @@ class ModuleClient:
             except Exception as exc:
                 log.warning("module %r: handler failed: %s: %s", self.name, type(exc).__name__, exc)
                 status, error = "failure", f"{type(exc).__name__}: {exc}"
-        self._send_result(meta, status, message, error)
+        self._send_result(meta, status, message, error, output)
 
     def _send_result(
-        self, meta: dict[str, Any], status: str, message: Any, error: str | None
+        self, meta: dict[str, Any], status: str, message: Any, error: str | None, output: Any = None
     ) -> None:
         frame = {
             "type": "result",
@@ -528,6 +570,8 @@ class ModuleClient:
             "message": message,
             "error": error,
         }
+        if output is not None:
+            frame["output"] = output
         self._send(json.dumps(frame, ensure_ascii=False, default=str))
         self.results_sent += 1
 
@@ -553,3 +597,18 @@ class ModuleClient:
             if not self._write(self._outbox[0]):
                 return
             self._outbox.popleft()
+
+
+def _checked_output(output: Any) -> tuple[str, str | None, Any]:
+    """(status, error, output) for a handler's output: one the server would refuse
+    (too large, not JSON) turns the result into a failure saying why, rather than a
+    result the server answers with an error frame while the step stays open."""
+    if output is None:
+        return "success", None, None
+    try:
+        size = len(json.dumps(output, ensure_ascii=False, allow_nan=False).encode("utf-8"))
+    except (TypeError, ValueError, UnicodeEncodeError, RecursionError) as exc:
+        return "failure", f"output: not JSON ({type(exc).__name__})", None
+    if size > OUTPUT_LIMIT_BYTES:
+        return "failure", f"output: {size} bytes encoded, more than {OUTPUT_LIMIT_BYTES}; return a reference", None
+    return "success", None, output

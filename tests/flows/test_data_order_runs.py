@@ -5,12 +5,13 @@ optional inputs do not block; a parallel workflow sends everything at once as be
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 from sqlalchemy import select
 
-from tests.conftest import RunningServer
+from tests.conftest import ADMIN, RunningServer
 from tests.flows.support import (
     Module,
     create_workflow,
@@ -21,6 +22,7 @@ from tests.flows.support import (
     workflow_body,
 )
 from tests.flows.test_data_order_api import register_with
+from tornado_sched.client import ModuleClient, StepResult, step_inputs
 from tornado_sched.tables import notification_outbox
 
 QUIET = 0.3  # long enough for a frame the server should not send to arrive
@@ -211,3 +213,45 @@ async def test_conflicting_plan_at_start_fails_the_run_at_once(server: RunningSe
     assert [s["status"] for s in run["steps"]] == ["skipped"] * 3
     for module in (fetch, features, model):
         await module.no_message(QUIET)
+
+
+async def test_sdk_handlers_return_outputs_and_read_inputs(server: RunningServer) -> None:
+    """Two real ModuleClients: the producer returns a StepResult with an output, the
+    consumer reads it with step_inputs(meta); an oversized output fails the step."""
+    seen: list[dict[str, Any]] = []
+
+    async def fetch(args: dict[str, Any], meta: dict[str, Any]) -> StepResult:
+        assert step_inputs(meta) == {}
+        return StepResult(message="prices ready", output={"path": "/data/p.parquet"})
+
+    async def features(args: dict[str, Any], meta: dict[str, Any]) -> StepResult:
+        seen.append(step_inputs(meta))
+        return StepResult(output="x" * (64 * 1024))  # over the bound once JSON-quoted
+
+    clients = [
+        ModuleClient(server.base_url, "sdk-fetch", fetch, username=ADMIN[0], password=ADMIN[1],
+                     output_data=[{"name": "prices"}]),
+        ModuleClient(server.base_url, "sdk-features", features, username=ADMIN[0], password=ADMIN[1],
+                     input_data=[{"name": "prices"}], output_data=[{"name": "features"}]),
+    ]
+    tasks = [c.start() for c in clients]
+    try:
+        for client in clients:
+            await asyncio.wait_for(client.wait_connected(), 5)
+        wid = await create_workflow(
+            server, workflow_body(modules=[c.module_hash for c in clients], order="data")
+        )
+        run_id = await execute(server, wid)
+        stored = await wait_run(server, run_id)
+        assert stored["status"] == "partial"
+        run = await get_run(server, run_id)
+        assert [(s["status"], s["output"]) for s in run["steps"]] == [
+            ("success", {"path": "/data/p.parquet"}), ("failure", None),
+        ]
+        assert run["steps"][0]["message"] == "prices ready"
+        assert run["steps"][1]["error"].startswith("output: 65538 bytes encoded, more than 65536")
+        assert seen == [{"prices": {"path": "/data/p.parquet"}}]
+    finally:
+        for client in clients:
+            await client.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)

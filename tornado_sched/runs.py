@@ -24,6 +24,7 @@ from .clock import as_utc, read_datetime, utcnow
 from .dataorder import UPSTREAM_FAILED, WAITING, DataOrder
 from .errors import Invalid, NotFound
 from .events import EventBus
+from .graph import PlanGraph, layout
 from .hub import ConnectionHub, ModuleSession
 from .protocol import ResultMessage, execute_frame
 from .registry import ModuleRegistry
@@ -616,6 +617,18 @@ class RunTracker:
         if run is None:
             raise NotFound(f"run {run_id} not found")
         return run
+
+    async def detail(self, run_id: str) -> tuple[Run, PlanGraph | None]:
+        """The run, and its workflow's data plan laid out for drawing when the workflow
+        runs in data order (solved against the current registrations; None when the
+        workflow changed its steps since this run, or has no order to draw)."""
+        run = await self.get(run_id)
+        workflow = await self._workflows.find(run.workflow_id)
+        if workflow is None or workflow.order != "data":
+            return run, None
+        if [m["module_hash"] for m in workflow.execute_modules] != [s.module_hash for s in run.steps]:
+            return run, None
+        return run, layout(await self._workflows.solve(workflow))
 
     async def list(
         self, filters: RunFilter, *, before: str | None = None, page: int | None = None, page_size: int = 20

@@ -55,11 +55,13 @@ from .views import (
     field_errors,
     fire_time_views,
     format_time,
+    output_text,
     page_number,
     pager,
     run_duration,
     safe_next,
     shift_text,
+    status_tone,
     status_view,
     streak_text,
     trigger_label,
@@ -101,6 +103,8 @@ class PageHandler(BaseHandler):
             status_text=lambda status: status_view(self.locale, status)[1],
             ago=lambda value: ago_text(self.locale, value),
             duration=lambda started, ended: run_duration(self.locale, started, ended),
+            status_tone=status_tone,
+            output_text=output_text,
             short_secret=short_secret,
             here=self.request.uri or "/",
         )
@@ -443,14 +447,15 @@ class RunsPage(PageHandler):
 
 
 class RunPage(PageHandler):
-    """`/history/<run_id>`: one run, each step's status, times, message and error."""
+    """`/history/<run_id>`: one run, each step's status, times, message, error and
+    output; a data-ordered workflow's plan drawn as an SVG graph in step colours."""
 
     nav = "runs"
     live = True
 
     async def get(self, run_id: str) -> None:
-        run = await self.ctx.runs.get(run_id)
-        self.render("run.html", run=run)
+        run, graph = await self.ctx.runs.detail(run_id)
+        self.render("run.html", run=run, graph=graph)
 
 
 class NotificationsPage(PageHandler):

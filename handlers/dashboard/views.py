@@ -4,6 +4,7 @@ module and a run. Pure presentation: no core calls."""
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
 from typing import Any
@@ -49,6 +50,7 @@ STATUS = {
     "skipped": ("Skipped", "warn"),
     "interrupted": ("Interrupted", "bad"),
     "timeout": ("Timeout", "bad"),
+    "upstream_failed": ("Upstream failed", "bad"),
     "enabled": ("Enabled", "ok"),
     "disabled": ("Disabled", "muted"),
     "retrying": ("Retrying", "warn"),
@@ -351,6 +353,7 @@ def run_view(locale: tornado.locale.Locale, zone: ZoneInfo, run: Run) -> dict[st
                 "duration": run_duration(locale, step.sent_at, step.ended_at),
                 "message": step.message or "",
                 "error": step.error or "",
+                "output": "" if step.output is None else output_text(step.output),
             }
             for step in run.steps
         ],
@@ -379,6 +382,21 @@ class Time(tornado.web.UIModule):
             text=format_time(instant, zone) if instant else empty,
             ago=ago_text(self.locale, instant) if instant and ago else "",
         )
+
+
+OUTPUT_PREVIEW_CHARS = 300
+
+
+def output_text(output: Any) -> str:
+    """A step's output as short JSON for a table cell (the full value is in the API)."""
+    text = json.dumps(output, ensure_ascii=False)
+    return text if len(text) <= OUTPUT_PREVIEW_CHARS else text[: OUTPUT_PREVIEW_CHARS - 1] + "…"
+
+
+def status_tone(status: str | None) -> str:
+    """The tone of a run step's status (its badge, and its node in the plan graph)."""
+    key = status or "none"
+    return STEP_TONES.get(key, STATUS.get(key, ("", "muted"))[1])
 
 
 UI_MODULES = {"Status": Status, "Time": Time}

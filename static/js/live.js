@@ -225,6 +225,12 @@
         reason.classList.remove("hidden");
       }
       run.steps.forEach(function (step) {
+        // The data plan's node for this step (data-ordered runs): its colour is its status.
+        var node = box.querySelector('[data-node="' + step.index + '"]');
+        if (node && node.getAttribute("data-status") !== step.status.key) {
+          node.setAttribute("class", "node node--" + step.status.tone);
+          node.setAttribute("data-status", step.status.key);
+        }
         var row = box.querySelector('[data-step="' + step.index + '"]');
         if (!row) return;
         setBadge(row.querySelector(".js-status"), step.status);
@@ -233,6 +239,7 @@
         setText(row.querySelector(".js-step-duration"), step.duration);
         setText(row.querySelector(".js-message"), step.message, "");
         setText(row.querySelector(".js-error"), step.error, "");
+        setText(row.querySelector(".js-output code"), step.output, "");
       });
     });
     if (containers.length === 0 && msg.event === "run.started") {

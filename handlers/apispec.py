@@ -140,9 +140,13 @@ def _schemas() -> dict[str, Any]:
             "index": {"type": "integer"}, "module_hash": {"type": "string"}, "module_name": {"type": "string"},
             "args": {"type": "object"},
             "status": {"enum": ["pending", "sent", "success", "failure", "offline", "timeout", "interrupted",
-                                "skipped"]},
+                                "skipped", "upstream_failed"],
+                       "description": "`upstream_failed` (data-ordered runs): never sent, because a producer "
+                                      "of a required input did not succeed"},
             "attempts": {"type": "integer"}, "sent_at": MAYBE_TIMESTAMP, "ended_at": MAYBE_TIMESTAMP,
             "message": {"type": ["string", "null"]}, "error": {"type": ["string", "null"]},
+            "output": {"description": "The module's `output` from its result (JSON, at most 64 KiB encoded); "
+                                      "null when it sent none"},
         },
     }
     return {

@@ -49,3 +49,22 @@ async def test_real_frames_match_the_asyncapi_document(server: RunningServer) ->
     assert list(_payload(doc, "result").iter_errors({"type": "result", "status": "done"}))
     await module.ws.write_message(json.dumps({"type": "result", "status": "done"}))
     assert (await module.recv())["type"] == "error"
+
+
+async def test_data_ordered_frames_match_the_asyncapi_document(server: RunningServer) -> None:
+    """`output` in a result and `meta.inputs` in the consumer's execute, as documented."""
+    from tests.flows.test_data_order_runs import chain, result_with_output
+
+    doc = yaml.safe_load((ROOT / "docs" / "asyncapi.yaml").read_text())
+    fetch, features, _model = await chain(server)
+    wid = await create_workflow(server, workflow_body(modules=[fetch.hash, features.hash], order="data"))
+    await execute(server, wid)
+    first = await fetch.recv_execute()
+    assert not list(_payload(doc, "execute").iter_errors(first)), first
+    result = {"type": "result", "status": "success", "run_id": first["meta"]["run_id"], "output": {"rows": 3}}
+    assert not list(_payload(doc, "result").iter_errors(result))
+    assert await result_with_output(fetch, first, {"rows": 3}) == "receive result"
+    second = await features.recv_execute()
+    assert second["meta"]["inputs"] == {"prices": {"rows": 3}}
+    assert not list(_payload(doc, "execute").iter_errors(second)), second
+    assert list(_payload(doc, "execute").iter_errors({**second, "meta": {**second["meta"], "inputs": [1]}}))

@@ -20,12 +20,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from .solver import Plan
 
 WAITING = "waiting"
 OPEN_STATES = ("pending", "sent", WAITING)
 UPSTREAM_FAILED = "upstream_failed"
+
+
+class StepOutcome(Protocol):
+    """What `DataOrder.inputs` reads of a step (runs.Step has it)."""
+
+    status: str
+    output: Any
 
 
 @dataclass(frozen=True)
@@ -88,7 +96,11 @@ class DataOrder:
         ]
         return ready, blocked
 
-    def inputs(self, step: int, outputs: Sequence[object], states: Sequence[str]) -> dict[str, object]:
+    def inputs(self, step: int, steps: Sequence[StepOutcome]) -> dict[str, Any]:
         """`meta.inputs` for `step`: data name -> its producer's output, for every
-        producer that succeeded (None when the producer sent no output)."""
-        return {data: outputs[producer] for producer, data in self.feeds[step] if states[producer] == "success"}
+        producer that succeeded (None when the producer sent no output). Reads only
+        the step's producers: sending one step costs its in-degree, not the run's size."""
+        return {
+            data: steps[producer].output for producer, data in self.feeds[step]
+            if steps[producer].status == "success"
+        }

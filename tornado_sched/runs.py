@@ -374,7 +374,7 @@ class RunTracker:
     def _execute_frame(self, run: Run, step: Step) -> str:
         inputs = None
         if run.data_order is not None:
-            inputs = run.data_order.inputs(step.index, [s.output for s in run.steps], run.states())
+            inputs = run.data_order.inputs(step.index, run.steps)
         return encode_frame(execute_frame(
             execution_time=run.execution_time, workflow_id=run.workflow_id, workflow_name=run.workflow_name,
             run_id=run.run_id, fired_at=run.fired_at.isoformat(), timezone=run.timezone, args=step.args,

@@ -3,9 +3,18 @@ the real solver: who is sent first, who becomes ready, who is blocked and why.""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from tornado_sched.dataorder import WAITING, DataOrder
 from tornado_sched.requirements import DataRequirement
 from tornado_sched.solver import StepRequirements, solve
+
+
+@dataclass
+class Done:
+    status: str
+    output: Any = None
 
 
 def step(name: str, inputs: str = "", outputs: str = "", optional: str = "") -> StepRequirements:
@@ -60,8 +69,8 @@ def test_optional_inputs_wait_for_their_producer_but_do_not_block() -> None:
     assert rule.advance(["sent", "success", WAITING], [1]) == ([], [])
     assert rule.advance(["failure", "success", WAITING], [0]) == ([2], [])
     # Inputs carry only producers that succeeded.
-    assert rule.inputs(2, ["h", "p", None], ["failure", "success", WAITING]) == {"px": "p"}
-    assert rule.inputs(2, ["h", "p", None], ["success", "success", WAITING]) == {"px": "p", "hol": "h"}
+    assert rule.inputs(2, [Done("failure", "h"), Done("success", "p"), Done(WAITING)]) == {"px": "p"}
+    assert rule.inputs(2, [Done("success", "h"), Done("success", None), Done(WAITING)]) == {"px": None, "hol": "h"}
 
 
 def test_a_step_being_retried_keeps_its_consumers_waiting() -> None:

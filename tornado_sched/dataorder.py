@@ -71,20 +71,26 @@ class DataOrder:
         order; [(blocked step, the producer that blocked it)], in the order found).
         `states[i]` is "waiting" for a step never sent, else its status; blocked steps
         count as ended (upstream_failed) for the steps behind them."""
-        current = list(states)
+        # Steps blocked in this call, over `states`: no copy, so one call costs the
+        # edges it walks, not the size of the run.
+        overlay: dict[int, str] = {}
+
+        def state(index: int) -> str:
+            return overlay.get(index) or states[index]
+
         blocked: list[tuple[int, int]] = []
         candidates: set[int] = set()
         work = list(ended)
         while work:
             producer = work.pop()
-            if current[producer] in OPEN_STATES:
+            if state(producer) in OPEN_STATES:
                 continue
-            failed = current[producer] != "success"
+            failed = state(producer) != "success"
             for consumer in self.downstream[producer]:
-                if current[consumer] != WAITING:
+                if state(consumer) != WAITING:
                     continue
                 if failed and producer in self.required[consumer]:
-                    current[consumer] = UPSTREAM_FAILED
+                    overlay[consumer] = UPSTREAM_FAILED
                     blocked.append((consumer, producer))
                     candidates.discard(consumer)
                     work.append(consumer)
@@ -92,7 +98,7 @@ class DataOrder:
                     candidates.add(consumer)
         ready = [
             step for step in sorted(candidates)
-            if current[step] == WAITING and all(current[p] not in OPEN_STATES for p in self.upstream[step])
+            if state(step) == WAITING and all(state(p) not in OPEN_STATES for p in self.upstream[step])
         ]
         return ready, blocked
 

@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -108,6 +109,24 @@ class Step:
         )
 
 
+class StepStates(Sequence[str]):
+    """A read-only view: step index -> "waiting" (never sent) or the step's status."""
+
+    __slots__ = ("_steps",)
+
+    def __init__(self, steps: list[Step]) -> None:
+        self._steps = steps
+
+    def __len__(self) -> int:
+        return len(self._steps)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [WAITING if s.waiting else s.status for s in self._steps[index]]
+        step = self._steps[index]
+        return WAITING if step.waiting else step.status
+
+
 @dataclass
 class Run:
     """One firing of a workflow."""
@@ -132,9 +151,10 @@ class Run:
     order: str = "parallel"
     data_order: DataOrder | None = field(default=None, repr=False, compare=False)
 
-    def states(self) -> list[str]:
-        """Each step's state for the dispatch rule ("waiting" if never sent)."""
-        return [WAITING if s.waiting else s.status for s in self.steps]
+    def states(self) -> StepStates:
+        """Each step's state for the dispatch rule ("waiting" if never sent), read
+        on demand: the rule looks at a few steps per result, not at all of them."""
+        return StepStates(self.steps)
 
     @property
     def execution_time(self) -> str:

@@ -255,3 +255,31 @@ async def test_sdk_handlers_return_outputs_and_read_inputs(server: RunningServer
         for client in clients:
             await client.stop()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_offline_producer_blocks_its_consumers_and_overlap_still_applies(server: RunningServer) -> None:
+    # The producer is registered but never connects: its step fails offline at dispatch.
+    fetch = Module(server, "fetch", await register_with(server, "fetch", [], [{"name": "prices"}]))
+    features = await online(server, "features", [{"name": "prices"}], [])
+    wid = await create_workflow(server, workflow_body(modules=[fetch.hash, features.hash], order="data"))
+    run_id = await execute(server, wid)
+    stored = await wait_run(server, run_id)
+    assert stored["status"] == "failure"
+    run = await get_run(server, run_id)
+    assert [s["status"] for s in run["steps"]] == ["offline", "upstream_failed"]
+    assert run["steps"][1]["error"] == "not sent: fetch (step 0) ended offline"
+    await features.no_message(QUIET)
+
+    # overlap=forbid (the default) holds for a data-ordered run while any stage is open.
+    other = await online(server, "other", [], [{"name": "x"}])
+    user = await online(server, "user", [{"name": "x"}], [])
+    wid = await create_workflow(server, workflow_body(modules=[other.hash, user.hash], order="data",
+                                                      overlap="forbid"))
+    first = await execute(server, wid)
+    command = await other.recv_execute()
+    assert await other.result(command) == "receive result"
+    await user.recv_execute()  # the second stage is open now
+    second = await execute(server, wid)
+    skipped = await wait_run(server, second)
+    assert skipped["status"] == "skipped"
+    assert (await get_run(server, first))["status"] == "running"

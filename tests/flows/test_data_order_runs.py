@@ -283,3 +283,26 @@ async def test_offline_producer_blocks_its_consumers_and_overlap_still_applies(s
     skipped = await wait_run(server, second)
     assert skipped["status"] == "skipped"
     assert (await get_run(server, first))["status"] == "running"
+
+
+async def test_hostile_outputs_get_an_error_frame_and_change_nothing(server: RunningServer) -> None:
+    """An output breaking the edge reader's rules (payload.py) or the size bound is
+    refused with an error frame; the step stays open and the session too."""
+    fetch, features, _model = await chain(server)
+    wid = await create_workflow(server, workflow_body(modules=[fetch.hash, features.hash], order="data"))
+    run_id = await execute(server, wid)
+    command = await fetch.recv_execute()
+    meta = command["meta"]
+    head = (f'{{"type": "result", "status": "success", "run_id": "{meta["run_id"]}", '
+            f'"workflow_id": "{meta["workflow_id"]}", "output": ')
+    assert fetch.ws is not None
+    for raw in (head + "NaN}", head + '"\\ud800"}', head + "[" * 40 + "]" * 40 + "}",
+                head + '"' + "x" * 70_000 + '"}'):
+        await fetch.ws.write_message(raw)
+        answer = await fetch.recv()
+        assert isinstance(answer, dict) and answer["type"] == "error", answer
+    assert answer["error"].startswith("output: 70002 bytes encoded, more than 65536"), answer
+    run = await get_run(server, run_id)
+    assert [(s["status"], s["output"]) for s in run["steps"]] == [("sent", None), ("pending", None)]
+    assert await result_with_output(fetch, command, "ok") == "receive result"
+    assert (await features.recv_execute())["meta"]["inputs"] == {"prices": "ok"}

@@ -4,6 +4,10 @@ the args it was given. Stops cleanly on Ctrl-C / SIGTERM.
     python -m examples.echo_module --server http://127.0.0.1:10080 --token "$REGISTRATION_TOKEN"
     python -m examples.echo_module --server http://127.0.0.1:10080 --api-token "$API_TOKEN"
 
+A cluster: give every instance; the module fails over to the next when one is lost.
+
+    python -m examples.echo_module --server http://10.0.0.1:10080 --server http://10.0.0.2:10080 ...
+
 (run from the repository root so `tornado_sched` is importable).
 """
 
@@ -44,7 +48,10 @@ def on_message(text: str) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="tornado_sched example module: echoes its args")
-    parser.add_argument("--server", default="http://127.0.0.1:10080", help="server base URL")
+    parser.add_argument(
+        "--server", action="append",
+        help="server base URL; repeat it for the instances of a cluster (failover in that order)",
+    )
     parser.add_argument("--name", default="echo", help="module name (its identity on the server)")
     parser.add_argument("--description", default="Echoes its args back", help="module description")
     parser.add_argument(
@@ -77,7 +84,7 @@ async def main(argv: list[str] | None = None) -> int:
         )
         return 2
     client = ModuleClient(
-        options.server,
+        options.server or ["http://127.0.0.1:10080"],
         options.name,
         echo,
         description=options.description,

@@ -72,7 +72,7 @@ class OperatorAuthMixin:
             if found is None or not verifier.matches(digest, found[1]):
                 return None
             params = digest.params
-            if not self.ctx.replay.first_use(f"{params['nonce']}:{params['nc']}:{params['cnonce']}"):
+            if not await self.ctx.replay.accept(f"{params['nonce']}:{params['nc']}:{params['cnonce']}"):
                 return None  # the same response seen before: a replay
             return found[0]
         if scheme == "bearer ":

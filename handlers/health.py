@@ -29,8 +29,14 @@ class ReadyHandler(ApiHandler):
 
     async def get(self) -> None:
         stores = await self.ctx.readiness()
-        down = [name for name, state in stores.items() if state != "ok"]
-        result = {"status": "ready", "stores": stores, "failed_writes": self.ctx.store_failures()}
+        # Redis is not a store: without it an instance still serves its own modules.
+        down = [name for name, state in stores.items() if state != "ok" and name != "redis"]
+        degraded = stores.get("redis", "ok") != "ok"
+        result = {"status": "degraded" if degraded else "ready", "stores": stores,
+                  "failed_writes": self.ctx.store_failures()}
+        if self.ctx.cluster is not None:
+            result["instance"] = self.ctx.cluster.instance
+            result["instances"] = sorted(self.ctx.cluster.live)
         if down:
             # Still the envelope of a 503, but with what waits in memory meanwhile.
             self.set_status(503)

@@ -17,10 +17,12 @@ import hmac
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from .clock import as_utc, utcnow
 from .errors import Conflict, Invalid, NotFound
@@ -110,6 +112,8 @@ class OperatorAccounts:
         self._cache_seconds = cache_seconds
         self._sql = sql
         self._cache_key = hashlib.sha256(b"verify-cache:" + secret_key.encode()).digest()
+        # Cluster mode tells the other instances to drop their caches too.
+        self.on_password_change: Callable[[], None] = lambda: None
         # fingerprint -> the password_hash it was verified against
         self._verified: dict[bytes, tuple[Operator, str, float]] = {}
 
@@ -168,6 +172,11 @@ class OperatorAccounts:
         if result.rowcount == 0:
             raise NotFound(f"operator {username!r} not found")
         self._verified.clear()
+        self.on_password_change()
+
+    def forget_verified(self) -> None:
+        """Another instance changed a password: re-check every cached one."""
+        self._verified.clear()
 
     async def verify_password(self, username: str, password: str) -> Operator | None:
         """Basic auth: the operator if the password is right, else None.
@@ -214,7 +223,10 @@ class OperatorAccounts:
         generated = None
         if not password:
             generated = password = secrets.token_urlsafe(15)
-        await self.create(username, password, "admin")
+        try:
+            await self.create(username, password, "admin")
+        except (Conflict, IntegrityError):
+            return None  # another instance of a cluster, starting at once, created it
         log.info("created admin operator %r", username)
         return generated
 
@@ -343,6 +355,8 @@ class LoginThrottle:
         # address -> (failures, first failure, blocked until); monotonic times.
         self._failures: dict[str, tuple[int, float, float]] = {}
         self.max_tracked = 100_000
+        # Cluster mode shares each failure and success with the other instances.
+        self.on_change: Callable[[str, str], None] = lambda _event, _address: None
 
     def _entry(self, address: str) -> tuple[int, float, float]:
         entry = self._failures.get(address)
@@ -369,6 +383,21 @@ class LoginThrottle:
         return 0.0 if excess < 0 else min(0.25 * 2**excess, 4.0)
 
     def failure(self, address: str) -> None:
+        self._failure(address)
+        self.on_change("failure", address)
+
+    def success(self, address: str) -> None:
+        self._failures.pop(address, None)
+        self.on_change("success", address)
+
+    def apply(self, event: str, address: str) -> None:
+        """A failure or success seen by another instance (cluster mode)."""
+        if event == "failure":
+            self._failure(address)
+        elif event == "success":
+            self._failures.pop(address, None)
+
+    def _failure(self, address: str) -> None:
         count, first, until = self._entry(address)
         now = time.monotonic()
         count, first = count + 1, first if count else now
@@ -389,8 +418,6 @@ class LoginThrottle:
             if not until or until <= now:
                 del self._failures[address]
 
-    def success(self, address: str) -> None:
-        self._failures.pop(address, None)
 
 
 class ReplayGuard:
@@ -402,6 +429,17 @@ class ReplayGuard:
         self._ttl = ttl
         self._limit = limit
         self._seen: dict[str, float] = {}  # insertion order == time order
+        # Cluster mode: SET NX in Redis, so a response used on one instance is refused
+        # on every other; None from it (Redis down) leaves the decision to this one.
+        self.shared: Callable[[str, float], Awaitable[bool | None]] | None = None
+
+    async def accept(self, key: str) -> bool:
+        """`first_use` across the cluster when there is one."""
+        if not self.first_use(key):
+            return False
+        if self.shared is None:
+            return True
+        return await self.shared(key, self._ttl) is not False
 
     def first_use(self, key: str) -> bool:
         now = time.monotonic()

@@ -44,7 +44,7 @@ import json
 import logging
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -167,6 +167,10 @@ class ModuleClient:
       take the module from each other for ever; so this instance stops and leaves
       the decision to the operator.
 
+    ``server_url`` may be a list: the URLs of several instances of one cluster. A
+    failed connection or registration moves to the next URL; the backoff grows once
+    per round of the list, so a dead instance is left within ``backoff_base`` seconds.
+
     Credentials: ``token`` (the server's REGISTRATION_TOKEN, sent in the
     ``X-Registration-Token`` header), ``api_token`` (an admin's API token from
     ``POST /tokens`` or ``create-token``, sent as ``Authorization: Bearer``) or
@@ -176,7 +180,7 @@ class ModuleClient:
 
     def __init__(
         self,
-        server_url: str,
+        server_url: str | Sequence[str],
         name: str,
         handler: Handler,
         *,
@@ -199,16 +203,22 @@ class ModuleClient:
         stop_timeout: float = 10.0,
         max_pending_results: int = 1000,
     ) -> None:
-        parts = urlsplit(server_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("server_url: expected http://host:port or https://host:port")
+        urls = [server_url] if isinstance(server_url, str) else list(server_url)
+        if not urls:
+            raise ValueError("server_url: give at least one URL")
+        self.server_urls: list[str] = []
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError("server_url: expected http://host:port or https://host:port")
+            self.server_urls.append(urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", "")))
+        self._server_index = 0
         if not token and not api_token and not (username and password) and not module_hash:
             raise ValueError(
                 "give token, api_token, username and password, or a module_hash from an earlier registration"
             )
         if not 0 < backoff_base <= backoff_max:
             raise ValueError("backoff: need 0 < backoff_base <= backoff_max")
-        self.server_url = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
         self.name = name
         self.handler = handler
         self.description = description
@@ -249,6 +259,22 @@ class ModuleClient:
         return bool(self._token or self._api_token or (self._username and self._password))
 
     # -- public API ------------------------------------------------------------------
+    @property
+    def server_url(self) -> str:
+        """The server in use now (one of `server_urls`)."""
+        return self.server_urls[self._server_index]
+
+    def _next_server(self) -> None:
+        """Fail over: the next URL in the list (several instances of one cluster)."""
+        if len(self.server_urls) > 1:
+            self._server_index = (self._server_index + 1) % len(self.server_urls)
+            log.info("module %r: trying %s", self.name, self.server_url)
+
+    def _backoff(self, attempt: int) -> float:
+        # One backoff step per round of the list: the other servers are tried soon
+        # after a failure, and a cluster that is entirely down is not hammered.
+        return backoff_delay(attempt // len(self.server_urls), self.backoff_base, self.backoff_max)
+
     @property
     def connected(self) -> bool:
         return self._conn is not None
@@ -404,7 +430,8 @@ class ModuleClient:
             except RegistrationError as exc:
                 if not exc.transient:
                     raise
-                delay = backoff_delay(attempt, self.backoff_base, self.backoff_max)
+                delay = self._backoff(attempt)
+                self._next_server()
                 log.warning("module %r: %s; retrying in %.1fs", self.name, exc, delay)
             attempt += 1
             await self._sleep(delay)
@@ -460,9 +487,11 @@ class ModuleClient:
                 problem = f"connection closed ({code} {reason or ''})".rstrip()
             if self._stopping:
                 return
-            delay = backoff_delay(attempt, self.backoff_base, self.backoff_max)
+            delay = self._backoff(attempt)
             attempt += 1
-            log.warning("module %r: %s; reconnecting in %.2fs", self.name, problem, delay)
+            failed = self.server_url
+            self._next_server()
+            log.warning("module %r: %s (%s); reconnecting to %s in %.2fs", self.name, problem, failed, self.server_url, delay)
             await self._sleep(delay)
 
     async def _serve(self, conn: WebSocketClientConnection) -> tuple[int | None, str | None]:

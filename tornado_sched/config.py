@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+import socket
 import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -83,6 +84,9 @@ class Settings:
     trusted_proxies: tuple[str, ...] = ()
     cookie_secure: bool = False
     sql_url_override: str = field(default="", repr=False)
+    # Cluster mode (tornado_sched/cluster.py): set REDIS_URL to join one.
+    redis_url: str = field(default="", repr=False)
+    instance_name: str = ""
 
     @property
     def sql_url(self) -> str:
@@ -102,6 +106,15 @@ class Settings:
         if self.mysql_host:
             return f"mysql://{self.mysql_host}:{self.mysql_port}/{self.mysql_db}"
         return f"sqlite:{self.data_dir / 'system.sqlite3'}"
+
+    @property
+    def clustered(self) -> bool:
+        return bool(self.redis_url)
+
+    @property
+    def instance(self) -> str:
+        """This instance's name in the API, logs and dashboard (default host:port)."""
+        return self.instance_name or f"{socket.gethostname()}:{self.server_port}"
 
     @property
     def uses_embedded_mongo(self) -> bool:
@@ -180,6 +193,16 @@ class Settings:
         mongodb_host = text("MONGODB_HOST")
         if mongodb_host and urlsplit(mongodb_host).scheme not in ("mongodb", "mongodb+srv"):
             raise ConfigError("MONGODB_HOST: expected a mongodb:// or mongodb+srv:// URI")
+        redis_url = url("REDIS_URL", ("redis", "rediss", "unix"))
+        instance_name = text("INSTANCE_NAME")
+        if len(instance_name) > 64 or any(c.isspace() for c in instance_name):
+            raise ConfigError("INSTANCE_NAME: at most 64 characters, no spaces")
+        if redis_url:
+            # A cluster shares its stores: a SQLite file or an embedded document
+            # server belongs to one process, so the combination is refused.
+            unshared = [n for n, v in (("MONGODB_HOST", mongodb_host), ("MYSQL_HOST", text("MYSQL_HOST"))) if not v]
+            if unshared:
+                raise ConfigError(f"{unshared[0]}: required when REDIS_URL is set (cluster mode shares MongoDB and MySQL)")
         interval = number("WEBSOCKET_PING_INTERVAL", d.websocket_ping_interval, lo=0.05, hi=3600, integer=False)
         timeout = number("WEBSOCKET_PING_TIMEOUT", d.websocket_ping_timeout, lo=0.05, hi=3600, integer=False)
 
@@ -242,6 +265,8 @@ class Settings:
             trusted_proxies=proxies,
             cookie_secure=boolean("COOKIE_SECURE", d.cookie_secure),
             email_timeout_seconds=number("EMAIL_TIMEOUT_SECONDS", d.email_timeout_seconds, lo=0.1, hi=600, integer=False),
+            redis_url=redis_url,
+            instance_name=instance_name,
         )
         if not settings.mongodb_name.replace("_", "").replace("-", "").isalnum():
             raise ConfigError(f"MONGODB_NAME: invalid database name {settings.mongodb_name!r}")

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pymongo
 
@@ -66,6 +67,9 @@ class AppContext:
     notifier: Notifier
     failing: FailingNow
     docserver: EmbeddedDocumentServer | None = None
+    # What dashboards show: this instance's events, plus the others' in a cluster.
+    feed: EventBus | None = None
+    cluster: Any = None  # tornado_sched.cluster.Cluster when REDIS_URL is set
     started_at: float = field(default_factory=time.time)
     generated_admin_password: str | None = None
     metrics: ServerMetrics | None = None
@@ -81,6 +85,7 @@ class AppContext:
             # Runs whose state the store refused (set aside so others are written).
             "run_state_quarantined": self.runs.quarantined,
             "execution_log": self.scheduler.log_failures,
+            "tick_claim": self.scheduler.claim_failures,
             "notification_outbox": self.notifier.write_failures,
             "audit_log": self.audit.write_failures,
             # Rows waiting in memory for SQL, and rows lost (memory bound, or refused).
@@ -90,8 +95,12 @@ class AppContext:
         }
 
     async def readiness(self) -> dict[str, str]:
-        """Ping both stores: {store: "ok" | why not}."""
-        return await check_ready(self.docs, self.sql)
+        """Ping both stores: {store: "ok" | why not}; in a cluster also "redis", which
+        is not required: without it the instance still serves its own modules."""
+        stores = await check_ready(self.docs, self.sql)
+        if self.cluster is not None:
+            stores["redis"] = self.cluster.status()
+        return stores
 
     def liveness_problem(self) -> str | None:
         """Why this process should be restarted, if it should (for /health): the
@@ -162,23 +171,35 @@ async def open_context(settings: Settings) -> AppContext:
         audit.pending.start()
         closers.append(audit.pending.close)
         events = EventBus()
+        feed = events
         registry = ModuleRegistry(docs)
         await registry.load()
         hub = ConnectionHub(
             registry, events, settings.heartbeat_flush_seconds, settings.heartbeat_store_seconds,
             max_queued_bytes=settings.websocket_max_queued_bytes,
         )
-        await hub.start()
-        closers.append(hub.close)
         workflows = WorkflowStore(docs, registry, settings.time_zone, events)
-        notifier = Notifier(sql, events, workflows, settings)
-        await notifier.start()
-        closers.append(notifier.close)
         history = RunHistory(sql)
         # Before the tracker starts: runs a pre-SQL version left open are migrated first,
         # so they are marked interrupted like any other.
         await history.migrate_from_documents(docs)
-        runs = RunTracker(history, registry, workflows, hub, events)
+        runs = RunTracker(history, registry, workflows, hub, events, settings.instance if settings.clustered else "")
+        replay = ReplayGuard()
+        cluster = None
+        if settings.clustered:
+            from .cluster import Cluster, wire  # redis is imported in cluster mode only
+
+            cluster = Cluster(settings.redis_url, settings.instance)
+            feed = EventBus()
+            wire(cluster, events=events, feed=feed, hub=hub, runs=runs, throttle=throttle,
+                 replay=replay, accounts=accounts)
+            await cluster.start()
+            closers.append(cluster.close)
+        await hub.start()
+        closers.append(hub.close)
+        notifier = Notifier(sql, events, workflows, settings)
+        await notifier.start()
+        closers.append(notifier.close)
         await runs.start()
         closers.append(runs.close)
         failing = FailingNow(workflows, runs, events)
@@ -187,6 +208,7 @@ async def open_context(settings: Settings) -> AppContext:
         scheduler = WorkflowScheduler(
             docs, sql, workflows, runs, settings.time_zone, settings.run_retention_days,
             events=events, is_online=hub.is_online, misfire_settle_seconds=settings.misfire_settle_seconds,
+            instance=settings.instance if settings.clustered else "",
         )
         await scheduler.start()
         closers.append(scheduler.close)
@@ -205,7 +227,7 @@ async def open_context(settings: Settings) -> AppContext:
         tokens=tokens,
         sessions=sessions,
         throttle=throttle,
-        replay=ReplayGuard(),
+        replay=replay,
         audit=audit,
         events=events,
         registry=registry,
@@ -218,6 +240,8 @@ async def open_context(settings: Settings) -> AppContext:
         failing=failing,
         docserver=docserver,
         generated_admin_password=generated,
+        feed=feed,
+        cluster=cluster,
     )
     ctx._closers.extend(closers)
     ctx.metrics = ServerMetrics(ctx)

@@ -173,6 +173,7 @@ def _run_row(run: Run) -> dict[str, Any]:
         "retries": run.retries,
         "retry_delay_seconds": run.retry_delay_seconds,
         "steps_total": len(run.steps),
+        "instance": run.instance or None,
         **_counters(run),
     }
 
@@ -218,6 +219,7 @@ def _run_from_row(row: Any, steps: list[Step]) -> Run:
         retries=row.retries,
         retry_delay_seconds=row.retry_delay_seconds,
         reason=row.reason,
+        instance=row.instance or "",
     )
 
 
@@ -312,6 +314,17 @@ class RunHistory:
     async def _runs(self, conn: Any, rows: list[Any]) -> list[Run]:
         steps = await self._steps(conn, [r.run_id for r in rows])
         return [_run_from_row(r, steps.get(r.run_id, [])) for r in rows]
+
+    async def take_over(self, run_id: str, lost: str, instance: str, reason: str) -> bool:
+        """Cluster mode: make `instance` the owner of an open run of the lost instance.
+        A conditional update: of several instances trying at once, exactly one wins."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(runs)
+                .where(runs.c.run_id == run_id, runs.c.status == "running", runs.c.instance == lost)
+                .values(instance=instance, reason=reason)
+            )
+        return result.rowcount == 1
 
     async def open_runs(self) -> list[Run]:
         """Runs the store still has as running (left open by a crash, at start-up)."""

@@ -33,8 +33,11 @@ from .workflows import FAILED_RUN_STATUSES, WorkflowStore
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("pending", "retrying", "sent", "not_configured")
-UNSENT = ("pending", "retrying")
+STATUSES = ("pending", "retrying", "sending", "sent", "not_configured")
+# "sending": claimed by one instance (MySQL/MariaDB); its next_attempt_at is the end of
+# the claim, after which another instance may take it over (the claimer died).
+UNSENT = ("pending", "retrying", "sending")
+CLAIM_GRACE_SECONDS = 60.0
 MAX_BACKOFF = 3600.0
 BASE_BACKOFF = 5.0
 POLL_SECONDS = 5.0
@@ -268,15 +271,30 @@ class Notifier:
         )
         async with self._lock, self._sql.engine.connect() as conn:
             now = utcnow()
-            rows = (await conn.execute(
+            due = (
                 select(outbox)
                 .where(outbox.c.status.in_(UNSENT), outbox.c.next_attempt_at <= naive_utc(now),
                        or_(outbox.c.kind != "recovery", ~overtakes))
                 .order_by(outbox.c.id).limit(100)
-            )).all()
+            )
+            if self._sql.engine.dialect.name == "mysql":
+                # Several instances share the outbox: each row is claimed by one of
+                # them (locked rows are skipped, not waited for) and marked `sending`
+                # until the claim ends, so no notification goes out twice.
+                rows = (await conn.execute(due.with_for_update(skip_locked=True))).all()
+                if rows:
+                    until = now + timedelta(seconds=self._settings.email_timeout_seconds + CLAIM_GRACE_SECONDS)
+                    await conn.execute(
+                        update(outbox).where(outbox.c.id.in_([r.id for r in rows]))
+                        .values(status="sending", next_attempt_at=naive_utc(until))
+                    )
+                await conn.commit()
+            else:
+                # SQLite: one process owns the file; nothing to claim.
+                rows = (await conn.execute(due)).all()
             upcoming = (await conn.execute(
                 select(func.min(notification_outbox.c.next_attempt_at))
-                .where(notification_outbox.c.status.in_(("pending", "retrying")),
+                .where(notification_outbox.c.status.in_(UNSENT),
                        notification_outbox.c.next_attempt_at > naive_utc(now))
             )).scalar()
         if rows:

@@ -283,6 +283,17 @@ class ModuleRegistry:
             ops = [UpdateOne({"_id": doc_id}, {"$set": state}) for doc_id, state in items[start:start + 1000]]
             await self._col.bulk_write(ops, ordered=False)
 
+    async def mark_offline_except(self, held: set[str]) -> int:
+        """Cluster start-up: every module no live instance holds goes offline."""
+        stale = {
+            doc["_id"]: {"online": False}
+            async for doc in self._col.find({"online": True}, {"_id": 1, "hash": 1})
+            if doc.get("hash") not in held
+        }
+        if stale:
+            await self.save_states(stale)
+        return len(stale)
+
     async def mark_all_offline(self) -> int:
         result = await self._col.update_many({"online": True}, {"$set": {"online": False}})
         return result.modified_count

@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -146,6 +146,8 @@ class Run:
     retries: int = 0
     retry_delay_seconds: int = 10
     reason: str | None = None
+    # Cluster mode: the instance that started the run and holds it open.
+    instance: str = ""
     # "data": steps are sent in the order of `data_order` (built from the solver's plan
     # at start; in memory only, since a run left open by a restart is interrupted).
     order: str = "parallel"
@@ -179,6 +181,7 @@ class Run:
             "ended_at": self.ended_at,
             "status": self.status,
             "reason": self.reason,
+            **({"instance": self.instance} if self.instance else {}),
             "timeout_seconds": self.timeout_seconds,
             "retries": self.retries,
             "retry_delay_seconds": self.retry_delay_seconds,
@@ -203,6 +206,7 @@ class Run:
             retries=int(doc.get("retries") or 0),
             retry_delay_seconds=int(doc.get("retry_delay_seconds") or 0),
             reason=doc.get("reason"),
+            instance=str(doc.get("instance") or ""),
         )
 
     def summary(self) -> dict[str, Any]:
@@ -242,8 +246,16 @@ class RunTracker:
         workflows: WorkflowStore,
         hub: ConnectionHub,
         events: EventBus,
+        instance: str = "",
     ) -> None:
         self._history = history
+        self._instance = instance
+        # Cluster mode (tornado_sched/cluster.py sets these): whether an instance is
+        # alive; a result matching no run here goes to the instance owning its run
+        # (True once stored there); told of each run taken over from a lost instance.
+        self.is_live: Callable[[str], bool] = lambda _name: False
+        self.forward_result: Callable[[ModuleSession, ResultMessage], Awaitable[bool]] | None = None
+        self.on_adopt: Callable[[Run], None] = lambda _run: None
         self._registry = registry
         self._workflows = workflows
         self._hub = hub
@@ -271,16 +283,23 @@ class RunTracker:
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> int:
-        """Runs left open by a crash become interrupted. Returns how many."""
-        stale = await self._history.open_runs()
+        """Runs left open by a crash become interrupted. Returns how many. In a
+        cluster, runs a live instance owns are left alone."""
+        def orphaned(run: Run) -> bool:
+            owner = run.instance
+            return not owner or owner == self._instance or not self.is_live(owner)
+
+        stale = [run for run in await self._history.open_runs() if orphaned(run)]
         now = utcnow()
         for run in stale:
+            lost = bool(run.instance) and run.instance != self._instance
+            what = f"instance {run.instance} was lost" if lost else "server restarted"
             for step in run.steps:
                 if step.open:
                     step.status, step.ended_at = "interrupted", now
-                    step.error = step.error or "server restarted while the step was open"
+                    step.error = step.error or f"{what} while the step was open"
             run.status, run.ended_at = "interrupted", now
-            run.reason = "server restarted while the run was open"
+            run.reason = f"{what} while the run was open"
         if stale:
             await self._history.write([(run, range(len(run.steps))) for run in stale])
         for run in stale:
@@ -293,6 +312,48 @@ class RunTracker:
             log.warning("marked %d run(s) interrupted after an unclean stop", len(stale))
         self._writer.start()
         return len(stale)
+
+    async def instance_lost(self, name: str) -> int:
+        """Cluster mode: take over the open runs of an instance that died. For each
+        run one live instance wins a conditional update of its owner; the winner
+        re-arms the run's timeout (counted from the run's start), re-sends steps that
+        were waiting for a retry (their timers died with the instance) and waits for
+        the results of steps already sent (a module that reconnected elsewhere sends
+        them there, and they are forwarded to the new owner)."""
+        count = 0
+        for run in await self._history.open_runs():
+            if run.instance != name or run.run_id in self._open:
+                continue
+            reason = f"taken over by {self._instance} after instance {name} was lost"
+            if not await self._history.take_over(run.run_id, name, self._instance, reason):
+                continue  # another live instance took it
+            run.instance, run.reason = self._instance, reason
+            self._adopt(run)
+            count += 1
+        if count:
+            log.warning("took over %d open run(s) of lost instance %r", count, name)
+        return count
+
+    def _adopt(self, run: Run) -> None:
+        # A step never sent (attempts 0) only exists in a data-ordered run, whose
+        # dispatch plan lived in the lost instance's memory: end it, saying why.
+        if run.order == "data" or any(s.status == "pending" and s.attempts == 0 for s in run.steps):
+            now = utcnow()
+            for step in run.steps:
+                if step.open:
+                    step.status, step.ended_at = "interrupted", now
+                    step.error = step.error or "its instance was lost (data-ordered runs are not resumed)"
+            self._open[run.run_id] = run
+            self._after_change(run, list(range(len(run.steps))))
+            return
+        self._open[run.run_id] = run
+        left = run.timeout_seconds - (utcnow() - run.started_at).total_seconds()
+        self._timers[run.run_id] = asyncio.get_running_loop().call_later(max(left, 0.0), self._on_timeout, run.run_id)
+        self.on_adopt(run)
+        resent = [step.index for step in run.steps if step.status == "pending"]
+        for index in resent:
+            self._dispatch(run, run.steps[index])
+        self._after_change(run, resent)
 
     async def close(self) -> None:
         self._unsubscribe()
@@ -336,6 +397,7 @@ class RunTracker:
             retries=workflow.retries,
             retry_delay_seconds=workflow.retry_delay_seconds,
             order=workflow.order,
+            instance=self._instance,
         )
         if workflow.overlap == "forbid" and self.open_runs(workflow.workflow_id):
             run.status, run.ended_at = "skipped", now
@@ -434,6 +496,10 @@ class RunTracker:
         """Apply a module's result to its step and return once it is durable.
         ResultNotMatched (with the reason) when it matches no step it may close; a
         re-sent result equal to the stored one is acknowledged (returns normally)."""
+        if self.forward_result is not None and not self._held_here(session.module_hash, result):
+            # Another instance's run (or one it has just lost): its owner records it.
+            if await self.forward_result(session, result):
+                return
         run, step = await self._match(session.module_hash, result)
         if run is None or step is None:
             # A re-send of a stored result: acknowledged once what it matched is durable.
@@ -477,6 +543,16 @@ class RunTracker:
                 if not step.open:
                     ended.append(index)
         return changed
+    def _held_here(self, module_hash: str, result: ResultMessage) -> bool:
+        """Whether the result's run is open (or closing) in this instance."""
+        if result.run_id:
+            return result.run_id in self._open or result.run_id in self._closing
+        return any(
+            step.module_hash == module_hash and step.status == "sent"
+            for run in self._open.values()
+            if result.workflow_id is None or str(run.workflow_id) == str(result.workflow_id)
+            for step in run.steps
+        )
 
     async def _match(self, module_hash: str, result: ResultMessage) -> tuple[Run | None, Step | None]:
         """(run, step) to apply the result to; (None, None) for a re-send of the stored

@@ -18,7 +18,8 @@ from typing import Any
 from apscheduler.schedulers.tornado import TornadoScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import delete
+from sqlalchemy import delete, insert
+from sqlalchemy.exc import IntegrityError
 
 from .clock import naive_utc, utcnow
 from .errors import Invalid, Unavailable
@@ -26,7 +27,7 @@ from .events import MODULE_ONLINE, SCHEDULE_FIRED, WORKFLOW_DELETED, WORKFLOW_SA
 from .pending import PendingSqlRows
 from .runs import RunTracker
 from .stores import DocumentStore, SqlStore
-from .tables import execution_log
+from .tables import execution_log, tick_claims
 from .workflows import Workflow, WorkflowStore
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class WorkflowScheduler:
         events: EventBus | None = None,
         is_online: Callable[[str], bool] = lambda _hash: True,
         misfire_settle_seconds: float = 30.0,
+        instance: str = "",
     ) -> None:
         self._docs = docs
         self._events = events
@@ -72,6 +74,10 @@ class WorkflowScheduler:
         self._unsubscribe: Callable[[], None] | None = None
         # One row per firing, kept and retried while SQL is down.
         self.execution_log = PendingSqlRows(sql, execution_log)
+        # Set in cluster mode: a tick that cannot be claimed is then not fired.
+        self._instance = instance
+        self.claim_failures = 0
+        self.ticks_lost = 0
 
     @property
     def log_failures(self) -> int:
@@ -225,10 +231,14 @@ class WorkflowScheduler:
     async def fire(
         self, workflow: Workflow, trigger: str, nominal: datetime
     ) -> str | None:
-        """Start a run and write the execution-log row; returns the run id."""
+        """Start a run and write the execution-log row; returns the run id. A
+        scheduled tick (trigger `schedule` or `misfire`) fires only if this instance
+        wins its claim; otherwise another instance fired it and None is returned."""
         if not workflow.execute_modules:
             # A run with no steps would "succeed" having done nothing.
             raise Invalid("execute_modules: the workflow has no modules to run", field="execute_modules")
+        if trigger != "manual" and not await self._claim(workflow.workflow_id, nominal):
+            return None
         fired_at = utcnow()
         run_id, outcome, error = None, "started", None
         try:
@@ -244,6 +254,29 @@ class WorkflowScheduler:
         if outcome == "error":
             raise Unavailable("could not start the run: a store is unavailable")
         return run_id
+
+    async def _claim(self, workflow_id: int, nominal: datetime) -> bool:
+        """Insert (workflow, nominal tick): True for the one instance whose insert wins."""
+        try:
+            async with self._sql.engine.begin() as conn:
+                await conn.execute(insert(tick_claims).values(
+                    workflow_id=workflow_id, nominal_time=naive_utc(nominal).replace(microsecond=0),
+                    instance=self._instance or "-", claimed_at=naive_utc(utcnow()),
+                ))
+            return True
+        except IntegrityError:
+            self.ticks_lost += 1
+            log.debug("workflow %d tick %s fired elsewhere", workflow_id, nominal)
+            return False
+        except Exception as exc:
+            self.claim_failures += 1
+            if self._instance:
+                # Without the claim the tick could fire twice in the cluster: not fired.
+                log.error("workflow %d tick %s not fired: claim failed (%s)", workflow_id, nominal, type(exc).__name__)
+                return False
+            # One process: nobody else could fire it; fire as before the claims existed.
+            log.warning("workflow %d: tick claim not written (%s)", workflow_id, type(exc).__name__)
+            return True
 
     async def _log(self, job: str, workflow_id: int, run_id: str | None, trigger: str,
                    nominal: datetime | None, fired_at: datetime, outcome: str, error: str | None) -> None:
@@ -289,7 +322,7 @@ class WorkflowScheduler:
                 task = asyncio.ensure_future(self._catch_up(workflow, tick, min(self._settle_seconds, grace_left)))
                 self._catch_ups.add(task)
                 task.add_done_callback(self._catch_ups.discard)
-            else:
+            elif await self._claim(workflow.workflow_id, tick):
                 log.warning("workflow %d: %s while down; skipped", workflow.workflow_id, missed)
                 await self._log(job_id(workflow.workflow_id), workflow.workflow_id, None, "misfire", tick, now,
                                 "missed", f"{missed} while the server was down")
@@ -326,6 +359,7 @@ class WorkflowScheduler:
         runs = await self._runs.delete_older_than(cutoff)
         async with self._sql.engine.begin() as conn:
             rows = (await conn.execute(delete(execution_log).where(execution_log.c.fired_at < naive_utc(cutoff)))).rowcount
+            await conn.execute(delete(tick_claims).where(tick_claims.c.nominal_time < naive_utc(cutoff)))
         log.info("retention: deleted %d run(s) and %d execution-log row(s) older than %s", runs, rows, cutoff)
 
 

@@ -109,12 +109,21 @@ class SqlStore:
         self.connections_opened += 1
 
     async def create_schema(self) -> None:
-        async with self.engine.begin() as conn:
-            if self.dialect == "sqlite":
-                # WAL lets the dashboard read while the outbox writes.
-                await conn.execute(text("PRAGMA journal_mode=WAL"))
-            await conn.run_sync(metadata.create_all)
-            await conn.run_sync(_add_missing_columns)
+        for attempt in range(3):
+            try:
+                async with self.engine.begin() as conn:
+                    if self.dialect == "sqlite":
+                        # WAL lets the dashboard read while the outbox writes.
+                        await conn.execute(text("PRAGMA journal_mode=WAL"))
+                    await conn.run_sync(metadata.create_all)
+                    await conn.run_sync(_add_missing_columns)
+                return
+            except OperationalError:
+                # Instances of a cluster starting together race to create a table
+                # ("already exists"); the next pass sees it and skips it.
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(0.2 * (attempt + 1))
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:

@@ -81,6 +81,19 @@ execution_log = Table(
     mysql_charset="utf8mb4",
 )
 
+# One row per scheduled tick that fired (or was recorded missed): the primary key is
+# the once-only guarantee. Every instance of a cluster schedules every workflow; the
+# one whose insert wins fires the tick, the others see a duplicate key and stand down.
+tick_claims = Table(
+    "tick_claims",
+    metadata,
+    Column("workflow_id", Integer, primary_key=True, autoincrement=False),
+    Column("nominal_time", DateTime, primary_key=True),
+    Column("instance", String(64), nullable=False),
+    Column("claimed_at", DateTime, nullable=False),
+    mysql_charset="utf8mb4",
+)
+
 notification_outbox = Table(
     "notification_outbox",
     metadata,
@@ -161,6 +174,8 @@ runs = Table(
     Column("steps_total", Integer, nullable=False),
     Column("steps_ok", Integer, nullable=False, default=0),
     Column("steps_failed", Integer, nullable=False, default=0),
+    # Cluster mode: the instance that owns the open run (its timers, its retries).
+    Column("instance", String(64), nullable=True),
     # Every list is "newest first": (started_at, id) is the page key.
     Index("ix_runs_started", "started_at", "id"),
     Index("ix_runs_workflow_started", "workflow_id", "started_at", "id"),

@@ -72,7 +72,7 @@ class DashboardSocket(OperatorAuthMixin, SocketHandler):
     # -- session ---------------------------------------------------------------------
     def open(self, *args: Any, **kwargs: Any) -> None:
         self._queue = asyncio.Queue(QUEUE_LIMIT)
-        self._unsubscribe = self.ctx.events.subscribe(self._on_event)
+        self._unsubscribe = (self.ctx.feed or self.ctx.events).subscribe(self._on_event)
         self._writer = asyncio.ensure_future(self._write_loop())
         self._send({"type": "hello", "user": self.operator.username if self.operator else ""})
 

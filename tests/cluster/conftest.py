@@ -1,0 +1,192 @@
+"""A real cluster: three `python run.py` processes on one Redis (logical database 14),
+one fresh MariaDB database and ONE shared nx-27017 document server started here."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from sqlalchemy.engine import make_url
+from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+
+from tests.conftest import ADMIN, _drop_mariadb, _fresh_mariadb, basic_auth
+from tornado_sched.docserver import EmbeddedDocumentServer
+
+ROOT = Path(__file__).resolve().parents[2]
+REDIS_URL = os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/14")
+TOKEN = "registration-token-for-cluster-tests"
+SECRET = "cluster-test-secret-key-0123456789"
+NAMES = ("i1", "i2", "i3")
+
+
+async def clear_redis(url: str = REDIS_URL) -> None:
+    """Delete this project's keys in the test database (never FLUSHALL)."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match="tsched:*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+class Instance:
+    """One cluster member: `python run.py` with its own INSTANCE_NAME and DATA_DIR."""
+
+    def __init__(self, name: str, workdir: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.workdir = workdir
+        self.env = {**env, "INSTANCE_NAME": name, "DATA_DIR": str(workdir / "data"), "LOG_DIR": str(workdir / "logs")}
+        self.proc: asyncio.subprocess.Process | None = None
+        self.port = 0
+        self.output: list[str] = []
+        self._drain: asyncio.Future[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.output = []
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(ROOT / "run.py"), cwd=ROOT, env=self.env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+
+        async def until_listening() -> None:
+            assert self.proc and self.proc.stdout
+            while True:
+                line = (await self.proc.stdout.readline()).decode()
+                if not line:
+                    raise AssertionError(f"{self.name} exited:\n" + "".join(self.output))
+                self.output.append(line)
+                if m := re.match(r"listening on port (\d+)", line):
+                    self.port = int(m.group(1))
+                    return
+
+        await asyncio.wait_for(until_listening(), 30)
+        self._drain = asyncio.ensure_future(self._read_rest())
+
+    async def _read_rest(self) -> None:
+        assert self.proc and self.proc.stdout
+        async for line in self.proc.stdout:
+            self.output.append(line.decode())
+
+    async def stop(self) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(self.proc.wait(), 20)
+        if self._drain:
+            await self._drain
+
+    async def kill(self) -> None:
+        """kill -9: no shutdown step runs."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        await self.proc.wait()
+        if self._drain:
+            await self._drain
+
+    def log_text(self) -> str:
+        path = self.workdir / "logs" / "tornado_sched.log"
+        return path.read_text() if path.is_file() else ""
+
+
+class ClusterHarness:
+    """Three instances plus helpers to call them."""
+
+    def __init__(self, instances: dict[str, Instance], sql_url: str, mongodb: tuple[str, str]) -> None:
+        self.instances = instances
+        self.sql_url = sql_url
+        self.mongodb = mongodb
+        self.http = AsyncHTTPClient()
+
+    def __getitem__(self, name: str) -> Instance:
+        return self.instances[name]
+
+    def urls(self, *names: str) -> list[str]:
+        return [self.instances[n].url for n in (names or NAMES)]
+
+    async def call(self, name: str, method: str, path: str, body: Any = None, *, auth: tuple[str, str] = ADMIN,
+                   expect: int | None = 200) -> tuple[int, dict[str, Any]]:
+        response: HTTPResponse = await self.http.fetch(
+            self.instances[name].url + path, method=method,
+            body=None if body is None else json.dumps(body),
+            headers={"Authorization": basic_auth(*auth), "Content-Type": "application/json"},
+            raise_error=False, request_timeout=30,
+        )
+        data = json.loads(response.body) if response.body else {}
+        if expect is not None:
+            assert response.code == expect, (name, method, path, response.code, data)
+        return response.code, data
+
+    async def wait_for(self, predicate: Any, timeout: float = 20.0, interval: float = 0.2, what: str = "") -> Any:  # noqa: ASYNC109
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            value = await predicate()
+            if value:
+                return value
+            if loop.time() > deadline:
+                raise AssertionError(f"timed out waiting for {what or predicate}")
+            await asyncio.sleep(interval)
+
+    async def online(self, name: str) -> dict[str, str]:
+        """module name -> the instance holding it, as instance `name` sees it."""
+        _code, data = await self.call(name, "GET", "/module/online")
+        return {m["name"]: m.get("instance", "") for m in data["result"]}
+
+
+@pytest.fixture(scope="module")
+async def cluster(tmp_path_factory: pytest.TempPathFactory, mariadb_admin_url: str) -> AsyncIterator[ClusterHarness]:
+    root = tmp_path_factory.mktemp("cluster")
+    docserver = EmbeddedDocumentServer(root / "docserver")
+    mongo_uri = await docserver.start()
+    db_name, _sql_url = await _fresh_mariadb(mariadb_admin_url)
+    await clear_redis()
+    url = make_url(mariadb_admin_url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MYSQL_", "MONGODB_", "ADMIN_", "REDIS_"))}
+    env.update(
+        DEBUG="true", SECRET_KEY=SECRET, SERVER_HOST="127.0.0.1", SERVER_PORT="0",
+        ADMIN_USERNAME=ADMIN[0], ADMIN_PASSWORD=ADMIN[1], REGISTRATION_TOKEN=TOKEN,
+        MONGODB_HOST=mongo_uri, MONGODB_NAME=f"c{uuid.uuid4().hex[:12]}",
+        MYSQL_HOST=url.host or "127.0.0.1", MYSQL_PORT=str(url.port or 3306), MYSQL_USER=url.username or "root",
+        MYSQL_PASSWORD=url.password or "", MYSQL_DB=db_name, REDIS_URL=REDIS_URL,
+        WEBSOCKET_PING_INTERVAL="1", WEBSOCKET_PING_TIMEOUT="1", HEARTBEAT_FLUSH_SECONDS="0.2",
+        LOGIN_SLOW_AFTER="1000", LOGIN_BLOCK_AFTER="1000", NOTIFY_AGGREGATE_SECONDS="0",
+        MISFIRE_SETTLE_SECONDS="1", LOG_LEVEL="INFO",
+    )
+    instances = {name: Instance(name, root / name, env) for name in NAMES}
+    try:
+        # All three at once: concurrent schema creation and admin creation must hold.
+        await asyncio.gather(*(i.start() for i in instances.values()))
+        harness = ClusterHarness(instances, _sql_url, (mongo_uri, env["MONGODB_NAME"]))
+        await harness.wait_for(
+            lambda: _all_see_three(harness), what="every instance sees the other two", timeout=20,
+        )
+        yield harness
+    finally:
+        await asyncio.gather(*(i.stop() for i in instances.values()), return_exceptions=True)
+        await docserver.stop()
+        await _drop_mariadb(mariadb_admin_url, db_name)
+        await clear_redis()
+
+
+async def _all_see_three(harness: ClusterHarness) -> bool:
+    for name in NAMES:
+        _code, data = await harness.call(name, "GET", "/ready", expect=None)
+        if sorted((data.get("result") or {}).get("instances") or []) != list(NAMES):
+            return False
+    return True

@@ -227,6 +227,13 @@ def main(argv: list[str] | None = None) -> int:
                 ended = await BrowserSessions(acc.sql, acc.operators).end_user(args.username, "password")
                 await acc.audit.record("cli", "set-password", f"operator:{args.username}", {"sessions_ended": ended})
                 print(f"password changed for {args.username!r}")
+                if settings.clustered:
+                    from tornado_sched.cluster import tell_cluster
+
+                    # Running instances drop their cached verifications at once.
+                    if not await tell_cluster(settings.redis_url, {"op": "auth_changed"}):
+                        print("redis unreachable: running instances notice the change within "
+                              "AUTH_CACHE_SECONDS", file=sys.stderr)
 
             asyncio.run(with_accounts(settings, set_password))
         elif command == "list-users":

@@ -41,10 +41,12 @@ from redis.exceptions import RedisError
 
 from .auth import LoginThrottle, OperatorAccounts, ReplayGuard
 from .errors import Unavailable
-from .events import RUN_EVENTS, RUN_STARTED, EventBus
+from .events import RUN_EVENTS, RUN_STARTED, WORKFLOW_DELETED, WORKFLOW_SAVED, EventBus
 from .hub import ConnectionHub, ModuleSession, remote_session
 from .protocol import ResultMessage
 from .runs import Run, RunTracker
+from .scheduler import WorkflowScheduler
+from .workflows import WorkflowStore
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,7 @@ class Cluster:
         self.local_presence: Callable[[], dict[str, dict[str, Any]]] = dict
         self.on_presence: Callable[[str, dict[str, Any] | None, dict[str, Any] | None], None] = lambda *_: None
         self.on_instance_lost: Callable[[str], None] = lambda _name: None
+        self.on_rejoin: Callable[[], Any] = _nothing
         self.started_at = time.time()
 
     # -- lifecycle -------------------------------------------------------------------
@@ -172,6 +175,7 @@ class Cluster:
                 log.info("redis reachable again: rejoining the cluster")
                 self._resync.set()
                 self._quiet_until = time.monotonic() + self._alive_ttl
+                _spawn(self.on_rejoin())
             self.connected = True
             self.last_error = None
 
@@ -476,10 +480,28 @@ class Cluster:
 _background: set[asyncio.Task[Any]] = set()
 
 
+async def _nothing() -> None:
+    return None
+
+
 def _spawn(coro: Any) -> None:
     task = asyncio.ensure_future(coro)
     _background.add(task)
     task.add_done_callback(_background.discard)
+
+
+async def tell_cluster(redis_url: str, message: dict[str, Any]) -> bool:
+    """Broadcast one message from outside a running instance (the CLI after a password
+    change). False when Redis cannot be reached: the instances then notice within
+    AUTH_CACHE_SECONDS, when they re-check a cached password against the store."""
+    client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=2.0, socket_timeout=2.0)
+    try:
+        await client.publish(BROADCAST, json.dumps([{**message, "from": "cli"}]))
+        return True
+    except (RedisError, OSError):
+        return False
+    finally:
+        await client.aclose()
 
 
 class OriginMemory:
@@ -561,3 +583,32 @@ def wire(
     replay.shared = cluster.accept_once
     accounts.on_password_change = lambda: cluster.broadcast({"op": "auth_changed"})
     cluster.handle("auth_changed", lambda _m: accounts.forget_verified())
+
+
+def wire_scheduler(cluster: Cluster, events: EventBus, scheduler: WorkflowScheduler, workflows: WorkflowStore) -> None:
+    """Every instance schedules every workflow: a change saved on one instance reaches
+    the schedulers of all (each re-reads the workflow from the shared store)."""
+
+    def share(kind: str, data: dict[str, Any]) -> None:
+        if kind == WORKFLOW_SAVED:
+            cluster.broadcast({"op": "workflow", "workflow_id": data["workflow"].workflow_id})
+        elif kind == WORKFLOW_DELETED:
+            cluster.broadcast({"op": "workflow", "workflow_id": data["workflow_id"]})
+
+    async def follow(message: dict[str, Any]) -> None:
+        workflow_id = int(message["workflow_id"])
+        try:
+            scheduler.sync(await workflows.find(workflow_id), workflow_id)
+        except Exception:
+            log.exception("workflow %d: change from another instance not applied", workflow_id)
+
+    async def rejoin() -> None:
+        # Changes broadcast while Redis was away never arrived: rebuild from the store.
+        try:
+            await scheduler.reload()
+        except Exception:
+            log.exception("scheduler reload after the redis outage failed")
+
+    events.subscribe(share)
+    cluster.handle("workflow", follow)
+    cluster.on_rejoin = rejoin

@@ -212,6 +212,10 @@ async def open_context(settings: Settings) -> AppContext:
         )
         await scheduler.start()
         closers.append(scheduler.close)
+        if cluster is not None:
+            from .cluster import wire_scheduler
+
+            wire_scheduler(cluster, events, scheduler, workflows)
     except BaseException:
         for closer in reversed(closers):
             try:

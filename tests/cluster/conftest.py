@@ -16,8 +16,11 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+import tornado.web
 from sqlalchemy.engine import make_url
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
 
 from tests.conftest import ADMIN, _drop_mariadb, _fresh_mariadb, basic_auth
 from tornado_sched.docserver import EmbeddedDocumentServer
@@ -27,6 +30,8 @@ REDIS_URL = os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/14")
 TOKEN = "registration-token-for-cluster-tests"
 SECRET = "cluster-test-secret-key-0123456789"
 NAMES = ("i1", "i2", "i3")
+BLOCK_AFTER = 6
+BLOCK_SECONDS = 2
 
 
 async def clear_redis(url: str = REDIS_URL) -> None:
@@ -104,10 +109,22 @@ class Instance:
         return path.read_text() if path.is_file() else ""
 
 
+class WebhookReceiver(tornado.web.RequestHandler):
+    """Stands in for the notification webhook: keeps every POST body."""
+
+    def initialize(self, received: list[dict[str, Any]]) -> None:
+        self.received = received
+
+    def post(self) -> None:
+        self.received.append(json.loads(self.request.body))
+        self.write("ok")
+
+
 class ClusterHarness:
     """Three instances plus helpers to call them."""
 
     def __init__(self, instances: dict[str, Instance], sql_url: str, mongodb: tuple[str, str]) -> None:
+        self.webhooks: list[dict[str, Any]] = []
         self.instances = instances
         self.sql_url = sql_url
         self.mongodb = mongodb
@@ -123,7 +140,7 @@ class ClusterHarness:
                    expect: int | None = 200) -> tuple[int, dict[str, Any]]:
         response: HTTPResponse = await self.http.fetch(
             self.instances[name].url + path, method=method,
-            body=None if body is None else json.dumps(body),
+            body=(None if method in ("GET", "DELETE") else "{}") if body is None else json.dumps(body),
             headers={"Authorization": basic_auth(*auth), "Content-Type": "application/json"},
             raise_error=False, request_timeout=30,
         )
@@ -156,6 +173,10 @@ async def cluster(tmp_path_factory: pytest.TempPathFactory, mariadb_admin_url: s
     mongo_uri = await docserver.start()
     db_name, _sql_url = await _fresh_mariadb(mariadb_admin_url)
     await clear_redis()
+    webhooks: list[dict[str, Any]] = []
+    sockets = bind_sockets(0, "127.0.0.1")
+    receiver = HTTPServer(tornado.web.Application([(r"/hook", WebhookReceiver, {"received": webhooks})]))
+    receiver.add_sockets(sockets)
     url = make_url(mariadb_admin_url)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MYSQL_", "MONGODB_", "ADMIN_", "REDIS_"))}
     env.update(
@@ -165,20 +186,23 @@ async def cluster(tmp_path_factory: pytest.TempPathFactory, mariadb_admin_url: s
         MYSQL_HOST=url.host or "127.0.0.1", MYSQL_PORT=str(url.port or 3306), MYSQL_USER=url.username or "root",
         MYSQL_PASSWORD=url.password or "", MYSQL_DB=db_name, REDIS_URL=REDIS_URL,
         WEBSOCKET_PING_INTERVAL="1", WEBSOCKET_PING_TIMEOUT="1", HEARTBEAT_FLUSH_SECONDS="0.2",
-        LOGIN_SLOW_AFTER="1000", LOGIN_BLOCK_AFTER="1000", NOTIFY_AGGREGATE_SECONDS="0",
+        LOGIN_SLOW_AFTER="1000", LOGIN_BLOCK_AFTER=str(BLOCK_AFTER), LOGIN_BLOCK_SECONDS=str(BLOCK_SECONDS), NOTIFY_AGGREGATE_SECONDS="0",
         MISFIRE_SETTLE_SECONDS="1", LOG_LEVEL="INFO",
+        WEBHOOK_URL=f"http://127.0.0.1:{sockets[0].getsockname()[1]}/hook",
     )
     instances = {name: Instance(name, root / name, env) for name in NAMES}
     try:
         # All three at once: concurrent schema creation and admin creation must hold.
         await asyncio.gather(*(i.start() for i in instances.values()))
         harness = ClusterHarness(instances, _sql_url, (mongo_uri, env["MONGODB_NAME"]))
+        harness.webhooks = webhooks
         await harness.wait_for(
             lambda: _all_see_three(harness), what="every instance sees the other two", timeout=20,
         )
         yield harness
     finally:
         await asyncio.gather(*(i.stop() for i in instances.values()), return_exceptions=True)
+        receiver.stop()
         await docserver.stop()
         await _drop_mariadb(mariadb_admin_url, db_name)
         await clear_redis()

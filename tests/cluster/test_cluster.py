@@ -1,0 +1,297 @@
+"""Three instances as separate processes on one Redis, MariaDB and document server.
+
+The tests run in order on one cluster (module scope): an every-minute workflow is
+created first and its execution log is checked last, after an instance was killed
+with SIGKILL and restarted in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import create_async_engine
+from tornado.httpclient import AsyncHTTPClient
+
+from tests.conftest import ADMIN, basic_auth
+from tests.support.httpauth import digest_header
+from tornado_sched.client import ModuleClient, ModuleReplaced
+from tornado_sched.tables import execution_log, notification_outbox
+
+from .conftest import BLOCK_AFTER, BLOCK_SECONDS, ROOT, TOKEN, ClusterHarness
+
+pytestmark = [pytest.mark.slow, pytest.mark.mariadb]
+
+state: dict[str, Any] = {}
+
+
+def module(urls: list[str], name: str, handler: Any = None, **kwargs: Any) -> ModuleClient:
+    async def echo(args: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+        if args.get("sleep"):
+            await asyncio.sleep(float(args["sleep"]))
+        if args.get("fail"):
+            raise RuntimeError("asked to fail")
+        return {"echo": args}
+
+    kwargs.setdefault("backoff_base", 0.2)
+    kwargs.setdefault("backoff_max", 1.0)
+    return ModuleClient(urls, name, handler or echo, token=TOKEN, ping_interval=1, ping_timeout=1, **kwargs)
+
+
+tasks: dict[int, asyncio.Task[None]] = {}
+
+
+async def start(client: ModuleClient) -> ModuleClient:
+    tasks[id(client)] = client.start()
+    await asyncio.wait_for(client.wait_connected(), 15)
+    return client
+
+
+async def create_workflow(cluster: ClusterHarness, on: str, name: str, steps: list[tuple[str, dict[str, Any]]],
+                          **fields: Any) -> int:
+    body = {
+        "name": name, "description": "cluster test", "enable": False,
+        "execute_cron_list": ["0 3 * * *"], "execute_shift_time": 0, "execute_shift_unit": "s",
+        "execute_modules": [{"module_hash": h, "args": a} for h, a in steps],
+        "timeout_seconds": 120,
+    }
+    body.update(fields)
+    _code, data = await cluster.call(on, "POST", "/workflow/create", body)
+    return int(data["result"]["workflow_id"])
+
+
+async def run_status(cluster: ClusterHarness, on: str, run_id: str) -> dict[str, Any]:
+    _code, data = await cluster.call(on, "GET", f"/runs/{run_id}")
+    return data["result"]
+
+
+async def test_every_minute_workflow_is_scheduled_first(cluster: ClusterHarness) -> None:
+    ticker = await start(module(cluster.urls("i3", "i1", "i2"), "ticker"))
+    state["ticker"] = ticker
+    state["tick_workflow"] = await create_workflow(
+        cluster, "i1", "every-minute", [(ticker.module_hash, {})],
+        enable=True, execute_cron_list=["* * * * *"],
+    )
+    state["tick_created"] = time.time()
+    # Every instance schedules it (each would fire it without the claim).
+    for name in ("i1", "i2", "i3"):
+        _code, data = await cluster.call(name, "GET", "/scheduler/jobs")
+        jobs = data["result"] if isinstance(data["result"], list) else data["result"].get("jobs", [])
+        assert any(j.get("workflow_id") == state["tick_workflow"] for j in jobs), (name, data)
+
+
+async def test_presence_commands_and_results_across_instances(cluster: ClusterHarness) -> None:
+    received: list[str] = []
+    alpha = await start(module(cluster.urls("i1", "i2", "i3"), "alpha", on_message=received.append))
+    beta = await start(module(cluster.urls("i2", "i3", "i1"), "beta"))
+    state["alpha"], state["beta"] = alpha, beta
+
+    # Every instance lists every module with the instance that holds it.
+    for name in ("i1", "i2", "i3"):
+        seen = await cluster.wait_for(
+            lambda n=name: _holds(cluster, n, {"alpha": "i1", "beta": "i2"}), what=f"presence on {name}"
+        )
+        assert seen
+
+    # send_message through an instance that holds neither module.
+    await cluster.call("i3", "POST", "/module/send_message", {"module_hash": alpha.module_hash, "message": "hi from i3"})
+    await cluster.wait_for(lambda: _true(received == ["hi from i3"]), what="the routed message", timeout=5)
+    # Unknown module: 404; known but offline nowhere: 409, as in one process.
+    await cluster.call("i3", "POST", "/module/send_message", {"module_hash": "0" * 40, "message": "x"}, expect=404)
+    gamma = module(cluster.urls("i1"), "gamma")
+    await gamma.register()
+    await cluster.call("i2", "POST", "/module/send_message", {"module_hash": gamma.module_hash, "message": "x"}, expect=409)
+
+    # A run started on i3 with steps on i1 and i2: results come back to i3.
+    workflow_id = await create_workflow(
+        cluster, "i3", "across", [(alpha.module_hash, {"n": 1}), (beta.module_hash, {"n": 2})]
+    )
+    _code, data = await cluster.call("i3", "POST", f"/workflow/{workflow_id}/execute")
+    run_id = data["result"]["run_id"]
+    run = await cluster.wait_for(lambda: _finished(cluster, "i3", run_id), what="the run to finish", timeout=15)
+    assert run["status"] == "success", run
+    assert run["instance"] == "i3"
+    # Each module's `receive result` came from the instance it is connected to, once
+    # the owner had stored the result.
+    await cluster.wait_for(
+        lambda: _true(alpha.results_acknowledged == 1 and beta.results_acknowledged == 1), what="acks", timeout=5
+    )
+    # Any instance shows the stored run.
+    assert (await run_status(cluster, "i1", run_id))["status"] == "success"
+
+
+async def test_hot_switch_across_instances(cluster: ClusterHarness) -> None:
+    alpha: ModuleClient = state["alpha"]
+    assert alpha.server_url == cluster["i1"].url
+    newer = await start(module(cluster.urls("i2"), "alpha", module_hash=alpha.module_hash))
+    # i1 closes the older session with 4000 "replaced": that client stops.
+    with pytest.raises(ModuleReplaced):
+        await asyncio.wait_for(tasks[id(alpha)], 10)
+    assert await cluster.wait_for(lambda: _holds(cluster, "i3", {"alpha": "i2"}), what="alpha moved to i2")
+    state["alpha"] = newer
+
+
+@pytest.mark.timeout(150)
+async def test_kill_an_instance_mid_run(cluster: ClusterHarness) -> None:
+    """kill -9 of i1 while it owns an open run and holds a module that is busy on a run
+    of i2: the module fails over to i2 (its next URL) and its result still counts; the
+    run i1 owned ends interrupted with the reason, on the live instances."""
+    slow = await start(module(cluster.urls("i1", "i2", "i3"), "slow"))
+    owned_by_i1 = await create_workflow(cluster, "i1", "owned-by-i1", [(slow.module_hash, {"sleep": 60})])
+    busy = await start(module(cluster.urls("i1", "i2", "i3"), "busy"))
+    owned_by_i2 = await create_workflow(cluster, "i2", "owned-by-i2", [(busy.module_hash, {"sleep": 3})])
+    await cluster.wait_for(lambda: _holds(cluster, "i2", {"slow": "i1", "busy": "i1"}), what="modules on i1")
+
+    _c, data = await cluster.call("i1", "POST", f"/workflow/{owned_by_i1}/execute")
+    run_i1 = data["result"]["run_id"]
+    _c, data = await cluster.call("i2", "POST", f"/workflow/{owned_by_i2}/execute")
+    run_i2 = data["result"]["run_id"]
+    await asyncio.sleep(0.5)  # both steps dispatched
+
+    killed_at = time.monotonic()
+    await cluster["i1"].kill()
+    moved = await cluster.wait_for(
+        lambda: _holds(cluster, "i3", {"slow": "i2", "busy": "i2"}), what="modules failed over", timeout=20,
+    )
+    failover = time.monotonic() - killed_at
+    print(f"\nfailover of 2 modules after kill -9: {failover:.2f} s")
+    assert moved
+
+    print("modules moved")
+    # busy's result (computed while it moved) is recorded by the run's owner, i2.
+    run = await cluster.wait_for(lambda: _finished(cluster, "i3", run_i2), what="i2's run", timeout=20)
+    assert run["status"] == "success", run
+    # The run i1 owned is closed by a live instance once i1's liveness key expires.
+    run = await cluster.wait_for(lambda: _finished(cluster, "i2", run_i1), what="i1's run closed", timeout=30)
+    assert run["status"] == "interrupted", run
+    assert "instance i1 was lost" in (run["reason"] or ""), run
+
+    print("i1's run closed")
+    # i1 comes back under the same name and rejoins; it interrupts nothing it does not own.
+    _c, data = await cluster.call("i2", "POST", f"/workflow/{owned_by_i2}/execute")
+    open_run = data["result"]["run_id"]
+    await cluster["i1"].start()
+    await cluster.wait_for(lambda: _sees(cluster, "i1", {"i1", "i2", "i3"}), what="i1 rejoined")
+    run = await cluster.wait_for(lambda: _finished(cluster, "i2", open_run), what="the run across the restart", timeout=20)
+    assert run["status"] == "success", run
+    state["slow"], state["busy"] = slow, busy
+
+
+async def test_notifications_are_sent_once(cluster: ClusterHarness) -> None:
+    beta: ModuleClient = state["beta"]
+    failing = await create_workflow(cluster, "i2", "failing", [(beta.module_hash, {"fail": True})])
+    for name in ("i1", "i2", "i3", "i1", "i2", "i3"):
+        _c, data = await cluster.call(name, "POST", f"/workflow/{failing}/execute")
+        await cluster.wait_for(lambda r=data["result"]["run_id"]: _finished(cluster, "i3", r), what="failed run")
+    engine = create_async_engine(cluster.sql_url)
+    try:
+        async def all_sent() -> list[Any]:
+            async with engine.connect() as conn:
+                rows = (await conn.execute(
+                    select(notification_outbox).where(notification_outbox.c.channel == "webhook")
+                )).all()
+            return rows if rows and all(r.status == "sent" for r in rows) else []
+
+        rows = await cluster.wait_for(all_sent, what="every webhook row sent", timeout=30)
+        await asyncio.sleep(2)  # a duplicate send would arrive by now
+        assert len(cluster.webhooks) == len(rows), (len(cluster.webhooks), len(rows))
+        assert all(r.attempts == 1 for r in rows), [r.attempts for r in rows]
+    finally:
+        await engine.dispose()
+
+
+async def test_security_state_is_shared(cluster: ClusterHarness) -> None:
+    http = AsyncHTTPClient()
+
+    async def get(on: str, headers: dict[str, str]) -> int:
+        response = await http.fetch(cluster[on].url + "/module/list", headers=headers, raise_error=False)
+        return response.code
+
+    # A Digest response used on i1 is refused on i2 (the replay memory is shared).
+    challenge = await http.fetch(cluster["i1"].url + "/module/list", raise_error=False)
+    digest = next(c for c in challenge.headers.get_list("WWW-Authenticate") if c.startswith("Digest "))
+    header = digest_header(digest, *ADMIN, "GET", "/module/list")
+    assert await get("i1", {"Authorization": header}) == 200
+    assert await get("i2", {"Authorization": header}) == 401
+    fresh = digest_header(digest, *ADMIN, "GET", "/module/list")
+    assert await get("i3", {"Authorization": fresh}) == 200  # same nonce, new cnonce: fine anywhere
+
+    # Failed logins on i1 block the address on i2 too.
+    for _ in range(BLOCK_AFTER):
+        assert await get("i1", {"Authorization": basic_auth("admin", "wrong-password")}) == 401
+    await asyncio.sleep(0.5)
+    assert await get("i2", {"Authorization": basic_auth(*ADMIN)}) == 429
+    await asyncio.sleep(BLOCK_SECONDS + 0.5)
+    assert await get("i2", {"Authorization": basic_auth(*ADMIN)}) == 200
+
+    # A password changed by the CLI (another process) stops working on every instance
+    # at once, although each had it cached.
+    env = cluster["i1"].env
+    await cli(env, "create-user", "viewer1", "--role", "viewer", stdin="viewer-password-1\n")
+    for name in ("i1", "i2", "i3"):
+        assert await get(name, {"Authorization": basic_auth("viewer1", "viewer-password-1")}) == 200
+    await cli(env, "set-password", "viewer1", stdin="viewer-password-2\n")
+    await asyncio.sleep(0.5)
+    for name in ("i1", "i2", "i3"):
+        assert await get(name, {"Authorization": basic_auth("viewer1", "viewer-password-1")}) == 401, name
+        assert await get(name, {"Authorization": basic_auth("viewer1", "viewer-password-2")}) == 200, name
+
+
+async def cli(env: dict[str, str], *args: str, stdin: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(ROOT / "run.py"), *args, cwd=ROOT, env=env,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate(stdin.encode())
+    assert proc.returncode == 0, out.decode()
+
+
+@pytest.mark.timeout(200)
+async def test_each_tick_fired_exactly_once(cluster: ClusterHarness) -> None:
+    """The every-minute workflow: across the kill and restart of i1, each nominal tick
+    has exactly one execution-log row, and at least two ticks have passed."""
+    # Two minute boundaries after the workflow was created, plus time to log.
+    first = (int(state["tick_created"]) // 60 + 1) * 60
+    wait = first + 60 + 3 - time.time()
+    if wait > 0:
+        await asyncio.sleep(wait)
+    engine = create_async_engine(cluster.sql_url)
+    try:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(
+                select(execution_log.c.nominal_time, execution_log.c.trigger, execution_log.c.outcome)
+                .where(execution_log.c.workflow_id == state["tick_workflow"])
+            )).all()
+    finally:
+        await engine.dispose()
+    per_tick = Counter(r.nominal_time for r in rows if r.trigger in ("schedule", "misfire"))
+    assert len(per_tick) >= 2, rows
+    assert all(count == 1 for count in per_tick.values()), per_tick
+    for client in ("ticker", "alpha", "beta", "slow", "busy"):
+        if client in state:
+            await state[client].stop(grace=1)
+
+
+async def _holds(cluster: ClusterHarness, on: str, expected: dict[str, str]) -> bool:
+    seen = await cluster.online(on)
+    return all(seen.get(name) == where for name, where in expected.items())
+
+
+async def _sees(cluster: ClusterHarness, on: str, instances: set[str]) -> bool:
+    _c, data = await cluster.call(on, "GET", "/ready", expect=None)
+    return set((data.get("result") or {}).get("instances") or []) == instances
+
+
+async def _finished(cluster: ClusterHarness, on: str, run_id: str) -> dict[str, Any] | None:
+    run = await run_status(cluster, on, run_id)
+    return run if run["status"] != "running" else None
+
+
+async def _true(value: bool) -> bool:
+    return value
+

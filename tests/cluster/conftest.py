@@ -4,6 +4,7 @@ one fresh MariaDB database and ONE shared nx-27017 document server started here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -166,13 +167,15 @@ class ClusterHarness:
         return {m["name"]: m.get("instance", "") for m in data["result"]}
 
 
-@pytest.fixture(scope="module")
-async def cluster(tmp_path_factory: pytest.TempPathFactory, mariadb_admin_url: str) -> AsyncIterator[ClusterHarness]:
-    root = tmp_path_factory.mktemp("cluster")
+@contextlib.asynccontextmanager
+async def running_cluster(
+    root: Path, mariadb_admin_url: str, names: tuple[str, ...] = NAMES, redis_url: str = REDIS_URL,
+) -> AsyncIterator[ClusterHarness]:
+    """Instances `names` on one Redis, a fresh MariaDB database and one nx-27017."""
     docserver = EmbeddedDocumentServer(root / "docserver")
     mongo_uri = await docserver.start()
-    db_name, _sql_url = await _fresh_mariadb(mariadb_admin_url)
-    await clear_redis()
+    db_name, sql_url = await _fresh_mariadb(mariadb_admin_url)
+    await clear_redis(redis_url)
     webhooks: list[dict[str, Any]] = []
     sockets = bind_sockets(0, "127.0.0.1")
     receiver = HTTPServer(tornado.web.Application([(r"/hook", WebhookReceiver, {"received": webhooks})]))
@@ -184,33 +187,39 @@ async def cluster(tmp_path_factory: pytest.TempPathFactory, mariadb_admin_url: s
         ADMIN_USERNAME=ADMIN[0], ADMIN_PASSWORD=ADMIN[1], REGISTRATION_TOKEN=TOKEN,
         MONGODB_HOST=mongo_uri, MONGODB_NAME=f"c{uuid.uuid4().hex[:12]}",
         MYSQL_HOST=url.host or "127.0.0.1", MYSQL_PORT=str(url.port or 3306), MYSQL_USER=url.username or "root",
-        MYSQL_PASSWORD=url.password or "", MYSQL_DB=db_name, REDIS_URL=REDIS_URL,
+        MYSQL_PASSWORD=url.password or "", MYSQL_DB=db_name, REDIS_URL=redis_url,
         WEBSOCKET_PING_INTERVAL="1", WEBSOCKET_PING_TIMEOUT="1", HEARTBEAT_FLUSH_SECONDS="0.2",
-        LOGIN_SLOW_AFTER="1000", LOGIN_BLOCK_AFTER=str(BLOCK_AFTER), LOGIN_BLOCK_SECONDS=str(BLOCK_SECONDS), NOTIFY_AGGREGATE_SECONDS="0",
-        MISFIRE_SETTLE_SECONDS="1", LOG_LEVEL="INFO",
+        LOGIN_SLOW_AFTER="1000", LOGIN_BLOCK_AFTER=str(BLOCK_AFTER), LOGIN_BLOCK_SECONDS=str(BLOCK_SECONDS),
+        NOTIFY_AGGREGATE_SECONDS="0", MISFIRE_SETTLE_SECONDS="1", LOG_LEVEL="INFO",
         WEBHOOK_URL=f"http://127.0.0.1:{sockets[0].getsockname()[1]}/hook",
     )
-    instances = {name: Instance(name, root / name, env) for name in NAMES}
+    instances = {name: Instance(name, root / name, env) for name in names}
     try:
-        # All three at once: concurrent schema creation and admin creation must hold.
+        # All at once: concurrent schema creation and admin creation must hold.
         await asyncio.gather(*(i.start() for i in instances.values()))
-        harness = ClusterHarness(instances, _sql_url, (mongo_uri, env["MONGODB_NAME"]))
+        harness = ClusterHarness(instances, sql_url, (mongo_uri, env["MONGODB_NAME"]))
         harness.webhooks = webhooks
-        await harness.wait_for(
-            lambda: _all_see_three(harness), what="every instance sees the other two", timeout=20,
-        )
+        await harness.wait_for(lambda: _all_see_all(harness), what="every instance sees the others", timeout=20)
         yield harness
     finally:
         await asyncio.gather(*(i.stop() for i in instances.values()), return_exceptions=True)
         receiver.stop()
         await docserver.stop()
         await _drop_mariadb(mariadb_admin_url, db_name)
-        await clear_redis()
+        with contextlib.suppress(Exception):
+            await clear_redis(redis_url)
 
 
-async def _all_see_three(harness: ClusterHarness) -> bool:
-    for name in NAMES:
+@pytest.fixture(scope="module")
+async def cluster(tmp_path_factory: pytest.TempPathFactory, mariadb_admin_url: str) -> AsyncIterator[ClusterHarness]:
+    async with running_cluster(tmp_path_factory.mktemp("cluster"), mariadb_admin_url) as harness:
+        yield harness
+
+
+async def _all_see_all(harness: ClusterHarness) -> bool:
+    names = sorted(harness.instances)
+    for name in names:
         _code, data = await harness.call(name, "GET", "/ready", expect=None)
-        if sorted((data.get("result") or {}).get("instances") or []) != list(NAMES):
+        if sorted((data.get("result") or {}).get("instances") or []) != names:
             return False
     return True

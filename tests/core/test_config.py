@@ -94,3 +94,41 @@ def test_security_settings() -> None:
     assert settings.trusted_proxies == ("10.0.0.0/8", "::1") and settings.cookie_secure is True
     assert (settings.session_idle_seconds, settings.session_max_seconds) == (600, 7200)
     assert parse({}).trusted_proxies == () and parse({}).cookie_secure is False
+
+
+# -- cluster mode ----------------------------------------------------------------------
+def test_redis_url_requires_the_shared_stores_in_one_line() -> None:
+    with pytest.raises(ConfigError, match=r"^MONGODB_HOST: required when REDIS_URL is set"):
+        parse({"REDIS_URL": "redis://127.0.0.1:6379/14", "MYSQL_HOST": "db"})
+    with pytest.raises(ConfigError, match=r"^MYSQL_HOST: required when REDIS_URL is set"):
+        parse({"REDIS_URL": "redis://127.0.0.1:6379/14", "MONGODB_HOST": "mongodb://db:27017"})
+    with pytest.raises(ConfigError, match=r"^REDIS_URL: expected a redis/rediss/unix URL"):
+        parse({"REDIS_URL": "http://127.0.0.1:6379"})
+    with pytest.raises(ConfigError, match=r"^INSTANCE_NAME"):
+        parse({"INSTANCE_NAME": "has space"})
+
+
+def test_cluster_settings_and_default_instance_name() -> None:
+    s = parse({"REDIS_URL": "redis://:pw@127.0.0.1:6379/14", "MYSQL_HOST": "db", "MONGODB_HOST": "mongodb://db"})
+    assert s.clustered and s.instance.endswith(":10080")
+    assert "pw" not in repr(s)
+    named = parse({"REDIS_URL": "redis://r/14", "MYSQL_HOST": "db", "MONGODB_HOST": "mongodb://db", "INSTANCE_NAME": "api-1"})
+    assert named.instance == "api-1"
+    assert not parse({}).clustered
+
+
+def test_nothing_of_redis_is_imported_without_redis_url() -> None:
+    """The server's every module imports without redis (only cluster.py needs it)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pkgutil, importlib, run, handlers.app, tornado_sched\n"
+        "for m in pkgutil.iter_modules(tornado_sched.__path__):\n"
+        "    if m.name != 'cluster': importlib.import_module('tornado_sched.' + m.name)\n"
+        "print(sorted(n for n in sys.modules if n == 'redis' or n.startswith('redis.')))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout

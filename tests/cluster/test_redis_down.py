@@ -1,0 +1,133 @@
+"""Redis lost and back: two instances on a Redis server of their own (so stopping it
+disturbs nobody else), MariaDB and one nx-27017."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import ClusterHarness, running_cluster
+from .test_cluster import create_workflow, module, run_status, start
+
+pytestmark = [pytest.mark.slow, pytest.mark.mariadb]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class PrivateRedis:
+    """`redis-server` on a free port, no persistence: a restart comes back empty."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = _free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        for _ in range(100):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return
+            time.sleep(0.05)  # a sync fixture and a few milliseconds: no loop to block yet
+        raise AssertionError("redis-server did not start")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    if server.proc is not None and server.proc.poll() is None:
+        server.kill()
+
+
+async def _ready(cluster: ClusterHarness, on: str) -> dict[str, Any]:
+    _c, data = await cluster.call(on, "GET", "/ready")
+    return data["result"]
+
+
+@pytest.mark.timeout(120)
+async def test_redis_down_then_back(tmp_path: Path, mariadb_admin_url: str, private_redis: PrivateRedis) -> None:
+    async with running_cluster(tmp_path / "c", mariadb_admin_url, ("r1", "r2"), private_redis.url) as cluster:
+        received: list[str] = []
+        local = await start(module(cluster.urls("r1"), "local", on_message=received.append))
+        other = await start(module(cluster.urls("r2"), "other"))
+        assert await cluster.wait_for(lambda: _holds(cluster, "r2", {"local": "r1"}), what="presence")
+        workflow_id = await create_workflow(cluster, "r1", "local-only", [(local.module_hash, {})])
+
+        private_redis.kill()
+        status = await cluster.wait_for(lambda: _degraded(cluster, "r1"), what="r1 degraded", timeout=15)
+        assert status["stores"]["redis"].startswith("unavailable"), status
+        assert status["stores"]["mongodb"] == "ok" and status["stores"]["sql"] == "ok"
+
+        # r1 keeps serving the module it holds: messages and runs.
+        await cluster.call("r1", "POST", "/module/send_message", {"module_hash": local.module_hash, "message": "still here"})
+        await cluster.wait_for(lambda: _true("still here" in received), what="local message", timeout=5)
+        _c, data = await cluster.call("r1", "POST", f"/workflow/{workflow_id}/execute")
+        run_id = data["result"]["run_id"]
+        run = await cluster.wait_for(lambda: _finished(cluster, "r1", run_id), what="local run", timeout=15)
+        assert run["status"] == "success", run
+        # A module held by the other instance cannot be reached meanwhile: 409, not a 500.
+        code, _data = await cluster.call(
+            "r1", "POST", "/module/send_message", {"module_hash": other.module_hash, "message": "x"}, expect=None,
+        )
+        assert code in (200, 409)
+
+        # Redis returns, empty: presence is rewritten and cross-instance delivery works.
+        await asyncio.to_thread(private_redis.start)
+        for name in ("r1", "r2"):
+            await cluster.wait_for(lambda n=name: _status_is(cluster, n, "ready"), what=f"{name} ready", timeout=20)
+        assert await cluster.wait_for(
+            lambda: _holds(cluster, "r2", {"local": "r1", "other": "r2"}), what="presence back", timeout=20,
+        )
+        await cluster.call("r2", "POST", "/module/send_message", {"module_hash": local.module_hash, "message": "via r2"})
+        await cluster.wait_for(lambda: _true("via r2" in received), what="routed message after recovery", timeout=10)
+        await local.stop(grace=1)
+        await other.stop(grace=1)
+
+
+async def _holds(cluster: ClusterHarness, on: str, expected: dict[str, str]) -> bool:
+    seen = await cluster.online(on)
+    return all(seen.get(name) == where for name, where in expected.items())
+
+
+async def _degraded(cluster: ClusterHarness, on: str) -> dict[str, Any] | None:
+    result = await _ready(cluster, on)
+    return result if result["status"] == "degraded" else None
+
+
+async def _status_is(cluster: ClusterHarness, on: str, status: str) -> bool:
+    return (await _ready(cluster, on))["status"] == status
+
+
+async def _finished(cluster: ClusterHarness, on: str, run_id: str) -> dict[str, Any] | None:
+    run = await run_status(cluster, on, run_id)
+    return run if run["status"] != "running" else None
+
+
+async def _true(value: bool) -> bool:
+    return value

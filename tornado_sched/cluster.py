@@ -206,15 +206,20 @@ class Cluster:
             self.on_instance_lost(name)
 
     async def _alive_loop(self) -> None:
-        last_refresh = time.monotonic()
+        next_refresh = time.monotonic() + self._presence_refresh
         while True:
             await asyncio.sleep(self._alive_seconds)
             try:
                 await self._beat()
-                if self._resync.is_set() or time.monotonic() - last_refresh >= self._presence_refresh:
+                if self._resync.is_set():
+                    # Back from an outage: tell everybody what we hold, keep what we
+                    # knew of them until they have had one TTL to do the same.
                     self._resync.clear()
+                    await self._resync_presence(rejoining=True)
+                    next_refresh = time.monotonic() + self._alive_ttl
+                elif time.monotonic() >= next_refresh:
                     await self._resync_presence()
-                    last_refresh = time.monotonic()
+                    next_refresh = time.monotonic() + self._presence_refresh
             except (RedisError, OSError) as exc:
                 self._down(exc)
 
@@ -247,14 +252,20 @@ class Cluster:
     def remote_entries(self) -> list[tuple[str, dict[str, Any]]]:
         return [(h, e) for h, e in self.remote.items() if e["instance"] in self.live]
 
-    async def _resync_presence(self) -> None:
-        """Rewrite every local session, read everybody else's, drop dead entries."""
+    async def _resync_presence(self, rejoining: bool = False) -> None:
+        """Rewrite every local session, read everybody else's, drop dead entries.
+        `rejoining` (after a Redis outage, which may have emptied Redis): also
+        broadcast every local session, and forget nothing yet."""
         assert self._redis is not None
         local = self.local_presence()
         if local:
-            await self._redis.hset(PRESENCE_KEY, mapping={
-                h: json.dumps({**e, "instance": self.instance}, default=str) for h, e in local.items()
-            })
+            entries = {h: {**e, "instance": self.instance} for h, e in local.items()}
+            await self._redis.hset(PRESENCE_KEY, mapping={h: json.dumps(e, default=str) for h, e in entries.items()})
+            if rejoining:
+                await self._redis.publish(BROADCAST, json.dumps(
+                    [{"op": "presence", "hash": h, "entry": e, "from": self.instance} for h, e in entries.items()],
+                    default=str,
+                ))
         everything = await self._redis.hgetall(PRESENCE_KEY)
         remote: dict[str, dict[str, Any]] = {}
         dead: dict[str, str] = {}  # module hash -> the gone instance its entry names
@@ -270,11 +281,13 @@ class Cluster:
                     dead[module_hash] = owner  # left behind by an earlier run of this instance
             elif owner in self.live:
                 remote[module_hash] = entry
-            else:
+            elif not rejoining:
                 dead[module_hash] = owner
         for module_hash, owner in dead.items():
             # Conditional: an entry rewritten meanwhile by a live instance stays.
             await self._redis.eval(_WITHDRAW, 1, PRESENCE_KEY, module_hash, owner)
+        if rejoining:
+            remote = {**self.remote, **remote}
         previous, self.remote = self.remote, remote
         for module_hash in previous.keys() - remote.keys():
             self.on_presence(module_hash, previous[module_hash], None)

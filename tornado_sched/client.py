@@ -491,7 +491,7 @@ class ModuleClient:
             attempt += 1
             failed = self.server_url
             self._next_server()
-            log.warning("module %r: %s (%s); reconnecting to %s in %.2fs", self.name, problem, failed, self.server_url, delay)
+            log.warning("module %r: %s (%s); reconnecting in %.2fs to %s", self.name, problem, failed, delay, self.server_url)
             await self._sleep(delay)
 
     async def _serve(self, conn: WebSocketClientConnection) -> tuple[int | None, str | None]:

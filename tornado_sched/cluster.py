@@ -54,6 +54,8 @@ PREFIX = "tsched:"
 PRESENCE_KEY = PREFIX + "presence"
 INSTANCES_KEY = PREFIX + "instances"
 BROADCAST = PREFIX + "broadcast"
+# A result for another instance's run: tries before the module gets an error frame.
+FORWARD_ATTEMPTS = 5
 # How long a run's owner is remembered: longer than any run stays open.
 RUN_OWNER_SECONDS = 2 * 86400
 
@@ -571,9 +573,17 @@ def wire(
             origin = await cluster.run_owner(session.module_hash, result.run_id, result.workflow_id)
         if origin is None or origin == cluster.instance:
             return False
-        reply = await cluster.request(origin, {
-            "op": "result", "hash": session.module_hash, "name": session.name, "result": asdict(result),
-        })
+        message = {"op": "result", "hash": session.module_hash, "name": session.name, "result": asdict(result)}
+        for attempt in range(FORWARD_ATTEMPTS):
+            try:
+                reply = await cluster.request(origin, message)
+                break
+            except Unavailable:
+                # The owner may be restarting or not yet seen alive here; the module
+                # does not resend a refused result, so try a little longer first.
+                if attempt == FORWARD_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.5 * (attempt + 1))
         if not reply.get("ok"):
             raise Unavailable(f"instance {origin} could not store the result ({reply.get('error')})")
         return True

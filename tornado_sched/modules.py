@@ -44,15 +44,29 @@ class ModuleView:
     def remote_address(self) -> str | None:
         return self.session.remote_address if self.session else self.record.remote_address
 
+    @property
+    def instance(self) -> str:
+        """Cluster mode: the instance holding the socket ("" in one process)."""
+        return self.session.instance if self.session else ""
+
+    @property
+    def where(self) -> str:
+        """The address, and in a cluster the instance it is connected to."""
+        address = self.remote_address or ""
+        return f"{address} @ {self.instance}" if self.instance else address
+
     def public(self) -> dict[str, Any]:
         """The API's shape: the stored record with live state over it."""
-        return {
+        view = {
             **self.record.public(),
             "online": self.online,
             "connected_at": self.connected_at,
             "last_heartbeat": self.last_heartbeat,
             "remote_address": self.remote_address,
         }
+        if self.instance:
+            view["instance"] = self.instance
+        return view
 
 
 MODULE_STATES = ("online", "offline")

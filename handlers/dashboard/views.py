@@ -317,7 +317,11 @@ def module_event_view(
         "since_iso": (session.connected_at if session else utcnow()).isoformat(),
         "since": format_time(session.connected_at if session else utcnow(), zone),
         "last_heartbeat": format_time(session.last_heartbeat, zone) if session else "",
-        "remote_address": session.remote_address if session else "",
+        # The address cell; in a cluster it names the instance holding the socket.
+        "remote_address": (
+            f"{session.remote_address or ''} @ {session.instance}" if session and session.instance
+            else (session.remote_address or "") if session else ""
+        ),
         "online_count": online_count,
     }
 

@@ -8,6 +8,7 @@ with SIGKILL and restarted in between.
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from collections import Counter
@@ -16,7 +17,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
-from tornado.httpclient import AsyncHTTPClient
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.websocket import websocket_connect
 
 from tests.conftest import ADMIN, basic_auth
 from tests.support.httpauth import digest_header
@@ -107,6 +109,14 @@ async def test_presence_commands_and_results_across_instances(cluster: ClusterHa
     await gamma.register()
     await cluster.call("i2", "POST", "/module/send_message", {"module_hash": gamma.module_hash, "message": "x"}, expect=409)
 
+    # The dashboard of an instance that holds neither shows where each one is.
+    page = await AsyncHTTPClient().fetch(cluster["i3"].url + "/modules", headers={"Authorization": basic_auth(*ADMIN)})
+    assert "@ i1" in page.body.decode() and "@ i2" in page.body.decode()
+    # Its live feed sees runs of other instances.
+    live = await websocket_connect(HTTPRequest(
+        cluster["i3"].url.replace("http", "ws") + "/dashboard/live", headers={"Authorization": basic_auth(*ADMIN)},
+    ))
+
     # A run started on i3 with steps on i1 and i2: results come back to i3.
     workflow_id = await create_workflow(
         cluster, "i3", "across", [(alpha.module_hash, {"n": 1}), (beta.module_hash, {"n": 2})]
@@ -123,6 +133,19 @@ async def test_presence_commands_and_results_across_instances(cluster: ClusterHa
     )
     # Any instance shows the stored run.
     assert (await run_status(cluster, "i1", run_id))["status"] == "success"
+
+    # A run owned by i1 reaches the dashboard open on i3.
+    _code, data = await cluster.call("i1", "POST", f"/workflow/{workflow_id}/execute")
+    other_run = data["result"]["run_id"]
+
+    async def seen_on_i3() -> None:
+        while True:
+            message = json.loads(await live.read_message())
+            if message.get("type") == "run" and message["run"]["run_id"] == other_run:
+                return
+
+    await asyncio.wait_for(seen_on_i3(), 10)
+    live.close()
 
 
 async def test_hot_switch_across_instances(cluster: ClusterHarness) -> None:

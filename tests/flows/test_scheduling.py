@@ -108,3 +108,22 @@ async def test_built_in_cleanup_job_runs_mondays_at_three(server: RunningServer)
     when = datetime.fromisoformat(job["next_run_time"]).astimezone(ZoneInfo(server.ctx.settings.time_zone))
     assert (when.weekday(), when.hour, when.minute) == (0, 3, 0)
     assert timedelta(0) < when - utcnow() <= timedelta(days=7)
+
+
+async def test_a_tick_is_claimed_once_and_manual_runs_are_not_claimed(server: RunningServer) -> None:
+    """The tick claim (what makes a cluster fire each tick once) on one server: the
+    same nominal tick fired twice starts one run and writes one execution-log row;
+    manual runs at the same instant are never claimed."""
+    module = await Module.online(server)
+    workflow_id = await create_workflow(server, workflow_body(modules=[module.hash]))
+    workflow = await server.ctx.workflows.get(workflow_id)
+    tick = utcnow().replace(second=0, microsecond=0) + timedelta(minutes=5)
+    first = await server.ctx.scheduler.fire(workflow, "schedule", tick)
+    again = await server.ctx.scheduler.fire(workflow, "schedule", tick)
+    caught_up = await server.ctx.scheduler.fire(workflow, "misfire", tick)
+    assert first is not None and again is None and caught_up is None
+    manual = [await server.ctx.scheduler.fire(workflow, "manual", tick) for _ in range(2)]
+    assert all(manual) and manual[0] != manual[1]
+    rows = await log_rows(server, workflow_id)
+    assert [r["trigger"] for r in rows] == ["schedule", "manual", "manual"], rows
+    assert server.ctx.scheduler.ticks_lost == 2

@@ -16,7 +16,7 @@ async def test_ready_names_failed_writes_and_the_overview_shows_them(server: Run
     status, env = await server.api("/ready", auth=None)
     assert status == 200
     assert set(env["result"]["failed_writes"]) == {
-        "module_state_flush", "run_state_flush", "run_state_quarantined", "execution_log", "notification_outbox", "audit_log",
+        "module_state_flush", "run_state_flush", "run_state_quarantined", "execution_log", "tick_claim", "notification_outbox", "audit_log",
         "execution_log_kept", "execution_log_dropped", "execution_log_quarantined",
         "audit_log_kept", "audit_log_dropped", "audit_log_quarantined",
     }

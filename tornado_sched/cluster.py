@@ -54,8 +54,10 @@ PREFIX = "tsched:"
 PRESENCE_KEY = PREFIX + "presence"
 INSTANCES_KEY = PREFIX + "instances"
 BROADCAST = PREFIX + "broadcast"
-# A result for another instance's run: tries before the module gets an error frame.
-FORWARD_ATTEMPTS = 5
+# A result for another instance's run: tries, and the wait between them, before the
+# module gets an error frame (together longer than the liveness TTL plus a beat).
+FORWARD_ATTEMPTS = 8
+FORWARD_WAIT_SECONDS = 1.5
 # How long a run's owner is remembered: longer than any run stays open.
 RUN_OWNER_SECONDS = 2 * 86400
 
@@ -570,25 +572,31 @@ def wire(
 
     # Results that reach this instance for a run another one owns.
     async def forward(session: ModuleSession, result: ResultMessage) -> bool:
-        origin = hub.origins.origin(session.module_hash, result.run_id, result.workflow_id)
-        if origin is None:
-            origin = await cluster.run_owner(session.module_hash, result.run_id, result.workflow_id)
-        if origin is None or origin == cluster.instance:
-            return False
         message = {"op": "result", "hash": session.module_hash, "name": session.name, "result": asdict(result)}
         for attempt in range(FORWARD_ATTEMPTS):
+            last = attempt == FORWARD_ATTEMPTS - 1
+            # Looked up again on every attempt: a run whose owner died is taken over
+            # by another instance, which then owns it in Redis.
+            origin = hub.origins.origin(session.module_hash, result.run_id, result.workflow_id)
+            if origin is None or not cluster.is_live(origin):
+                origin = await cluster.run_owner(session.module_hash, result.run_id, result.workflow_id) or origin
+            if origin is None or origin == cluster.instance:
+                return False
             try:
+                if not cluster.is_live(origin):
+                    raise Unavailable(f"instance {origin} is gone; its runs are being taken over")
                 reply = await cluster.request(origin, message)
-                break
             except Unavailable:
-                # The owner may be restarting or not yet seen alive here; the module
-                # does not resend a refused result, so try a little longer first.
-                if attempt == FORWARD_ATTEMPTS - 1:
+                # The module does not resend a refused result: wait for a restart or
+                # a takeover (within the liveness TTL) before giving up.
+                if last:
                     raise
-                await asyncio.sleep(0.5 * (attempt + 1))
-        if not reply.get("ok"):
-            raise Unavailable(f"instance {origin} could not store the result ({reply.get('error')})")
-        return True
+                await asyncio.sleep(FORWARD_WAIT_SECONDS)
+                continue
+            if not reply.get("ok"):
+                raise Unavailable(f"instance {origin} could not store the result ({reply.get('error')})")
+            return True
+        return False
 
     async def on_result(message: dict[str, Any]) -> None:
         module_hash = str(message["hash"])
@@ -599,6 +607,7 @@ def wire(
 
     runs.forward_result = forward
     runs.is_live = cluster.is_live
+    runs.on_adopt = lambda run: cluster.own_run(run.run_id, run.workflow_id, [s.module_hash for s in run.steps])
     cluster.on_instance_lost = lambda name: _spawn(runs.instance_lost(name))
     cluster.handle("result", on_result)
 

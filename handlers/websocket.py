@@ -57,8 +57,9 @@ class ModuleSocketHandler(SocketHandler):
         if not module_hash or len(module_hash) > 128:
             self.refuse(401, "4010", "hash: required")
             return
-        # From memory: no store read per handshake (and none while MongoDB is down).
-        self.module = self.ctx.registry.authenticate(module_hash)
+        # From memory: no store read per handshake (and none while MongoDB is down);
+        # in a cluster, a hash registered on another instance is read once.
+        self.module = await self.ctx.registry.admit(module_hash)
         if self.module is None:
             log.info("websocket refused: unknown hash %s", short_secret(module_hash))
             self.ctx.throttle.failure(address)

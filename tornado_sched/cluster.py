@@ -44,6 +44,7 @@ from .errors import Unavailable
 from .events import RUN_EVENTS, RUN_STARTED, WORKFLOW_DELETED, WORKFLOW_SAVED, EventBus
 from .hub import ConnectionHub, ModuleSession, remote_session
 from .protocol import ResultMessage
+from .registry import ModuleRegistry
 from .runs import Run, RunTracker
 from .scheduler import WorkflowScheduler
 from .workflows import WorkflowStore
@@ -552,7 +553,7 @@ class OriginMemory:
 
 def wire(
     cluster: Cluster, *, events: EventBus, feed: EventBus, hub: ConnectionHub, runs: RunTracker,
-    throttle: LoginThrottle, replay: ReplayGuard, accounts: OperatorAccounts,
+    throttle: LoginThrottle, replay: ReplayGuard, accounts: OperatorAccounts, registry: ModuleRegistry,
 ) -> None:
     """Connect the services of one instance to the cluster (before any starts)."""
     hub.join(cluster)
@@ -606,6 +607,11 @@ def wire(
         await runs.record_result(session, ResultMessage(**message["result"]))
 
     runs.forward_result = forward
+
+    # Module hashes: registered elsewhere -> read through; deleted/rotated -> forgotten.
+    registry.read_through = True
+    registry.on_forget = lambda module_hash: cluster.broadcast({"op": "module_gone", "hash": module_hash})
+    cluster.handle("module_gone", lambda m: registry.forget(str(m.get("hash", ""))))
     runs.is_live = cluster.is_live
     runs.on_adopt = lambda run: cluster.own_run(run.run_id, run.workflow_id, [s.module_hash for s in run.steps])
     cluster.on_instance_lost = lambda name: _spawn(runs.instance_lost(name))

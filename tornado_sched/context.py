@@ -192,7 +192,7 @@ async def open_context(settings: Settings) -> AppContext:
             cluster = Cluster(settings.redis_url, settings.instance)
             feed = EventBus()
             wire(cluster, events=events, feed=feed, hub=hub, runs=runs, throttle=throttle,
-                 replay=replay, accounts=accounts)
+                 replay=replay, accounts=accounts, registry=registry)
             await cluster.start()
             closers.append(cluster.close)
         await hub.start()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -136,6 +137,10 @@ class ModuleRegistry:
     def __init__(self, docs: DocumentStore) -> None:
         self._docs = docs
         self._by_hash: dict[str, ModuleRecord] = {}
+        # Cluster mode: a hash registered on another instance is read from the store
+        # on its first handshake here; a hash deleted or rotated there is forgotten here.
+        self.read_through = False
+        self.on_forget: Callable[[str], None] = lambda _hash: None
 
     async def load(self) -> int:
         """Read every module once (at start). Returns how many."""
@@ -215,6 +220,20 @@ class ModuleRegistry:
         Its online/heartbeat fields are as loaded: live state is the hub's."""
         return self._by_hash.get(module_hash)
 
+    async def admit(self, module_hash: str) -> ModuleRecord | None:
+        """The handshake's lookup: `authenticate`, and in cluster mode the store for a
+        hash another instance registered since this one loaded its memory."""
+        record = self._by_hash.get(module_hash)
+        if record is None and self.read_through:
+            record = await self.find(module_hash)
+            if record is not None:
+                self._by_hash[record.hash] = record
+        return record
+
+    def forget(self, module_hash: str) -> None:
+        """Another instance deleted or rotated this hash."""
+        self._by_hash.pop(module_hash, None)
+
     async def find(self, module_hash: str) -> ModuleRecord | None:
         doc = await self._col.find_one({"hash": module_hash})
         return None if doc is None else ModuleRecord.from_doc(doc)
@@ -249,6 +268,7 @@ class ModuleRegistry:
             raise Conflict(f"module {record.name!r} is used by {users} workflow(s)")
         await self._col.delete_one({"hash": record.hash})
         self._by_hash.pop(record.hash, None)
+        self.on_forget(record.hash)
         return record
 
     async def rotate_hash(self, module_hash: str) -> tuple[ModuleRecord, str]:
@@ -260,6 +280,7 @@ class ModuleRegistry:
         await self._col.update_one({"_id": record.doc_id}, {"$set": {"hash": new_hash, "updated_at": utcnow()}})
         # The old hash stops opening sockets now, before workflows are rewritten.
         self._by_hash.pop(record.hash, None)
+        self.on_forget(record.hash)
         workflows = self._docs["workflows"]
         async for doc in workflows.find({"module_hashes": record.hash}, {"_id": 1, "execute_modules": 1,
                                                                          "module_hashes": 1}):

@@ -1,4 +1,5 @@
-"""Run history over REST: per workflow, filtered across workflows, one run."""
+"""Run history over REST: per workflow, filtered across workflows, one run; and run
+control (cancel, re-run)."""
 
 from __future__ import annotations
 
@@ -53,8 +54,35 @@ class RunDetailHandler(ApiHandler):
         self.write_envelope((await self.ctx.runs.get(run_id)).public())
 
 
+class RunCancelHandler(ApiHandler):
+    """`POST /runs/<run_id>/cancel`: stop an open run (409 when it is closed)."""
+
+    auth = "operator"  # viewers only read (base)
+
+    async def post(self, run_id: str) -> None:
+        actor = self.current_user.username if self.current_user else ""
+        run = await self.ctx.runs.cancel(run_id, actor)
+        await self.audit("cancel", f"run:{run.run_id}", {"workflow_id": run.workflow_id})
+        self.write_envelope(run.public())
+
+
+class RunRerunHandler(ApiHandler):
+    """`POST /runs/<run_id>/rerun` with `{"steps": "failed"|"all"}` (default failed):
+    a new run linked to this one (`rerun_of`)."""
+
+    auth = "operator"
+
+    async def post(self, run_id: str) -> None:
+        steps = self.body().get("steps", "failed")
+        run = await self.ctx.runs.rerun(run_id, steps)
+        await self.audit("rerun", f"run:{run_id}", {"run_id": run.run_id, "steps": steps})
+        self.write_envelope(run.public())
+
+
 default_handlers = [
     (r"/workflow/(\d{1,18})/runs", WorkflowRunsHandler),
     (r"/runs", RunListHandler),
     (r"/runs/([0-9a-f]{1,64})", RunDetailHandler),
+    (r"/runs/([0-9a-f]{1,64})/cancel", RunCancelHandler),
+    (r"/runs/([0-9a-f]{1,64})/rerun", RunRerunHandler),
 ]

@@ -21,6 +21,8 @@ from tornado_sched.logs import short_secret
 from tornado_sched.protocol import (
     RESULT_ACK,
     HeartbeatMessage,
+    LogMessage,
+    ProgressMessage,
     ProtocolError,
     ResultMessage,
     error_reply,
@@ -96,6 +98,14 @@ class ModuleSocketHandler(SocketHandler):
             return
         if isinstance(parsed, HeartbeatMessage):
             self.ctx.hub.heartbeat(self.session)
+            return
+        if isinstance(parsed, ProgressMessage | LogMessage):
+            # Memory only (written with the step's next state write): no await, no ack.
+            try:
+                self.ctx.runs.report_step(self.session.module_hash, parsed)
+            except ResultNotMatched as exc:
+                kind = "progress" if isinstance(parsed, ProgressMessage) else "log"
+                self.reply(error_reply(f"{kind} not recorded: {exc}"))
             return
         # Tornado reads no further frame (pongs included) until on_message returns;
         # waiting here for a slow store could get a healthy module closed as dead.

@@ -22,6 +22,7 @@ RUN_STARTED = "run.started"  # run
 RUN_UPDATED = "run.updated"  # run
 RUN_FINISHED = "run.finished"  # run
 STEP_FAILED = "step.failed"  # run, step
+STEP_PROGRESS = "step.progress"  # run, step, lines (new log lines; [] for a progress frame)
 WORKFLOW_SAVED = "workflow.saved"  # workflow (created, changed, enabled or disabled)
 WORKFLOW_DELETED = "workflow.deleted"  # workflow_id
 SCHEDULE_FIRED = "schedule.fired"  # workflow_id, lateness_seconds (scheduled fire time -> firing)

@@ -145,6 +145,9 @@ def _step_row(run_id: str, step: Step) -> dict[str, Any]:
         "message": step.message,
         "error": step.error,
         "output": None if step.output is None else json.dumps(step.output, ensure_ascii=False),
+        "progress_percent": step.progress_percent,
+        "progress_message": step.progress_message,
+        "log_tail": json.dumps(list(step.log), ensure_ascii=False) if step.log else None,
     }
 
 
@@ -174,6 +177,7 @@ def _run_row(run: Run) -> dict[str, Any]:
         "retry_delay_seconds": run.retry_delay_seconds,
         "steps_total": len(run.steps),
         "instance": run.instance or None,
+        "rerun_of": run.rerun_of,
         **_counters(run),
     }
 
@@ -187,7 +191,11 @@ def _step_from_row(row: Any) -> Step:
         output = json.loads(row.output) if row.output else None
     except ValueError:
         output = None
-    return Step(
+    try:
+        lines = json.loads(row.log_tail) if row.log_tail else []
+    except ValueError:
+        lines = []
+    step = Step(
         index=row.step_index,
         module_hash=row.module_hash,
         module_name=row.module_name,
@@ -199,7 +207,12 @@ def _step_from_row(row: Any) -> Step:
         message=row.message,
         error=row.error,
         output=output,
+        progress_percent=row.progress_percent,
+        progress_message=row.progress_message,
     )
+    if isinstance(lines, list):
+        step.log.extend(str(line) for line in lines)
+    return step
 
 
 def _run_from_row(row: Any, steps: list[Step]) -> Run:
@@ -220,9 +233,13 @@ def _run_from_row(row: Any, steps: list[Step]) -> Run:
         retry_delay_seconds=row.retry_delay_seconds,
         reason=row.reason,
         instance=row.instance or "",
+        rerun_of=row.rerun_of,
     )
 
 
+# What a step's state write stores (everything but its key, module and args).
+_STEP_STATE = ("status", "attempts", "sent_at", "ended_at", "message", "error", "output",
+               "progress_percent", "progress_message", "log_tail")
 # executemany statements: one round trip for every step row a group commit touches.
 _UPDATE_STEP = (
     update(run_steps)
@@ -235,6 +252,9 @@ _UPDATE_STEP = (
         message=bindparam("message"),
         error=bindparam("error"),
         output=bindparam("output"),
+        progress_percent=bindparam("progress_percent"),
+        progress_message=bindparam("progress_message"),
+        log_tail=bindparam("log_tail"),
     )
 )
 _UPDATE_RUN = (
@@ -280,7 +300,7 @@ class RunHistory:
                 row = _step_row(run.run_id, run.steps[index])
                 step_rows.append({
                     "k_run": run.run_id, "k_index": index,
-                    **{k: row[k] for k in ("status", "attempts", "sent_at", "ended_at", "message", "error", "output")},
+                    **{k: row[k] for k in _STEP_STATE},
                 })
             run_rows.append({"k_run": run.run_id, **_counters(run)})
         if not run_rows:

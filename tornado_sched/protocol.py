@@ -6,11 +6,17 @@ Module -> server: `{"type": "result", "status": "success"|"failure", "workflow_i
 `output`),
 answered with the text `receive result`; `{"type": "heartbeat"}` from older clients
 is accepted quietly.
+
+Additive (ours): the server may send `{"type": "cancel", "meta": {"run_id",
+"workflow_id", "workflow_name"}}`; a module may send `{"type": "progress", "run_id",
+"percent", "message"}` and `{"type": "log", "run_id", "lines": [...]}` while a step
+runs. Neither is acknowledged; a bad one gets an error frame.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +57,58 @@ class HeartbeatMessage:
     pass
 
 
+@dataclass(frozen=True)
+class ProgressMessage:
+    """How far the module's running step is (0-100) and what it is doing."""
+
+    run_id: str
+    percent: float | None
+    message: str | None
+
+
+@dataclass(frozen=True)
+class LogMessage:
+    """Log lines from the module's running step."""
+
+    run_id: str
+    lines: list[str]
+
+
+PROGRESS_MESSAGE_LIMIT = 1000
+LOG_LINES_PER_FRAME = 1000
+
+
+def _run_id(data: dict[str, Any]) -> str:
+    value = data.get("run_id")
+    if not isinstance(value, str) or not 1 <= len(value) <= 64:
+        raise ProtocolError("run_id: required, the meta.run_id of the execute command")
+    return value
+
+
+def _progress(data: dict[str, Any]) -> ProgressMessage:
+    percent = data.get("percent")
+    if percent is not None:
+        if isinstance(percent, bool) or not isinstance(percent, int | float) or not math.isfinite(percent) \
+                or not 0 <= percent <= 100:
+            raise ProtocolError("percent: expected a number from 0 to 100")
+        percent = float(percent)
+    message = data.get("message")
+    if message is not None and not isinstance(message, str):
+        raise ProtocolError("message: expected a string")
+    if percent is None and message is None:
+        raise ProtocolError("progress: give percent, message or both")
+    return ProgressMessage(_run_id(data), percent, message[:PROGRESS_MESSAGE_LIMIT] if message else message)
+
+
+def _log(data: dict[str, Any]) -> LogMessage:
+    lines = data.get("lines")
+    if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
+        raise ProtocolError("lines: expected a list of strings")
+    if len(lines) > LOG_LINES_PER_FRAME:
+        raise ProtocolError(f"lines: at most {LOG_LINES_PER_FRAME} per frame")
+    return LogMessage(_run_id(data), lines)
+
+
 def _optional_text(data: dict[str, Any], name: str) -> str | None:
     value = data.get(name)
     if value is None:
@@ -89,7 +147,7 @@ def _output(data: dict[str, Any]) -> Any:
     return value
 
 
-def parse_module_message(raw: str | bytes) -> ResultMessage | HeartbeatMessage:
+def parse_module_message(raw: str | bytes) -> ResultMessage | HeartbeatMessage | ProgressMessage | LogMessage:
     if isinstance(raw, bytes):
         raise ProtocolError("binary frames are not part of the protocol; send JSON text")
     try:
@@ -103,6 +161,10 @@ def parse_module_message(raw: str | bytes) -> ResultMessage | HeartbeatMessage:
     kind = data.get("type")
     if kind == "heartbeat":
         return HeartbeatMessage()
+    if kind == "progress":
+        return _progress(data)
+    if kind == "log":
+        return _log(data)
     if kind != "result":
         raise ProtocolError(f"unknown message type {kind!r}" if isinstance(kind, str) else "type: required")
     status = data.get("status")
@@ -142,6 +204,14 @@ def execute_frame(
     if inputs is not None:
         frame["meta"]["inputs"] = inputs
     return frame
+
+
+def cancel_frame(*, run_id: str, workflow_id: int, workflow_name: str) -> dict[str, Any]:
+    """Stop the step of this run that the module is running (POST /runs/<id>/cancel)."""
+    return {
+        "type": "cancel",
+        "meta": {"run_id": run_id, "workflow_id": workflow_id, "workflow_name": workflow_name},
+    }
 
 
 def error_reply(reason: str) -> str:

@@ -11,9 +11,11 @@ sent only after its result is durable.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,11 +25,11 @@ from zoneinfo import ZoneInfo
 from .batching import GroupCommit
 from .clock import as_utc, read_datetime, utcnow
 from .dataorder import UPSTREAM_FAILED, WAITING, DataOrder
-from .errors import Invalid, NotFound
-from .events import EventBus
+from .errors import Conflict, Invalid, NotFound
+from .events import STEP_PROGRESS, EventBus
 from .graph import PlanGraph, layout
 from .hub import ConnectionHub, ModuleSession
-from .protocol import ResultMessage, execute_frame
+from .protocol import LogMessage, ProgressMessage, ResultMessage, cancel_frame, execute_frame
 from .registry import ModuleRegistry
 from .stores import is_store_outage
 from .workflows import Workflow, WorkflowStore
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OPEN_STEP = ("pending", "sent")
-RUN_STATUSES = ("running", "success", "failure", "partial", "skipped", "interrupted")
+RUN_STATUSES = ("running", "success", "failure", "partial", "skipped", "interrupted", "cancelled")
 # A step of a data-ordered run that was never sent because a producer of one of its
 # required inputs did not succeed.
 STEP_UPSTREAM_FAILED = UPSTREAM_FAILED
@@ -46,6 +48,10 @@ STEP_UPSTREAM_FAILED = UPSTREAM_FAILED
 FAILED_RUN_STATUSES = ("failure", "partial", "interrupted")
 # A step key meaning "only the run row changed" (status, counters, reason).
 RUN_ROW = -1
+# What a step keeps of its module's log frames while it runs: the last lines, each cut.
+LOG_TAIL_LINES = 200
+LOG_LINE_CHARS = 1000
+RERUN_CHOICES = ("failed", "all")
 
 
 class ResultNotMatched(Exception):
@@ -67,6 +73,10 @@ class Step:
     error: str | None = None
     # The module's `output` from its result (a bounded JSON value), fed to consumers.
     output: Any = None
+    # Reported by the module while the step runs (progress and log frames).
+    progress_percent: float | None = None
+    progress_message: str | None = None
+    log: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_TAIL_LINES))
 
     @property
     def open(self) -> bool:
@@ -76,6 +86,12 @@ class Step:
     def waiting(self) -> bool:
         """Never sent yet (a data-ordered step waiting for its producers)."""
         return self.status == "pending" and self.attempts == 0
+
+    @property
+    def progress(self) -> dict[str, Any] | None:
+        if self.progress_percent is None and self.progress_message is None:
+            return None
+        return {"percent": self.progress_percent, "message": self.progress_message}
 
     def doc(self) -> dict[str, Any]:
         return {
@@ -90,6 +106,8 @@ class Step:
             "message": self.message,
             "error": self.error,
             "output": self.output,
+            "progress": self.progress,
+            "log": list(self.log),
         }
 
     @classmethod
@@ -152,6 +170,7 @@ class Run:
     # at start; in memory only, since a run left open by a restart is interrupted).
     order: str = "parallel"
     data_order: DataOrder | None = field(default=None, repr=False, compare=False)
+    rerun_of: str | None = None  # the run this one re-runs (RunTracker.rerun)
 
     def states(self) -> StepStates:
         """Each step's state for the dispatch rule ("waiting" if never sent), read
@@ -185,6 +204,7 @@ class Run:
             "timeout_seconds": self.timeout_seconds,
             "retries": self.retries,
             "retry_delay_seconds": self.retry_delay_seconds,
+            "rerun_of": self.rerun_of,
             "steps": [s.doc() for s in self.steps],
         }
 
@@ -368,11 +388,14 @@ class RunTracker:
     def open_runs(self, workflow_id: int) -> list[Run]:
         return [r for r in self._open.values() if r.workflow_id == workflow_id]
 
-    async def start_run(self, workflow: Workflow, trigger: str, nominal_time: datetime) -> Run:
+    async def start_run(
+        self, workflow: Workflow, trigger: str, nominal_time: datetime, *, rerun_of: str | None = None
+    ) -> Run:
         """Create the run and dispatch its steps: every step at once (order "parallel"),
         or the steps with no producer, the rest as their producers succeed (order
         "data"; a plan with conflicts fails the run at once). With overlap=forbid and a
-        run still open, the firing is recorded as a skipped run."""
+        run still open, the firing is recorded as a skipped run. `rerun_of`: the run
+        this one repeats (see rerun)."""
         now = utcnow()
         records = await self._registry.names(list({m["module_hash"] for m in workflow.execute_modules}))
         steps = [
@@ -398,6 +421,7 @@ class RunTracker:
             retry_delay_seconds=workflow.retry_delay_seconds,
             order=workflow.order,
             instance=self._instance,
+            rerun_of=rerun_of,
         )
         if workflow.overlap == "forbid" and self.open_runs(workflow.workflow_id):
             run.status, run.ended_at = "skipped", now
@@ -573,6 +597,8 @@ class RunTracker:
                         return run, step
             if any(_same_result(step, result) for step in mine):
                 return None, None
+            if any(step.status == "cancelled" for step in mine):
+                return None, None  # the module's answer to a cancel: nothing left to record
             if not run.open:
                 raise ResultNotMatched(f"run {run.run_id} is closed ({run.status})")
             status = ", ".join(sorted({s.status for s in mine}))
@@ -701,6 +727,92 @@ class RunTracker:
                 await self._workflows.set_last_run(run.workflow_id, run.summary())
             except Exception as exc:  # the history row is the truth; the summary is a cache
                 log.warning("run %s: last-run summary not written: %s", run.run_id[:8], type(exc).__name__)
+
+    # -- run control: cancel, re-run ----------------------------------------------------
+    async def cancel(self, run_id: str, actor: str = "") -> Run:
+        """End an open run now: each step still running gets a `cancel` frame on its
+        module's socket, every open step ends `cancelled`, the run ends `cancelled`.
+        Returns once that is durable. NotFound for an unknown run, Conflict for one
+        already closed."""
+        run = self._open.get(run_id) if isinstance(run_id, str) else None
+        if run is None:
+            closed = await self.get(run_id)  # Invalid / NotFound
+            raise Conflict(f"run {closed.run_id} is already closed ({closed.status})")
+        now = utcnow()
+        changed = []
+        for step in run.steps:
+            if not step.open:
+                continue
+            if step.status == "sent":
+                frame = cancel_frame(run_id=run.run_id, workflow_id=run.workflow_id, workflow_name=run.workflow_name)
+                try:
+                    self._hub.send(step.module_hash, encode_frame(frame))
+                except Exception as exc:  # gone meanwhile: nothing left to stop there
+                    log.info("run %s: cancel not delivered to %s: %s", run.run_id[:8], step.module_name,
+                             type(exc).__name__)
+            step.status, step.ended_at = "cancelled", now
+            step.error = "cancelled by an operator"
+            changed.append(step.index)
+        run.reason = f"cancelled by {actor}" if actor else "cancelled by an operator"
+        self._close_as(run, "cancelled", changed)
+        await self._writer.commit()
+        return run
+
+    def _close_as(self, run: Run, status: str, step_indexes: list[int]) -> None:
+        """Close an open run with a status of the operator's choosing (not the one its
+        steps add up to), mark it for the next group commit and say so."""
+        for index in step_indexes:
+            self._writer.mark((run.run_id, index))
+        self._writer.mark((run.run_id, RUN_ROW))
+        run.status, run.ended_at = status, utcnow()
+        self._open.pop(run.run_id, None)
+        self._closing[run.run_id] = run
+        timer = self._timers.pop(run.run_id, None)
+        if timer is not None:
+            timer.cancel()
+        self._events.publish("run.finished", {"run": run})
+
+    async def rerun(self, run_id: str, steps: str = "failed") -> Run:
+        """Start a new run of a closed run's workflow, linked to it (`rerun_of`),
+        trigger `rerun`, for the steps that did not succeed (`failed`) or every step
+        (`all`), each with the args it had. Conflict when the run is still open, its
+        workflow is gone or nothing failed."""
+        if steps not in RERUN_CHOICES:
+            raise Invalid('steps: expected "failed" or "all"', field="steps")
+        original = await self.get(run_id)
+        if original.open:
+            raise Conflict(f"run {original.run_id} is still running; cancel it first")
+        workflow = await self._workflows.find(original.workflow_id)
+        if workflow is None:
+            raise Conflict(f"workflow {original.workflow_id} no longer exists")
+        chosen = [s for s in original.steps if steps == "all" or s.status != "success"]
+        if not chosen:
+            raise Conflict(f"nothing to re-run: every step of run {original.run_id} succeeded")
+        # The same tick again: modules see the execution_time of the run they repeat.
+        subset = dataclasses.replace(
+            workflow, execute_modules=[{"module_hash": s.module_hash, "args": s.args} for s in chosen]
+        )
+        return await self.start_run(subset, "rerun", original.nominal_time, rerun_of=original.run_id)
+
+    # -- progress and log frames -------------------------------------------------------
+    def report_step(self, module_hash: str, frame: ProgressMessage | LogMessage) -> None:
+        """Keep a module's progress or log lines on its running step, in memory only:
+        they are written with the step's next state write (its result, timeout or
+        cancel), never per frame. ResultNotMatched when no step of this module is
+        running in that run."""
+        run = self._open.get(frame.run_id)
+        if run is None:
+            raise ResultNotMatched(f"run {frame.run_id[:32]} is not running")
+        step = next((s for s in run.steps if s.module_hash == module_hash and s.status == "sent"), None)
+        if step is None:
+            raise ResultNotMatched(f"this module has no running step in run {run.run_id}")
+        lines: list[str] = []
+        if isinstance(frame, ProgressMessage):
+            step.progress_percent, step.progress_message = frame.percent, frame.message
+        else:
+            lines = [line[:LOG_LINE_CHARS] for line in frame.lines[-LOG_TAIL_LINES:]]
+            step.log.extend(lines)
+        self._events.publish(STEP_PROGRESS, {"run": run, "step": step, "lines": lines})
 
     # -- queries ---------------------------------------------------------------------
     async def get(self, run_id: str) -> Run:

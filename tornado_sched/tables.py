@@ -12,6 +12,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -30,7 +31,13 @@ PreciseDateTime = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "maria
 LongText = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
 # Columns added after their table first shipped: create_all() does not add them to an
 # existing table, so SqlStore.create_schema adds each one that is missing.
-ADDED_COLUMNS: list[tuple[str, str]] = [("run_steps", "output")]
+ADDED_COLUMNS: list[tuple[str, str]] = [
+    ("run_steps", "output"),
+    ("runs", "rerun_of"),
+    ("run_steps", "progress_percent"),
+    ("run_steps", "progress_message"),
+    ("run_steps", "log_tail"),
+]
 # SQLite only auto-increments an INTEGER PRIMARY KEY (the rowid).
 RowId = BigInteger().with_variant(Integer, "sqlite")
 
@@ -176,6 +183,8 @@ runs = Table(
     Column("steps_failed", Integer, nullable=False, default=0),
     # Cluster mode: the instance that owns the open run (its timers, its retries).
     Column("instance", String(64), nullable=True),
+    # A re-run names the run it repeats (POST /runs/<id>/rerun).
+    Column("rerun_of", String(32), nullable=True),
     # Every list is "newest first": (started_at, id) is the page key.
     Index("ix_runs_started", "started_at", "id"),
     Index("ix_runs_workflow_started", "workflow_id", "started_at", "id"),
@@ -201,5 +210,10 @@ run_steps = Table(
     # The module's `output` (JSON text, at most 64 KiB encoded: protocol.OUTPUT_LIMIT_BYTES),
     # handed to the steps that consume it in a data-ordered run.
     Column("output", LongText, nullable=True),
+    # What the module last reported while the step ran (progress and log frames):
+    # kept in memory and written with the step's next state write, not per frame.
+    Column("progress_percent", Float, nullable=True),
+    Column("progress_message", Text, nullable=True),
+    Column("log_tail", Text, nullable=True),  # JSON list of the last lines
     mysql_charset="utf8mb4",
 )

@@ -1,0 +1,164 @@
+"""Run control and live step reports over real sockets: cancel reaches the module and
+ends the run, re-run repeats only the chosen steps in a linked run, progress and log
+frames reach GET /runs/<id> (and the store with the step's next write), bad frames get
+error frames and the socket stays open."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tests.conftest import RunningServer
+from tests.flows.support import (
+    Module,
+    create_workflow,
+    execute,
+    get_run,
+    wait_run,
+    wait_until,
+    workflow_body,
+)
+from tests.support.history import stored_run
+from tornado_sched.runs import LOG_LINE_CHARS, LOG_TAIL_LINES
+
+
+def on_demand(modules: list[str], **fields: Any) -> dict[str, Any]:
+    return workflow_body(modules=modules, enable=False, execute_cron_list=[], **fields)
+
+
+async def send(module: Module, frame: dict[str, Any]) -> None:
+    assert module.ws is not None
+    await module.ws.write_message(json.dumps(frame))
+
+
+async def test_cancel_reaches_the_module_and_ends_the_run(server: RunningServer) -> None:
+    busy = await Module.online(server, "busy")
+    quick = await Module.online(server, "quick")
+    wid = await create_workflow(server, on_demand([busy.hash, quick.hash], timeout_seconds=600))
+    run_id = await execute(server, wid)
+    command = await busy.recv_execute()
+    assert await quick.result(await quick.recv_execute()) == "receive result"
+
+    status, env = await server.api(f"/runs/{run_id}/cancel", "POST")
+    assert status == 200, env
+    assert env["result"]["status"] == "cancelled"
+    cancel = await busy.recv()
+    assert cancel == {
+        "type": "cancel",
+        "meta": {"run_id": run_id, "workflow_id": wid, "workflow_name": command["meta"]["workflow_name"]},
+    }
+    await quick.no_message(0.2)  # its step had ended: nothing to stop there
+    run = await wait_run(server, run_id)
+    assert run["status"] == "cancelled"
+    assert [s["status"] for s in run["steps"]] == ["cancelled", "success"]
+    assert "admin" in run["reason"]
+
+    # The module's answer to the cancel is acknowledged, and changes nothing.
+    assert await busy.result(command, "failure", error="cancelled") == "receive result"
+    assert (await get_run(server, run_id))["steps"][0]["status"] == "cancelled"
+
+    # A closed run: 409; unknown: 404; both change nothing.
+    status, env = await server.api(f"/runs/{run_id}/cancel", "POST")
+    assert status == 409 and env["code"] == "4090", env
+    status, env = await server.api(f"/runs/{'0' * 32}/cancel", "POST")
+    assert status == 404, env
+    status, audit = await server.api("/audit")
+    assert any(r["action"] == "cancel" and r["target"] == f"run:{run_id}" for r in audit["result"]["entries"]), audit
+
+
+async def test_rerun_failed_steps_makes_a_linked_run_with_only_those(server: RunningServer) -> None:
+    good = await Module.online(server, "good")
+    bad = await Module.online(server, "bad")
+    body = on_demand([good.hash, bad.hash])
+    body["execute_modules"][1]["args"] = {"day": "2026-12-01"}
+    wid = await create_workflow(server, body)
+    first = await execute(server, wid)
+    assert await good.result(await good.recv_execute()) == "receive result"
+    assert await bad.result(await bad.recv_execute(), "failure", error="boom") == "receive result"
+    assert (await wait_run(server, first))["status"] == "partial"
+
+    status, env = await server.api(f"/runs/{first}/rerun", "POST", json_body={})
+    assert status == 200, env
+    rerun = env["result"]
+    assert rerun["rerun_of"] == first and rerun["trigger"] == "rerun"
+    assert [s["module_hash"] for s in rerun["steps"]] == [bad.hash]
+    command = await bad.recv_execute()
+    assert command["args"] == {"day": "2026-12-01"} and command["meta"]["run_id"] == rerun["run_id"]
+    await good.no_message(0.2)
+    assert await bad.result(command) == "receive result"
+    done = await wait_run(server, rerun["run_id"])
+    assert done["status"] == "success" and done["rerun_of"] == first
+
+    # Nothing failed in the re-run: 409; "all" repeats every step of the original.
+    status, env = await server.api(f"/runs/{rerun['run_id']}/rerun", "POST", json_body={"steps": "failed"})
+    assert status == 409, env
+    status, env = await server.api(f"/runs/{first}/rerun", "POST", json_body={"steps": "all"})
+    assert status == 200, env
+    assert [s["module_hash"] for s in env["result"]["steps"]] == [good.hash, bad.hash]
+    await good.recv_execute()
+    await bad.recv_execute()
+    status, env = await server.api(f"/runs/{first}/rerun", "POST", json_body={"steps": "some"})
+    assert status == 400 and "steps" in env["message"], env
+
+    # The workflow is gone: 409.
+    status, _ = await server.api(f"/workflow/{wid}", "DELETE")
+    assert status == 200
+    status, env = await server.api(f"/runs/{first}/rerun", "POST", json_body={"steps": "all"})
+    assert status == 409 and "no longer exists" in env["message"], env
+
+
+async def test_progress_and_log_frames_reach_the_run_and_its_next_write(server: RunningServer) -> None:
+    module = await Module.online(server, "reporter")
+    wid = await create_workflow(server, on_demand([module.hash]))
+    run_id = await execute(server, wid)
+    command = await module.recv_execute()
+    await send(module, {"type": "progress", "run_id": run_id, "percent": 40, "message": "half way"})
+    await send(module, {"type": "log", "run_id": run_id, "lines": ["line 1", "line 2"]})
+    await send(module, {"type": "log", "run_id": run_id, "lines": [f"n{i}" for i in range(300)] + ["x" * 5000]})
+
+    async def reported() -> bool:
+        step = (await get_run(server, run_id))["steps"][0]
+        return len(step["log"]) == LOG_TAIL_LINES
+
+    await wait_until(reported)
+    step = (await get_run(server, run_id))["steps"][0]
+    assert step["progress"] == {"percent": 40.0, "message": "half way"}
+    assert step["log"][-1] == "x" * LOG_LINE_CHARS and step["log"][0] == "n101"
+    # Memory only until the step's next state write: the store has none of it yet.
+    stored = await stored_run(server, run_id)
+    assert stored["steps"][0]["progress"] is None and stored["steps"][0]["log"] == []
+
+    assert await module.result(command) == "receive result"
+    stored = await wait_run(server, run_id)
+    assert stored["steps"][0]["progress"] == {"percent": 40.0, "message": "half way"}
+    assert stored["steps"][0]["log"][-1] == "x" * LOG_LINE_CHARS and len(stored["steps"][0]["log"]) == LOG_TAIL_LINES
+
+
+async def test_bad_progress_and_log_frames_get_error_frames(server: RunningServer) -> None:
+    module = await Module.online(server, "sloppy")
+    wid = await create_workflow(server, on_demand([module.hash]))
+    run_id = await execute(server, wid)
+    command = await module.recv_execute()
+    bad = [
+        ({"type": "progress", "run_id": run_id, "percent": 140}, "percent"),
+        ({"type": "progress", "run_id": run_id, "percent": True}, "percent"),
+        ({"type": "progress", "run_id": run_id, "percent": "50"}, "percent"),
+        ({"type": "progress", "run_id": run_id}, "progress"),
+        ({"type": "progress", "percent": 5}, "run_id"),
+        ({"type": "log", "run_id": run_id, "lines": "one line"}, "lines"),
+        ({"type": "log", "run_id": run_id, "lines": ["ok", 3]}, "lines"),
+        ({"type": "log", "run_id": "f" * 32, "lines": ["x"]}, "not running"),
+    ]
+    for frame, word in bad:
+        await send(module, frame)
+        reply = await module.recv()
+        assert reply["type"] == "error" and word in reply["error"], (frame, reply)
+    # Still open, and nothing was kept.
+    step = (await get_run(server, run_id))["steps"][0]
+    assert step["progress"] is None and step["log"] == []
+    assert await module.result(command) == "receive result"
+    await wait_run(server, run_id)
+    # After the step ended its reports are refused too.
+    await send(module, {"type": "progress", "run_id": run_id, "percent": 100})
+    reply = await module.recv()
+    assert reply["type"] == "error" and "not running" in reply["error"]

@@ -26,6 +26,12 @@ declared that data as an input read it with :func:`step_inputs`::
         prices = step_inputs(meta)["prices"]      # {"path": ...}: fetch's output
         ...
 
+A handler that takes a third parameter gets the step's :class:`StepContext`
+(``current_step()`` returns it too): ``step.progress(percent, message)`` and
+``step.logger`` (a :class:`logging.Logger` whose lines go to the server, batched),
+both shown live on the run page. An operator's cancel cancels the handler's task;
+the module then reports the step as failed with the error ``cancelled``.
+
 The wire protocol is the seed's (see ``tornado_sched.protocol``): the server sends
 ``{"type": "execute", "meta": {...}, "args": {...}}`` and the module answers
 ``{"type": "result", "status": "success"|"failure", ...}``, acknowledged with the
@@ -39,6 +45,7 @@ the connection Tornado's WebSocket client.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import json
 import logging
@@ -81,9 +88,8 @@ def step_inputs(meta: dict[str, Any]) -> dict[str, Any]:
     return inputs if isinstance(inputs, dict) else {}
 
 
-Handler = Callable[
-    [dict[str, Any], dict[str, Any]], Awaitable[str | dict[str, Any] | StepResult | None]
-]
+# (args, meta) or (args, meta, step: StepContext)
+Handler = Callable[..., Awaitable[str | dict[str, Any] | StepResult | None]]
 MessageCallback = Callable[[str], Awaitable[None] | None]
 
 # Close codes the server uses (tornado_sched.hub / handlers.modules).
@@ -136,11 +142,104 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | No
     return step / 2 + (rng or random).uniform(0, step / 2)
 
 
+# Progress and log lines go out in batches: at most one frame of each per interval.
+REPORT_INTERVAL = 0.2
+LOG_BATCH_LINES = 100
+
+_current_step: contextvars.ContextVar[StepContext | None] = contextvars.ContextVar("current_step", default=None)
+
+
+def current_step() -> StepContext | None:
+    """The StepContext of the execute command this task is handling (None outside one)."""
+    return _current_step.get()
+
+
+class _ForwardLines(logging.Handler):
+    def __init__(self, step: StepContext) -> None:
+        super().__init__(logging.DEBUG)
+        self._step = step
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._step.log(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
+class StepContext:
+    """One execute command as its handler sees it: report progress and log lines.
+
+    Reports are sent batched (every ``REPORT_INTERVAL`` seconds, or at
+    ``LOG_BATCH_LINES`` lines) and flushed before the result; while disconnected
+    they are dropped (the result itself is kept and sent on reconnect)."""
+
+    def __init__(self, client: ModuleClient, meta: dict[str, Any]) -> None:
+        self.meta = meta
+        self.run_id: str | None = meta.get("run_id") if isinstance(meta.get("run_id"), str) else None
+        self.cancelled = False  # set when the server sent `cancel` for this run
+        self._client = client
+        self._lines: list[str] = []
+        self._progress: dict[str, Any] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        # Not registered with logging's manager: one per step would never be freed.
+        self.logger = logging.Logger(f"{client.name}.step")
+        self.logger.addHandler(_ForwardLines(self))
+
+    def progress(self, percent: float | None, message: str | None = None) -> None:
+        """How far the step is, 0-100 (None: unknown), and what it is doing."""
+        if percent is not None and not 0 <= percent <= 100:
+            raise ValueError("percent: expected 0-100")
+        self._progress = {"type": "progress", "run_id": self.run_id, "percent": percent, "message": message}
+        self._schedule()
+
+    def log(self, line: str) -> None:
+        """One log line for the run page (the server keeps the last 200)."""
+        self._lines.extend(str(line).splitlines() or [""])
+        if len(self._lines) >= LOG_BATCH_LINES:
+            self.flush()
+        else:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        if self._timer is None and self.run_id is not None:
+            self._timer = asyncio.get_running_loop().call_later(REPORT_INTERVAL, self.flush)
+
+    def flush(self) -> None:
+        """Send what is waiting now (also called before the result goes out)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.run_id is None:
+            self._lines, self._progress = [], None
+            return
+        if self._lines:
+            lines, self._lines = self._lines, []
+            self._client._write(json.dumps({"type": "log", "run_id": self.run_id, "lines": lines},
+                                           ensure_ascii=False))
+        if self._progress is not None:
+            progress, self._progress = self._progress, None
+            self._client._write(json.dumps(progress, ensure_ascii=False))
+
+
 def _ignore_write_error(future: asyncio.Future[None]) -> None:
     # A write that fails because the socket closed is reported by the read loop
     # (read_message returns None); here it only has to be retrieved.
     if not future.cancelled():
         future.exception()
+
+
+def _takes_three(handler: Handler) -> bool:
+    """Whether the handler accepts (args, meta, step); older handlers take two."""
+    try:
+        params = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return True
+    positional = [p for p in params if p.kind in (inspect.Parameter.POSITIONAL_ONLY,
+                                                    inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 3
 
 
 class ModuleClient:
@@ -252,6 +351,9 @@ class ModuleClient:
         self._running = False
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # Running execute commands by run_id, for the server's `cancel`.
+        self._steps: dict[str, set[tuple[StepContext, asyncio.Task[Any]]]] = {}
+        self._handler_takes_step = _takes_three(handler)
         self._outbox: deque[str] = deque(maxlen=max_pending_results)
 
     @property
@@ -539,6 +641,9 @@ class ModuleClient:
         if isinstance(data, dict) and data.get("type") == "execute":
             self._spawn(self._execute(data))
             return
+        if isinstance(data, dict) and data.get("type") == "cancel":
+            self._cancel_run(data)
+            return
         if isinstance(data, dict) and data.get("type") == "error":
             log.warning("module %r: the server refused a frame: %s", self.name, data.get("error"))
         if self.on_message is not None:
@@ -558,6 +663,23 @@ class ModuleClient:
         except Exception:
             log.exception("module %r: on_message callback failed", self.name)
 
+    def _cancel_run(self, frame: dict[str, Any]) -> None:
+        """The server's `cancel`: cancel the handler task(s) running that run's step."""
+        meta = frame.get("meta") if isinstance(frame.get("meta"), dict) else {}
+        running = self._steps.get(meta.get("run_id")) if isinstance(meta.get("run_id"), str) else None
+        if not running:
+            log.info("module %r: cancel for a run not running here", self.name)
+            return
+        for step, task in running:
+            step.cancelled = True
+            task.cancel()
+
+    async def _run_handler(self, args: dict[str, Any], step: StepContext) -> Any:
+        _current_step.set(step)  # this task's context only
+        if self._handler_takes_step:
+            return await self.handler(args, step.meta, step)
+        return await self.handler(args, step.meta)
+
     async def _execute(self, command: dict[str, Any]) -> None:
         meta = command.get("meta") if isinstance(command.get("meta"), dict) else {}
         args = command.get("args") if command.get("args") is not None else {}
@@ -567,8 +689,15 @@ class ModuleClient:
         elif not isinstance(args, dict):
             status, error = "failure", "args: expected a JSON object"
         else:
+            step = StepContext(self, meta)
+            # The handler runs in its own task so that a `cancel` stops it without
+            # stopping this one, which still has to report.
+            task = asyncio.ensure_future(self._run_handler(args, step))
+            entry = (step, task)
+            if step.run_id is not None:
+                self._steps.setdefault(step.run_id, set()).add(entry)
             try:
-                outcome = await self.handler(args, meta)
+                outcome = await asyncio.shield(task)
                 if isinstance(outcome, StepResult):
                     outcome, output = outcome.message, outcome.output
                     status, error, output = _checked_output(output)
@@ -578,12 +707,27 @@ class ModuleClient:
                     else str(outcome)
                 )
             except asyncio.CancelledError:
-                # stop() gave up waiting: tell the server rather than leave the step open.
-                self._send_result(meta, "failure", None, "cancelled: module stopping")
-                raise
+                if not task.done():
+                    # stop() cancelled us (not the handler): take the handler down too.
+                    task.cancel()
+                    step.flush()
+                    self._send_result(meta, "failure", None, "cancelled: module stopping")
+                    raise
+                if not step.cancelled:
+                    step.flush()
+                    self._send_result(meta, "failure", None, "cancelled: module stopping")
+                    raise
+                status, error = "failure", "cancelled"
             except Exception as exc:
                 log.warning("module %r: handler failed: %s: %s", self.name, type(exc).__name__, exc)
                 status, error = "failure", f"{type(exc).__name__}: {exc}"
+            finally:
+                running = self._steps.get(step.run_id or "")
+                if running is not None:
+                    running.discard(entry)
+                    if not running:
+                        del self._steps[step.run_id or ""]
+            step.flush()
         self._send_result(meta, status, message, error, output)
 
     def _send_result(

@@ -1,14 +1,15 @@
 """Run control and live step reports over real sockets: cancel reaches the module and
 ends the run, re-run repeats only the chosen steps in a linked run, progress and log
 frames reach GET /runs/<id> (and the store with the step's next write), bad frames get
-error frames and the socket stays open."""
+error frames and the socket stays open; the SDK reports and cancels a running handler."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
-from tests.conftest import RunningServer
+from tests.conftest import ADMIN, RunningServer
 from tests.flows.support import (
     Module,
     create_workflow,
@@ -19,6 +20,7 @@ from tests.flows.support import (
     workflow_body,
 )
 from tests.support.history import stored_run
+from tornado_sched.client import ModuleClient, StepContext, current_step
 from tornado_sched.runs import LOG_LINE_CHARS, LOG_TAIL_LINES
 
 
@@ -162,3 +164,61 @@ async def test_bad_progress_and_log_frames_get_error_frames(server: RunningServe
     await send(module, {"type": "progress", "run_id": run_id, "percent": 100})
     reply = await module.recv()
     assert reply["type"] == "error" and "not running" in reply["error"]
+
+
+async def test_sdk_reports_progress_and_logs_and_cancels_a_running_handler(server: RunningServer) -> None:
+    started = asyncio.Event()
+    seen_cancel: list[bool] = []
+
+    async def handler(args: dict[str, Any], meta: dict[str, Any], step: StepContext) -> str:
+        assert current_step() is step
+        step.progress(25, "loading")
+        step.logger.info("read %d rows", 10)
+        step.log("second line")
+        started.set()
+        try:
+            await asyncio.Event().wait()  # works until cancelled
+        except asyncio.CancelledError:
+            seen_cancel.append(True)
+            raise
+        return "never"
+
+    client = ModuleClient(server.base_url, "sdk-cancel", handler, username=ADMIN[0], password=ADMIN[1])
+    task = client.start()
+    try:
+        await asyncio.wait_for(client.wait_connected(), 5)
+        wid = await create_workflow(server, on_demand([client.module_hash or ""]))
+        run_id = await execute(server, wid)
+        await asyncio.wait_for(started.wait(), 5)
+
+        async def reported() -> bool:
+            step = (await get_run(server, run_id))["steps"][0]
+            return step["progress"] is not None and len(step["log"]) == 2
+
+        await wait_until(reported)
+        step = (await get_run(server, run_id))["steps"][0]
+        assert step["progress"] == {"percent": 25.0, "message": "loading"}
+        assert step["log"][0].endswith("INFO read 10 rows") and step["log"][1] == "second line"
+
+        acked = client.results_acknowledged
+        status, env = await server.api(f"/runs/{run_id}/cancel", "POST")
+        assert status == 200, env
+        await wait_until(lambda: client.results_acknowledged == acked + 1)
+        assert seen_cancel == [True] and client.results_sent == 1
+        run = await wait_run(server, run_id)
+        assert run["status"] == "cancelled" and run["steps"][0]["status"] == "cancelled"
+        assert run["steps"][0]["log"][1] == "second line"  # written with the cancel
+
+        # A handler with two parameters still works; its result is a success.
+        async def old_style(args: dict[str, Any], meta: dict[str, Any]) -> str:
+            assert current_step() is not None
+            return "ok"
+
+        client.handler = old_style
+        client._handler_takes_step = False
+        run_id = await execute(server, wid)
+        run = await wait_run(server, run_id)
+        assert run["status"] == "success" and run["steps"][0]["message"] == "ok"
+    finally:
+        await client.stop(grace=1)
+        await asyncio.wait_for(task, 5)

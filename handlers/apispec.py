@@ -140,13 +140,19 @@ def _schemas() -> dict[str, Any]:
             "index": {"type": "integer"}, "module_hash": {"type": "string"}, "module_name": {"type": "string"},
             "args": {"type": "object"},
             "status": {"enum": ["pending", "sent", "success", "failure", "offline", "timeout", "interrupted",
-                                "skipped", "upstream_failed"],
+                                "skipped", "upstream_failed", "cancelled"],
                        "description": "`upstream_failed` (data-ordered runs): never sent, because a producer "
                                       "of a required input did not succeed"},
             "attempts": {"type": "integer"}, "sent_at": MAYBE_TIMESTAMP, "ended_at": MAYBE_TIMESTAMP,
             "message": {"type": ["string", "null"]}, "error": {"type": ["string", "null"]},
             "output": {"description": "The module's `output` from its result (JSON, at most 64 KiB encoded); "
                                       "null when it sent none"},
+            "progress": {
+                "type": ["object", "null"], "description": "The module's last `progress` frame for this step",
+                "properties": {"percent": {"type": ["number", "null"], "minimum": 0, "maximum": 100},
+                               "message": {"type": ["string", "null"]}}},
+            "log": {"type": "array", "items": {"type": "string"}, "maxItems": 200,
+                    "description": "The last lines of the module's `log` frames (each cut at 1,000 characters)"},
         },
     }
     return {
@@ -213,7 +219,9 @@ def _schemas() -> dict[str, Any]:
                                    "description": "The seed's nominal tick, local to `timezone`, no offset"},
                 "timezone": {"type": "string"}, "fired_at": TIMESTAMP, "started_at": TIMESTAMP,
                 "ended_at": MAYBE_TIMESTAMP,
-                "status": {"enum": ["running", "success", "failure", "partial", "skipped", "interrupted"]},
+                "status": {"enum": ["running", "success", "failure", "partial", "skipped", "interrupted",
+                                    "cancelled"]},
+                "rerun_of": {"type": ["string", "null"], "description": "The run this one re-runs"},
                 "reason": {"type": ["string", "null"]}, "timeout_seconds": {"type": "integer"},
                 "retries": {"type": "integer"}, "retry_delay_seconds": {"type": "integer"},
                 "steps": {"type": "array", "items": step},
@@ -430,6 +438,20 @@ def _paths() -> dict[str, Any]:
         "/runs/{run_id}": {
             "x-tornado-route": r"/runs/([0-9a-f]{1,64})", "parameters": [RUN_ID],
             "get": _op("One run with its steps", _ref("Run"), "404", *auth, tag="runs"),
+        },
+        "/runs/{run_id}/cancel": {
+            "x-tornado-route": r"/runs/([0-9a-f]{1,64})/cancel", "parameters": [RUN_ID],
+            "post": _op("Cancel an open run: each running step's module gets a `cancel` frame; open steps and "
+                        "the run end `cancelled` (409 when the run is closed)",
+                        _ref("Run"), "404", "409", *auth, tag="runs"),
+        },
+        "/runs/{run_id}/rerun": {
+            "x-tornado-route": r"/runs/([0-9a-f]{1,64})/rerun", "parameters": [RUN_ID],
+            "post": _op("Start a new run (trigger `rerun`, `rerun_of` this run) of the steps that did not "
+                        "succeed, or of all steps; 409 when the run is open, its workflow is gone or nothing failed",
+                        _ref("Run"), "400", "404", "409", *auth, tag="runs", body={
+                            "type": "object", "properties": {"steps": {"enum": ["failed", "all"],
+                                                                       "default": "failed"}}}),
         },
         "/scheduler/jobs": {"x-tornado-route": r"/scheduler/jobs", "get": _op(
             "Scheduled jobs (one per enabled workflow, plus the system jobs)",

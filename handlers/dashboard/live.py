@@ -25,12 +25,18 @@ import tornado.websocket
 from tornado_sched.auth import Operator
 from tornado_sched.context import AppContext
 from tornado_sched.errors import TooManyRequests
-from tornado_sched.events import FAILING_CHANGED, MODULE_OFFLINE, MODULE_ONLINE, RUN_EVENTS
-from tornado_sched.runs import Run
+from tornado_sched.events import (
+    FAILING_CHANGED,
+    MODULE_OFFLINE,
+    MODULE_ONLINE,
+    RUN_EVENTS,
+    STEP_PROGRESS,
+)
+from tornado_sched.runs import Run, Step
 
 from ..auth import OperatorAuthMixin
 from ..base import SocketHandler
-from .views import chosen_locale, failing_view, module_event_view, run_view
+from .views import chosen_locale, failing_view, module_event_view, run_view, step_report_view
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +128,9 @@ class DashboardSocket(OperatorAuthMixin, SocketHandler):
             self._send({"type": "run", "event": kind, "run": run_view(self.locale, self._zone, data["run"])})
         elif kind == FAILING_CHANGED:
             self._send(failing_view(self.locale, self._zone, data["failing"]))
+        elif kind == STEP_PROGRESS and isinstance(data.get("step"), Step):
+            # Small: the step's progress and only the lines new since the last message.
+            self._send(step_report_view(data["run"], data["step"], data.get("lines") or []))
 
     @property
     def _zone(self) -> ZoneInfo:

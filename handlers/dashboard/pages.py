@@ -458,6 +458,30 @@ class RunPage(PageHandler):
         self.render("run.html", run=run, graph=graph)
 
 
+class RunActionPage(PageHandler):
+    """`/history/<run_id>/cancel|rerun`: GET asks for confirmation (a page, so it works
+    without JavaScript), POST (XSRF form) cancels or re-runs, then shows the run."""
+
+    nav = "runs"
+
+    async def get(self, run_id: str, action: str) -> None:
+        run = await self.ctx.runs.get(run_id)
+        steps = self.get_query_argument("steps", "failed")
+        self.render("run_action.html", run=run, action=action, steps="all" if steps == "all" else "failed")
+
+    async def post(self, run_id: str, action: str) -> None:
+        if action == "cancel":
+            actor = self.current_user.username if self.current_user else ""
+            run = await self.ctx.runs.cancel(run_id, actor)
+            await self.audit("cancel", f"run:{run.run_id}", {"workflow_id": run.workflow_id})
+            self.redirect(f"/history/{run.run_id}", status=303)
+            return
+        steps = self.get_body_argument("steps", "failed")
+        rerun = await self.ctx.runs.rerun(run_id, steps)
+        await self.audit("rerun", f"run:{run_id}", {"run_id": rerun.run_id, "steps": steps})
+        self.redirect(f"/history/{rerun.run_id}", status=303)
+
+
 class NotificationsPage(PageHandler):
     """`/outbox`: the notification outbox, newest first, filterable by status.
     (`/notifications` is the JSON API's.)"""
@@ -527,6 +551,7 @@ default_handlers: list[tuple[str, type[tornado.web.RequestHandler]]] = [
     (r"/scheduler", SchedulerPage),
     (r"/history", RunsPage),
     (r"/history/([0-9a-f]{1,64})", RunPage),
+    (r"/history/([0-9a-f]{1,64})/(cancel|rerun)", RunActionPage),
     (r"/outbox", NotificationsPage),
     (r"/lang/(en_US|zh_CN)", LanguagePage),
     (r"/logout", LogoutPage),

@@ -18,7 +18,7 @@ from tornado_sched.clock import read_datetime, utcnow
 from tornado_sched.errors import Invalid
 from tornado_sched.failing import FailingWorkflow
 from tornado_sched.hub import ModuleSession
-from tornado_sched.runs import Run
+from tornado_sched.runs import Run, Step
 from tornado_sched.text import has_control_chars
 from tornado_sched.workflows import Workflow
 
@@ -51,6 +51,7 @@ STATUS = {
     "interrupted": ("Interrupted", "bad"),
     "timeout": ("Timeout", "bad"),
     "upstream_failed": ("Upstream failed", "bad"),
+    "cancelled": ("Cancelled", "muted"),
     "enabled": ("Enabled", "ok"),
     "disabled": ("Disabled", "muted"),
     "retrying": ("Retrying", "warn"),
@@ -62,7 +63,7 @@ STATUS = {
 # colour, though a module being offline is only a muted fact on the modules page.
 STEP_TONES = {"offline": "bad"}
 
-TRIGGER_LABELS = {"schedule": "Schedule", "manual": "Manual", "misfire": "Misfire"}
+TRIGGER_LABELS = {"schedule": "Schedule", "manual": "Manual", "misfire": "Misfire", "rerun": "Re-run"}
 OUTBOX_KINDS = {"failure": "Failure notice", "recovery": "Recovery notice"}
 # The history page's status filter: the failed group first, then each status.
 HISTORY_STATUS_LABELS = {"failed": "Failed (any)"}
@@ -345,6 +346,7 @@ def run_view(locale: tornado.locale.Locale, zone: ZoneInfo, run: Run) -> dict[st
         "ended_iso": run.ended_at.isoformat() if run.ended_at else "",
         "duration": run_duration(locale, run.started_at, run.ended_at),
         "reason": run.reason or "",
+        "open": run.open,
         "steps": [
             {
                 "index": step.index,
@@ -358,10 +360,16 @@ def run_view(locale: tornado.locale.Locale, zone: ZoneInfo, run: Run) -> dict[st
                 "message": step.message or "",
                 "error": step.error or "",
                 "output": "" if step.output is None else output_text(step.output),
+                "progress": step.progress,
             }
             for step in run.steps
         ],
     }
+
+
+def step_report_view(run: Run, step: Step, lines: list[str]) -> dict[str, Any]:
+    """A step's progress and new log lines, as the live socket sends them."""
+    return {"type": "step", "run_id": run.run_id, "index": step.index, "progress": step.progress, "lines": lines}
 
 
 # -- UI modules ---------------------------------------------------------------------

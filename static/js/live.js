@@ -219,6 +219,8 @@
       setBadge(box.querySelector(".js-status"), run.status);
       if (run.ended_at) setTime(box.querySelector(".js-ended"), run.ended_iso, run.ended_at);
       if (run.duration) setText(box.querySelector(".js-duration"), run.duration);
+      each(".js-when-open", function (el) { el.classList.toggle("hidden", !run.open); }, box);
+      each(".js-when-closed", function (el) { el.classList.toggle("hidden", run.open); }, box);
       var reason = box.querySelector(".js-reason");
       if (reason && run.reason) {
         reason.textContent = run.reason;
@@ -240,6 +242,7 @@
         setText(row.querySelector(".js-message"), step.message, "");
         setText(row.querySelector(".js-error"), step.error, "");
         setText(row.querySelector(".js-output code"), step.output, "");
+        if (step.progress) setProgress(box, step.index, step.progress);
       });
     });
     if (containers.length === 0 && msg.event === "run.started") {
@@ -263,6 +266,34 @@
     });
   }
 
+  // -- step progress and log lines (run page) ------------------------------------------
+  var LOG_LINES = 200; // the server keeps as many (tornado_sched/runs.py LOG_TAIL_LINES)
+
+  function setProgress(box, index, progress) {
+    var report = box.querySelector('[data-step-report="' + index + '"]');
+    if (!report || !progress) return;
+    var bar = report.querySelector(".js-progress");
+    if (bar && progress.percent !== null && progress.percent !== undefined) {
+      bar.value = progress.percent;
+      bar.textContent = String(progress.percent);
+      setText(report.querySelector(".js-progress-text"), String(Math.round(progress.percent * 10) / 10) + "%", "");
+    }
+    setText(report.querySelector(".js-progress-message"), progress.message, "");
+  }
+
+  function onStep(msg) {
+    each('[data-run="' + msg.run_id + '"]', function (box) {
+      setProgress(box, msg.index, msg.progress);
+      var pre = box.querySelector('[data-step-report="' + msg.index + '"] .js-log');
+      if (!pre || !msg.lines || msg.lines.length === 0) return;
+      var atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+      var lines = pre.textContent ? pre.textContent.split("\n") : [];
+      lines = lines.concat(msg.lines).slice(-LOG_LINES);
+      pre.textContent = lines.join("\n");
+      if (atBottom) pre.scrollTop = pre.scrollHeight;
+    });
+  }
+
   function connect() {
     var scheme = location.protocol === "https:" ? "wss://" : "ws://";
     var socket = new WebSocket(scheme + location.host + path);
@@ -277,6 +308,7 @@
       if (msg.type === "module") onModule(msg);
       else if (msg.type === "run") onRun(msg);
       else if (msg.type === "failing") onFailing(msg);
+      else if (msg.type === "step") onStep(msg);
       else if (msg.type === "resync") location.reload();
     };
     socket.onclose = function () {

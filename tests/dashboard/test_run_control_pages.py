@@ -1,0 +1,94 @@
+"""The run page's control and live step reports: Cancel and Re-run through their
+confirmation pages and XSRF forms (no JavaScript needed), progress and log lines on
+the page and live over /dashboard/live."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import Any
+from urllib.parse import urlencode
+
+from tornado.websocket import websocket_connect
+
+from tests.conftest import RunningServer
+from tests.dashboard.test_dashboard import _live_request, no_follow, session_cookie
+from tests.flows.support import Module, create_workflow, execute, get_run, wait_run, workflow_body
+
+
+def on_demand(modules: list[str]) -> dict[str, Any]:
+    return workflow_body(modules=modules, enable=False, execute_cron_list=[])
+
+
+async def live_message(live: Any, kind: str) -> dict[str, Any]:
+    """The next message of this type from the dashboard socket (others are skipped)."""
+    while True:
+        raw = await asyncio.wait_for(live.read_message(), 5)
+        assert raw is not None, "live socket closed"
+        message = json.loads(raw)
+        if message["type"] == kind:
+            return message
+
+
+async def test_progress_and_log_live_then_cancel_and_rerun_from_the_page(server: RunningServer) -> None:
+    module = await Module.online(server, "pagemod")
+    wid = await create_workflow(server, on_demand([module.hash]))
+    run_id = await execute(server, wid)
+    command = await module.recv_execute()
+
+    cookie = await session_cookie(server)
+    live = await websocket_connect(_live_request(server, {"Cookie": cookie, "Origin": f"http://127.0.0.1:{server.port}"}))
+    try:
+        assert (await live_message(live, "hello"))["type"] == "hello"
+        assert module.ws is not None
+        await module.ws.write_message(json.dumps({"type": "progress", "run_id": run_id, "percent": 60, "message": "step <b>"}))
+        step = await live_message(live, "step")
+        assert step == {"type": "step", "run_id": run_id, "index": 0,
+                        "progress": {"percent": 60.0, "message": "step <b>"}, "lines": []}
+        await module.ws.write_message(json.dumps({"type": "log", "run_id": run_id, "lines": ["a <script>", "b"]}))
+        step = await live_message(live, "step")
+        assert step["lines"] == ["a <script>", "b"] and step["progress"]["percent"] == 60.0
+    finally:
+        live.close()
+
+    # Server-rendered: the bar, the message and the tail (escaped), and a Cancel link.
+    page = (await server.fetch(f"/history/{run_id}")).body.decode()
+    assert 'value="60.0"' in page and "step &lt;b&gt;" in page and "a &lt;script&gt;\nb</pre>" in page
+    assert re.search(rf'<a class="button js-when-open" href="/history/{run_id}/cancel">', page)
+
+    # Cancel: a confirmation page whose form carries the XSRF token, posted with the cookie.
+    confirm = await server.fetch(f"/history/{run_id}/cancel", auth=None, headers={"Cookie": cookie})
+    assert confirm.code == 200 and b"Yes, cancel the run" in confirm.body
+    token = re.search(rb'name="_xsrf" value="([^"]+)"', confirm.body).group(1).decode()
+    xsrf = [c.split(";", 1)[0] for c in confirm.headers.get_list("Set-Cookie") if c.startswith("_xsrf=")]
+    cookies = "; ".join([cookie, *xsrf])
+    refused = await no_follow(server, f"/history/{run_id}/cancel", "POST", auth=False, body="",
+                              headers={"Cookie": cookies})
+    assert refused.code == 403  # no token: nothing cancelled
+    assert (await get_run(server, run_id))["status"] == "running"
+    done = await no_follow(server, f"/history/{run_id}/cancel", "POST", auth=False,
+                           body=urlencode({"_xsrf": token}), headers={"Cookie": cookies})
+    assert done.code == 303 and done.headers["Location"] == f"/history/{run_id}"
+    assert (await module.recv())["type"] == "cancel"
+    run = await wait_run(server, run_id)
+    assert run["status"] == "cancelled" and run["steps"][0]["log"] == ["a <script>", "b"]
+    again = await no_follow(server, f"/history/{run_id}/cancel", "POST", auth=False,
+                            body=urlencode({"_xsrf": token}), headers={"Cookie": cookies})
+    assert again.code == 409 and again.headers["Content-Type"].startswith("text/html")
+    page = (await server.fetch(f"/history/{run_id}")).body.decode()
+    assert 'class="button js-when-open hidden"' in page
+    assert f'href="/history/{run_id}/rerun?steps=failed"' in page
+
+    # Re-run: the confirmation offers failed/all; the post opens the new, linked run.
+    confirm = await server.fetch(f"/history/{run_id}/rerun?steps=all")
+    assert re.search(rb'value="all" checked', confirm.body)
+    response = await no_follow(server, f"/history/{run_id}/rerun", "POST", body=urlencode({"steps": "failed"}))
+    assert response.code == 303
+    new_id = response.headers["Location"].rsplit("/", 1)[1]
+    assert new_id != run_id
+    again = await module.recv_execute()
+    assert again["meta"]["run_id"] == new_id and again["args"] == command["args"]
+    page = (await server.fetch(f"/history/{new_id}")).body.decode()
+    assert f'href="/history/{run_id}"' in page and "Re-run of" in page
+    assert await module.result(again) == "receive result"

@@ -9,6 +9,8 @@ import asyncio
 import json
 from typing import Any
 
+import yaml
+
 from tests.conftest import ADMIN, RunningServer
 from tests.flows.support import (
     Module,
@@ -19,6 +21,7 @@ from tests.flows.support import (
     wait_until,
     workflow_body,
 )
+from tests.flows.test_asyncapi import ROOT, _payload
 from tests.support.history import stored_run
 from tornado_sched.client import ModuleClient, StepContext, current_step
 from tornado_sched.runs import LOG_LINE_CHARS, LOG_TAIL_LINES
@@ -49,6 +52,8 @@ async def test_cancel_reaches_the_module_and_ends_the_run(server: RunningServer)
         "type": "cancel",
         "meta": {"run_id": run_id, "workflow_id": wid, "workflow_name": command["meta"]["workflow_name"]},
     }
+    spec = yaml.safe_load((ROOT / "docs" / "asyncapi.yaml").read_text())
+    assert not list(_payload(spec, "cancel").iter_errors(cancel)), cancel
     await quick.no_message(0.2)  # its step had ended: nothing to stop there
     run = await wait_run(server, run_id)
     assert run["status"] == "cancelled"
@@ -114,8 +119,13 @@ async def test_progress_and_log_frames_reach_the_run_and_its_next_write(server: 
     wid = await create_workflow(server, on_demand([module.hash]))
     run_id = await execute(server, wid)
     command = await module.recv_execute()
-    await send(module, {"type": "progress", "run_id": run_id, "percent": 40, "message": "half way"})
-    await send(module, {"type": "log", "run_id": run_id, "lines": ["line 1", "line 2"]})
+    progress = {"type": "progress", "run_id": run_id, "percent": 40, "message": "half way"}
+    lines = {"type": "log", "run_id": run_id, "lines": ["line 1", "line 2"]}
+    spec = yaml.safe_load((ROOT / "docs" / "asyncapi.yaml").read_text())
+    assert not list(_payload(spec, "progress").iter_errors(progress))
+    assert not list(_payload(spec, "log").iter_errors(lines))
+    await send(module, progress)
+    await send(module, lines)
     await send(module, {"type": "log", "run_id": run_id, "lines": [f"n{i}" for i in range(300)] + ["x" * 5000]})
 
     async def reported() -> bool:

@@ -6,7 +6,9 @@ carries no Authorization header from a script); scripts may use Basic credential
 Only our own origin may connect. Each connection subscribes to the event bus while
 it is open, serialises every event at once (a run keeps changing after the event),
 and queues at most `QUEUE_LIMIT` messages: a browser that cannot keep up gets its
-queue replaced by one `resync` message, and reloads.
+queue replaced by one `resync` message, and reloads. A step's progress and log
+reports are merged while one is still queued (one queued message per step), so a
+chatty module cannot fill the queue.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from tornado_sched.events import (
     RUN_EVENTS,
     STEP_PROGRESS,
 )
-from tornado_sched.runs import Run, Step
+from tornado_sched.runs import LOG_TAIL_LINES, Run, Step
 
 from ..auth import OperatorAuthMixin
 from ..base import SocketHandler
@@ -51,7 +53,9 @@ class DashboardSocket(OperatorAuthMixin, SocketHandler):
     def initialize(self, ctx: AppContext) -> None:
         super().initialize(ctx)
         self.operator: Operator | None = None
-        self._queue: asyncio.Queue[str] | None = None
+        self._queue: asyncio.Queue[str | tuple[str, int]] | None = None
+        # Step reports waiting in the queue, by (run_id, step index): merged, not re-queued.
+        self._step_reports: dict[tuple[str, int], dict[str, Any]] = {}
         self._writer: asyncio.Task[None] | None = None
         self._unsubscribe: Any = None
 
@@ -101,13 +105,36 @@ class DashboardSocket(OperatorAuthMixin, SocketHandler):
         except asyncio.QueueFull:
             while not self._queue.empty():
                 self._queue.get_nowait()
+            self._step_reports.clear()
             self._queue.put_nowait(json.dumps({"type": "resync"}))
             log.info("dashboard client %s too slow; asked to resync", self.request.remote_ip)
+
+    def _send_step_report(self, report: dict[str, Any]) -> None:
+        key = (report["run_id"], report["index"])
+        waiting = self._step_reports.get(key)
+        if waiting is not None:
+            waiting["progress"] = report["progress"]
+            waiting["lines"] = (waiting["lines"] + report["lines"])[-LOG_TAIL_LINES:]
+            return
+        assert self._queue is not None
+        try:
+            self._queue.put_nowait(key)
+        except asyncio.QueueFull:
+            self._send({"type": "resync"})  # makes room the same way as any message
+            return
+        self._step_reports[key] = {**report, "lines": list(report["lines"])}
 
     async def _write_loop(self) -> None:
         assert self._queue is not None
         while True:
-            text = await self._queue.get()
+            item = await self._queue.get()
+            if isinstance(item, tuple):
+                report = self._step_reports.pop(item, None)
+                if report is None:
+                    continue  # dropped by a resync
+                text = json.dumps(report, ensure_ascii=False)
+            else:
+                text = item
             try:
                 await self.write_message(text)
             except tornado.websocket.WebSocketClosedError:
@@ -130,7 +157,7 @@ class DashboardSocket(OperatorAuthMixin, SocketHandler):
             self._send(failing_view(self.locale, self._zone, data["failing"]))
         elif kind == STEP_PROGRESS and isinstance(data.get("step"), Step):
             # Small: the step's progress and only the lines new since the last message.
-            self._send(step_report_view(data["run"], data["step"], data.get("lines") or []))
+            self._send_step_report(step_report_view(data["run"], data["step"], data.get("lines") or []))
 
     @property
     def _zone(self) -> ZoneInfo:

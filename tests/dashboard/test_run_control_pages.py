@@ -92,3 +92,33 @@ async def test_progress_and_log_live_then_cancel_and_rerun_from_the_page(server:
     page = (await server.fetch(f"/history/{new_id}")).body.decode()
     assert f'href="/history/{run_id}"' in page and "Re-run of" in page
     assert await module.result(again) == "receive result"
+
+
+async def test_a_chatty_module_does_not_flood_the_live_socket(server: RunningServer) -> None:
+    """1,000 log frames in a burst: the page gets step messages (merged when it lags),
+    never a resync, in order, ending with the last line."""
+    module = await Module.online(server, "chatty")
+    wid = await create_workflow(server, on_demand([module.hash]))
+    run_id = await execute(server, wid)
+    command = await module.recv_execute()
+    cookie = await session_cookie(server)
+    live = await websocket_connect(_live_request(server, {"Cookie": cookie, "Origin": f"http://127.0.0.1:{server.port}"}))
+    try:
+        await live_message(live, "hello")
+        assert module.ws is not None
+        for i in range(1000):
+            module.ws.write_message(json.dumps({"type": "log", "run_id": run_id, "lines": [f"line {i}"]}))
+        await module.ws.write_message(json.dumps({"type": "progress", "run_id": run_id, "percent": 100}))
+        received: list[str] = []
+        while not received or received[-1] != "line 999":
+            raw = await asyncio.wait_for(live.read_message(), 5)
+            message = json.loads(raw)
+            assert message["type"] != "resync"
+            if message["type"] == "step":
+                received.extend(message["lines"])
+        tail = [int(line.split()[1]) for line in received]
+        assert tail == sorted(tail)  # merged in order; older lines may be cut past 200
+    finally:
+        live.close()
+    assert await module.result(command) == "receive result"
+    assert len((await wait_run(server, run_id))["steps"][0]["log"]) == 200

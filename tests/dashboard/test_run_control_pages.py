@@ -1,6 +1,6 @@
 """The run page's control and live step reports: Cancel and Re-run through their
 confirmation pages and XSRF forms (no JavaScript needed), progress and log lines on
-the page and live over /dashboard/live."""
+the page and live over /dashboard/live; and the same in headless Chromium."""
 
 from __future__ import annotations
 
@@ -10,10 +10,19 @@ import re
 from typing import Any
 from urllib.parse import urlencode
 
+import pytest
 from tornado.websocket import websocket_connect
 
-from tests.conftest import RunningServer
-from tests.dashboard.test_dashboard import _live_request, no_follow, session_cookie
+from tests.conftest import ADMIN, RunningServer
+from tests.dashboard.test_dashboard import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    SHOTS,
+    _live_request,
+    _need_chromium,
+    no_follow,
+    session_cookie,
+)
 from tests.flows.support import (
     Module,
     create_workflow,
@@ -137,3 +146,61 @@ async def test_a_chatty_module_does_not_flood_the_live_socket(server: RunningSer
         live.close()
     assert await module.result(command) == "receive result"
     assert len((await wait_run(server, run_id))["steps"][0]["log"]) == 200
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_progress_moves_and_cancel_and_rerun_in_chromium(server: RunningServer) -> None:
+    _need_chromium()
+    from playwright.async_api import async_playwright, expect
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    module = await Module.online(server, "browser-progress")
+    wid = await create_workflow(server, on_demand([module.hash]))
+    run_id = await execute(server, wid)
+    command = await module.recv_execute()
+    assert module.ws is not None
+    problems: list[str] = []
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        context = await browser.new_context(http_credentials={"username": ADMIN[0], "password": ADMIN[1]},
+                                            viewport={"width": 1366, "height": 860}, locale="en-US")
+        page = await context.new_page()
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        await page.goto(f"{server.base_url}/history/{run_id}")
+        await expect(page.locator("#live-state")).to_have_attribute("data-state", "open", timeout=10_000)
+        await page.evaluate("window.__notReloaded = true")
+        report = page.locator('[data-step-report="0"]')
+        for percent in (10, 55, 90):
+            await module.ws.write_message(json.dumps(
+                {"type": "progress", "run_id": run_id, "percent": percent, "message": f"at {percent}"}))
+            await expect(report.locator(".js-progress-text")).to_have_text(f"{percent}%", timeout=5_000)
+            assert await report.locator("progress").evaluate("el => el.value") == percent
+        await expect(report.locator(".js-progress-message")).to_have_text("at 90")
+        await module.ws.write_message(json.dumps({"type": "log", "run_id": run_id, "lines": ["first", "second"]}))
+        await expect(report.locator(".js-log")).to_have_text("first\nsecond", timeout=5_000)
+        assert await page.evaluate("window.__notReloaded === true")
+        await page.screenshot(path=str(SHOTS / "run-progress.png"), full_page=True, animations="disabled")
+
+        # Cancel through the confirmation page; back on the run page, Re-run replaces Cancel.
+        await page.get_by_role("link", name="Cancel run").click()
+        await page.get_by_role("button", name="Yes, cancel the run").click()
+        await expect(page).to_have_url(re.compile(rf"/history/{run_id}$"))
+        assert (await module.recv())["type"] == "cancel"
+        await expect(page.locator("[data-run-page] .js-status .badge").first).to_have_attribute(
+            "data-status", "cancelled")
+        await expect(page.get_by_role("link", name="Cancel run")).to_be_hidden()
+        await expect(report.locator(".js-log")).to_have_text("first\nsecond")  # stored with the cancel
+        await page.get_by_role("link", name="Re-run failed steps").click()
+        await page.get_by_role("button", name="Yes, re-run").click()
+        await expect(page).to_have_url(re.compile(r"/history/[0-9a-f]{32}$"))
+        new_id = page.url.rsplit("/", 1)[1]
+        assert new_id != run_id
+        again = await module.recv_execute()
+        assert again["meta"]["run_id"] == new_id and again["args"] == command["args"]
+        await expect(page.get_by_text("Re-run of")).to_be_visible()
+        await page.screenshot(path=str(SHOTS / "run-rerun.png"), full_page=True, animations="disabled")
+        await context.close()
+        await browser.close()
+    assert not problems, problems

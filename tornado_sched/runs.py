@@ -755,7 +755,7 @@ class RunTracker:
             changed.append(step.index)
         run.reason = f"cancelled by {actor}" if actor else "cancelled by an operator"
         self._close_as(run, "cancelled", changed)
-        await self._writer.commit()
+        await self._writer.commit([(run.run_id, RUN_ROW)])  # Unstorable if quarantined
         return run
 
     def _close_as(self, run: Run, status: str, step_indexes: list[int]) -> None:

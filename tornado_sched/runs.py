@@ -737,6 +737,8 @@ class RunTracker:
         run = self._open.get(run_id) if isinstance(run_id, str) else None
         if run is None:
             closed = await self.get(run_id)  # Invalid / NotFound
+            if closed.open:  # cluster mode: open, but its state and timers live elsewhere
+                raise Conflict(f"run {closed.run_id} is held by instance {closed.instance or '?'}; cancel it there")
             raise Conflict(f"run {closed.run_id} is already closed ({closed.status})")
         now = utcnow()
         changed = []

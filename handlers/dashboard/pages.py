@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
-import zoneinfo
 from datetime import timedelta
-from functools import cache
 from typing import Any, ClassVar
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
@@ -25,22 +23,13 @@ from zoneinfo import ZoneInfo
 import tornado.locale
 import tornado.web
 
-from tornado_sched.clock import utcnow
-from tornado_sched.errors import DomainError, Invalid, InvalidFields
+from tornado_sched.errors import DomainError, Invalid
 from tornado_sched.history import HISTORY_STATUSES, RunFilter, parse_time_bound
 from tornado_sched.logs import short_secret
 from tornado_sched.modules import MODULE_SORTS, MODULE_STATES
 from tornado_sched.notify import STATUSES as OUTBOX_STATUSES
-from tornado_sched.workflows import (
-    MISFIRE,
-    OVERLAP,
-    Workflow,
-    preview_fire_times,
-    validate_workflow,
-)
 
 from ..base import BaseHandler
-from .forms import FORM_FIELDS, WorkflowForm
 from .views import (
     LANG_COOKIE,
     LANGUAGES,
@@ -48,19 +37,15 @@ from .views import (
     NAV,
     OUTBOX_KINDS,
     PAGE_SIZE,
-    SHIFT_UNITS,
     UI_MODULES,
     ago_text,
     chosen_locale,
-    field_errors,
-    fire_time_views,
     format_time,
     output_text,
     page_number,
     pager,
     run_duration,
     safe_next,
-    shift_text,
     status_tone,
     status_view,
     streak_text,
@@ -192,185 +177,6 @@ class ModulePage(PageHandler):
     async def get(self, module_id: str) -> None:
         view, users = await self.ctx.modules.get_by_id(int(module_id))
         self.render("module.html", module=view, users=users)
-
-
-class WorkflowsPage(PageHandler):
-    """`/workflows`: schedules, next fire times, last run; enable/disable/run now."""
-
-    nav = "workflows"
-    live = True
-
-    async def get(self) -> None:
-        workflows = await self.ctx.workflows.list()
-        now = utcnow()
-        items = [
-            {
-                "workflow": w,
-                "shift": shift_text(w),
-                "upcoming": w.upcoming(now) if w.enable else [],  # a disabled workflow never fires
-                "last_run": w.last_run or {},
-                "next_run": self.ctx.scheduler.next_run_time(w.workflow_id),
-            }
-            for w in workflows
-        ]
-        self.render("workflows.html", items=items)
-
-
-class WorkflowActionPage(PageHandler):
-    """`POST /workflows/<id>/enable|disable|run`, then back to the list (or the run).
-    `GET /workflows/<id>/run` is the confirmation step before a run (no script needed)."""
-
-    nav = "workflows"
-
-    async def get(self, workflow_id: str, action: str) -> None:
-        if action != "run":
-            raise tornado.web.HTTPError(405)
-        workflow = await self.ctx.workflows.get(int(workflow_id))
-        self.render("run_confirm.html", workflow=workflow)
-
-    async def post(self, workflow_id: str, action: str) -> None:
-        if action == "run":
-            workflow, run_id = await self.ctx.scheduler.run_now(int(workflow_id))
-            await self.audit("run", f"workflow:{workflow.workflow_id}", {"run_id": run_id})
-            self.redirect(f"/history/{run_id}", status=303)
-            return
-        workflow = await self.ctx.workflows.set_enabled(int(workflow_id), action == "enable")
-        await self.audit(action, f"workflow:{workflow.workflow_id}")
-        self.redirect(f"/workflows#workflow-{workflow.workflow_id}", status=303)
-
-
-@cache
-def _time_zones() -> tuple[str, ...]:
-    return tuple(sorted(z for z in zoneinfo.available_timezones() if "/" in z or z == "UTC"))
-
-
-class _WorkflowFormPage(PageHandler):
-    """The create and edit forms: show, re-show with every field's errors, preview
-    the fire times, save."""
-
-    nav = "workflows"
-
-    async def _show(self, form: WorkflowForm, *, workflow: Workflow | None = None,
-                    errors: dict[str, list[str]] | None = None, extra_rows: int = 1,
-                    preview: bool = False) -> None:
-        views = await self.ctx.modules.list()
-        form.rows = [r for r in form.rows if r["module"] or r["args"].strip() not in ("", "{}")]
-        form.rows += [{"module": "", "args": ""} for _ in range(max(extra_rows, 2 - len(form.rows)))]
-        if not form.timezone:
-            form.timezone = self.ctx.settings.time_zone
-        errors = errors or {}
-        fire_times: list[Any] = []
-        preview_error = ""
-        if preview or (form.cron_text.strip() and not errors):
-            try:
-                fire_times = fire_time_views(
-                    preview_fire_times(form.schedule(), self.ctx.settings.time_zone, utcnow()), form.timezone)
-            except Invalid as exc:
-                preview_error = "; ".join(m for ms in field_errors(
-                    self.locale, getattr(exc, "errors", [exc]), FORM_FIELDS).values() for m in ms)
-        zones = _time_zones()
-        self.render(
-            "workflow_form.html",
-            form=form,
-            workflow=workflow,
-            errors=errors,
-            first_error=next((k for k in FORM_FIELDS if k in errors), None),
-            modules=[view.record for view in views],
-            online={view.record.hash for view in views if view.online},
-            overlap_choices=OVERLAP,
-            misfire_choices=MISFIRE,
-            shift_units=SHIFT_UNITS,
-            time_zones=zones if form.timezone in zones else (form.timezone, *zones),
-            fire_times=fire_times,
-            preview_error=preview_error,
-        )
-
-    async def _hashes_by_id(self) -> dict[str, str]:
-        return {str(m.module_id): m.hash for m in await self.ctx.registry.list()}
-
-    async def _submit(self, workflow: Workflow | None) -> None:
-        form = WorkflowForm.from_arguments(self.get_body_argument, self.get_body_arguments)
-        action = self.get_body_argument("action", "")
-        if action == "add_row":
-            blank = sum(1 for r in form.rows if not r["module"] and r["args"].strip() in ("", "{}"))
-            await self._show(form, workflow=workflow, extra_rows=blank + 1)
-            return
-        if action == "preview":
-            await self._show(form, workflow=workflow, preview=True)
-            return
-        body, problems = form.body(await self._hashes_by_id())
-        saved = None
-        if problems:
-            # The rows are bad: still name every other field's problem in this answer.
-            try:
-                validate_workflow(body, self.ctx.settings.time_zone)
-            except Invalid as exc:
-                problems += getattr(exc, "errors", [exc])
-        else:
-            try:
-                if workflow is None:
-                    saved = await self.ctx.workflows.create(body)
-                else:
-                    saved = await self.ctx.workflows.update(workflow.workflow_id, body)
-            except InvalidFields as exc:
-                problems = exc.errors
-            except Invalid as exc:
-                problems = [exc]
-        if saved is None:
-            self.set_status(400)
-            await self._show(form, workflow=workflow, errors=field_errors(self.locale, problems, FORM_FIELDS))
-            return
-        if workflow is None:
-            await self.audit("create", f"workflow:{saved.workflow_id}", {"name": saved.name})
-        else:
-            await self.audit("update", f"workflow:{saved.workflow_id}", {"fields": sorted(body)})
-        self.redirect(f"/workflows#workflow-{saved.workflow_id}", status=303)
-
-
-class WorkflowPreviewPage(PageHandler):
-    """`GET /workflows/preview?execute_cron_list=...&execute_shift_time=...`: the next
-    fire times of what the form holds, as JSON for the form's script. (The form
-    itself shows the same list, server-rendered, after "Preview".)"""
-
-    async def get(self) -> None:
-        form = WorkflowForm(
-            cron_text=self.get_query_argument("execute_cron_list", "")[:5000],
-            shift_time=self.get_query_argument("execute_shift_time", "0")[:20],
-            shift_unit=self.get_query_argument("execute_shift_unit", "s")[:2],
-            timezone=self.get_query_argument("timezone", "")[:64],
-        )
-        self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.set_header("Cache-Control", "no-store")
-        try:
-            fire_times = preview_fire_times(form.schedule(), self.ctx.settings.time_zone, utcnow())
-        except Invalid as exc:
-            errors = field_errors(self.locale, getattr(exc, "errors", [exc]), FORM_FIELDS)
-            self.finish({"fire_times": [], "errors": errors})
-            return
-        zone_name = form.timezone.strip() or self.ctx.settings.time_zone
-        self.finish({"errors": {}, "zone": zone_name, "fire_times": fire_time_views(fire_times, zone_name)})
-
-
-class WorkflowNewPage(_WorkflowFormPage):
-    """`/workflows/new`: the create form."""
-
-    async def get(self) -> None:
-        await self._show(WorkflowForm())
-
-    async def post(self) -> None:
-        await self._submit(None)
-
-
-class WorkflowEditPage(_WorkflowFormPage):
-    """`/workflows/<id>/edit`: the edit form."""
-
-    async def get(self, workflow_id: str) -> None:
-        workflow = await self.ctx.workflows.get(int(workflow_id))
-        ids = {m.hash: m.module_id for m in await self.ctx.registry.list()}
-        await self._show(WorkflowForm.from_workflow(workflow, ids), workflow=workflow)
-
-    async def post(self, workflow_id: str) -> None:
-        await self._submit(await self.ctx.workflows.get(int(workflow_id)))
 
 
 class SchedulerPage(PageHandler):
@@ -543,11 +349,6 @@ default_handlers: list[tuple[str, type[tornado.web.RequestHandler]]] = [
     (r"/", OverviewPage),
     (r"/modules", ModulesPage),
     (r"/modules/(\d{1,18})", ModulePage),
-    (r"/workflows", WorkflowsPage),
-    (r"/workflows/new", WorkflowNewPage),
-    (r"/workflows/preview", WorkflowPreviewPage),
-    (r"/workflows/(\d{1,18})/edit", WorkflowEditPage),
-    (r"/workflows/(\d{1,18})/(enable|disable|run)", WorkflowActionPage),
     (r"/scheduler", SchedulerPage),
     (r"/history", RunsPage),
     (r"/history/([0-9a-f]{1,64})", RunPage),

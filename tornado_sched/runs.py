@@ -389,13 +389,16 @@ class RunTracker:
         return [r for r in self._open.values() if r.workflow_id == workflow_id]
 
     async def start_run(
-        self, workflow: Workflow, trigger: str, nominal_time: datetime, *, rerun_of: str | None = None
+        self, workflow: Workflow, trigger: str, nominal_time: datetime, *, rerun_of: str | None = None,
+        carried: dict[int, Step] | None = None,
     ) -> Run:
         """Create the run and dispatch its steps: every step at once (order "parallel"),
         or the steps with no producer, the rest as their producers succeed (order
         "data"; a plan with conflicts fails the run at once). With overlap=forbid and a
         run still open, the firing is recorded as a skipped run. `rerun_of`: the run
-        this one repeats (see rerun)."""
+        this one repeats (see rerun); `carried`: for a data-ordered re-run, the steps
+        (by index) that succeeded in it, kept as done with their outputs so that
+        their consumers get `meta.inputs` and nothing upstream is sent again."""
         now = utcnow()
         records = await self._registry.names(list({m["module_hash"] for m in workflow.execute_modules}))
         steps = [
@@ -438,6 +441,10 @@ class RunTracker:
             if not plan.ok:
                 return await self._refuse_plan(run, "; ".join(c.message for c in plan.conflicts[:5]))
             run.data_order = DataOrder.from_plan(plan)
+            for index, done in (carried or {}).items():
+                step = steps[index]
+                step.status, step.output, step.ended_at = "success", done.output, now
+                step.message = f"carried over from run {rerun_of}"
         # Open before the first await: a second firing racing this one must see it.
         self._open[run.run_id] = run
         try:
@@ -450,7 +457,7 @@ class RunTracker:
         if run.data_order is None:
             self._dispatch_all(run, steps)
         else:
-            self._dispatch_all(run, [steps[i] for i in run.data_order.first()])
+            self._dispatch_all(run, [steps[i] for i in run.data_order.first() if steps[i].waiting])
             self._advance(run, [s.index for s in steps if not s.open])
         self._after_change(run, [s.index for s in steps])
         try:
@@ -791,6 +798,16 @@ class RunTracker:
         if not chosen:
             raise Conflict(f"nothing to re-run: every step of run {original.run_id} succeeded")
         # The same tick again: modules see the execution_time of the run they repeat.
+        same_steps = [m["module_hash"] for m in workflow.execute_modules] == [s.module_hash for s in original.steps]
+        if workflow.order == "data" and steps == "failed" and same_steps:
+            # The whole chain again, its succeeded steps carried over as done: the
+            # failed steps and everything behind them run, fed the outputs they need.
+            full = dataclasses.replace(
+                workflow, execute_modules=[{"module_hash": s.module_hash, "args": s.args} for s in original.steps]
+            )
+            carried = {s.index: s for s in original.steps if s.status == "success"}
+            return await self.start_run(full, "rerun", original.nominal_time, rerun_of=original.run_id,
+                                        carried=carried)
         subset = dataclasses.replace(
             workflow, execute_modules=[{"module_hash": s.module_hash, "args": s.args} for s in chosen]
         )

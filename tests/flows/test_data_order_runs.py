@@ -306,3 +306,35 @@ async def test_hostile_outputs_get_an_error_frame_and_change_nothing(server: Run
     assert [(s["status"], s["output"]) for s in run["steps"]] == [("sent", None), ("pending", None)]
     assert await result_with_output(fetch, command, "ok") == "receive result"
     assert (await features.recv_execute())["meta"]["inputs"] == {"prices": "ok"}
+
+
+async def test_rerun_of_failed_steps_reruns_the_chain_behind_them_with_carried_outputs(
+    server: RunningServer,
+) -> None:
+    fetch, features, model = await chain(server)
+    wid = await create_workflow(server, workflow_body(modules=[fetch.hash, features.hash, model.hash], order="data"))
+    first = await execute(server, wid)
+    assert await result_with_output(fetch, await fetch.recv_execute(), "prices-v1") == "receive result"
+    assert await features.result(await features.recv_execute(), "failure", error="flaky") == "receive result"
+    assert (await wait_run(server, first))["status"] == "partial"
+
+    status, env = await server.api(f"/runs/{first}/rerun", "POST", json_body={"steps": "failed"})
+    assert status == 200, env
+    rerun = env["result"]
+    # The producer that succeeded is carried over, not sent again; the failed step gets
+    # its output in meta.inputs, and the step behind it runs once it succeeds.
+    second = await features.recv_execute()
+    assert second["meta"]["run_id"] == rerun["run_id"]
+    assert second["meta"]["inputs"] == {"prices": "prices-v1"}
+    await fetch.no_message(QUIET)
+    assert await result_with_output(features, second, "features-v2") == "receive result"
+    third = await model.recv_execute()
+    assert third["meta"]["inputs"] == {"features": "features-v2"}
+    assert await model.result(third) == "receive result"
+    assert (await wait_run(server, rerun["run_id"]))["status"] == "success"
+    run = await get_run(server, rerun["run_id"])
+    assert [(s["module_name"], s["status"], s["attempts"]) for s in run["steps"]] == [
+        ("fetch", "success", 0), ("features", "success", 1), ("model", "success", 1),
+    ]
+    assert run["steps"][0]["message"] == f"carried over from run {first}"
+    assert run["rerun_of"] == first

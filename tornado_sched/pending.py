@@ -1,6 +1,8 @@
 """Rows for one SQL table that must not be lost while SQL is down.
 
-`PendingSqlRows.add(row)` inserts the row now if it can; if the store refuses, the row
+`PendingSqlRows.add(row)` inserts the row now if it can (rows added while an insert is
+in flight go together in the next one: one transaction for a burst, not one per row);
+if the store refuses, the row
 is kept in memory (bounded, counted) and a background task retries the backlog, in
 order, until the store answers again. A row the store rejects for itself (bad data,
 not a dead connection) is quarantined with a logged reason, so one poisoned row never
@@ -59,6 +61,9 @@ class PendingSqlRows:
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Rows waiting for the insert now being prepared, with their callers' futures.
+        self._batch: list[tuple[dict[str, Any], asyncio.Future[bool]]] = []
+        self._inserting: asyncio.Task[None] | None = None
         self.write_failures = 0
         self.dropped = 0
         self.quarantined = 0
@@ -77,6 +82,9 @@ class PendingSqlRows:
 
     async def close(self, limit_seconds: float = 2.0) -> None:
         """Stop retrying; one last bounded attempt to write what is kept."""
+        if self._inserting is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._inserting), limit_seconds)
         if self._task is not None:
             self._task.cancel()
             try:
@@ -99,20 +107,57 @@ class PendingSqlRows:
             self._keep(row)
             self._wake.set()
             return False
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._batch.append((row, future))
+        if self._inserting is None:
+            self._inserting = asyncio.ensure_future(self._insert_batches())
+        return await future  # a cancelled caller cancels only its own future
+
+    async def _insert_batches(self) -> None:
+        """Insert the rows added so far in one transaction, then the next batch."""
         try:
-            async with asyncio.timeout(self.write_timeout):
-                async with self._sql.engine.begin() as conn:
-                    await conn.execute(insert(self._table), [row])
+            while self._batch:
+                await asyncio.sleep(0)  # let the rest of a burst join this batch
+                batch, self._batch = self._batch, []
+                rows = [row for row, _ in batch]
+                try:
+                    await self._insert(rows)
+                except Exception as exc:
+                    self.write_failures += 1
+                    if _store_down(exc):
+                        log.error("%s write failed (kept, %d waiting; will retry): %s",
+                                  self.name, len(self._rows) + len(rows), type(exc).__name__)
+                        for row in rows:
+                            self._keep(row)
+                        stored = [False] * len(rows)
+                    else:
+                        stored = [await self._insert_alone(row) for row in rows]
+                else:
+                    stored = [True] * len(rows)
+                for (_, future), ok in zip(batch, stored, strict=True):
+                    if not future.done():
+                        future.set_result(ok)
+                if self._rows:  # after the callers hear of it: the retry is the next step
+                    self._wake.set()
+        finally:
+            self._inserting = None
+
+    async def _insert(self, rows: list[dict[str, Any]]) -> None:
+        async with asyncio.timeout(self.write_timeout):
+            async with self._sql.engine.begin() as conn:
+                await conn.execute(insert(self._table), rows)
+
+    async def _insert_alone(self, row: dict[str, Any]) -> bool:
+        """After a batch was refused for its content: this row by itself."""
+        try:
+            await self._insert([row])
             return True
         except Exception as exc:
             self.write_failures += 1
-            if not _store_down(exc):
+            if _store_down(exc):
+                self._keep(row)
+            else:
                 self._quarantine(row, exc)
-                return False
-            log.error("%s write failed (kept, %d waiting; will retry): %s",
-                      self.name, len(self._rows) + 1, type(exc).__name__)
-            self._keep(row)
-            self._wake.set()
             return False
 
     def _keep(self, row: dict[str, Any]) -> None:

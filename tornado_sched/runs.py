@@ -309,7 +309,15 @@ class RunTracker:
             owner = run.instance
             return not owner or owner == self._instance or not self.is_live(owner)
 
-        stale = [run for run in await self._history.open_runs() if orphaned(run)]
+        stale = []
+        for run in await self._history.open_runs():
+            if not orphaned(run):
+                continue
+            if run.instance and run.instance != self._instance and not await self._history.take_over(
+                run.run_id, run.instance, self._instance, f"instance {run.instance} was lost"
+            ):
+                continue  # another instance starting at the same moment closes it (once)
+            stale.append(run)
         now = utcnow()
         for run in stale:
             lost = bool(run.instance) and run.instance != self._instance

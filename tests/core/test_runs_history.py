@@ -365,3 +365,30 @@ async def test_schema_adds_the_output_column_to_an_older_run_steps_table(sql_url
         assert (row.status, row.output) == ("success", None)
     finally:
         await sql.close()
+
+
+async def test_instances_starting_together_close_a_lost_instances_run_once(core: Core) -> None:
+    """Two trackers (two instances of a cluster) start at the same moment over the
+    same history; a run left open by a third, dead instance is closed by exactly one
+    of them, so its failure is reported once."""
+    lost = _stored_run(7, utcnow(), "running")
+    lost.instance = "dead-instance"
+    for step in lost.steps:
+        step.status = "sent"
+    await _bulk(core.sql, [lost])
+    finished: list[str] = []
+    trackers = []
+    for name in ("a", "b"):
+        events = EventBus()
+        events.subscribe(lambda kind, data: finished.append(data["run"].run_id) if kind == "run.finished" else None)
+        trackers.append(RunTracker(core.history, core.registry, core.workflows, core.hub, events, instance=name))
+    try:
+        counts = await asyncio.gather(*(t.start() for t in trackers))
+        assert sorted(counts) == [0, 1]
+        assert finished == [lost.run_id]
+        stored = await core.history.get(lost.run_id)
+        assert stored is not None and stored.status == "interrupted"
+        assert stored.reason == "instance dead-instance was lost while the run was open"
+    finally:
+        for tracker in trackers:
+            await tracker.close()

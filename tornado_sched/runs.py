@@ -698,20 +698,17 @@ class RunTracker:
     def _after_change(self, run: Run, step_indexes: list[int]) -> None:
         """Mark the changed steps (and the run row) for the next group commit and
         close the run if every step is done."""
+        status = overall_status(run.steps)
+        if status != "running" and run.open:
+            self._close_as(run, status, step_indexes)
+        else:
+            self._mark(run, step_indexes)
+            self._events.publish("run.updated", {"run": run})
+
+    def _mark(self, run: Run, step_indexes: list[int]) -> None:
         for index in step_indexes:
             self._writer.mark((run.run_id, index))
         self._writer.mark((run.run_id, RUN_ROW))
-        status = overall_status(run.steps)
-        if status != "running" and run.open:
-            run.status, run.ended_at = status, utcnow()
-            self._open.pop(run.run_id, None)
-            self._closing[run.run_id] = run
-            timer = self._timers.pop(run.run_id, None)
-            if timer is not None:
-                timer.cancel()
-            self._events.publish("run.finished", {"run": run})
-        else:
-            self._events.publish("run.updated", {"run": run})
 
     def _on_quarantine(self, keys: set[tuple[str, int]], reason: str) -> None:
         """The store refuses this run's state: stop carrying it (it is not retried);
@@ -776,11 +773,9 @@ class RunTracker:
         return run
 
     def _close_as(self, run: Run, status: str, step_indexes: list[int]) -> None:
-        """Close an open run with a status of the operator's choosing (not the one its
-        steps add up to), mark it for the next group commit and say so."""
-        for index in step_indexes:
-            self._writer.mark((run.run_id, index))
-        self._writer.mark((run.run_id, RUN_ROW))
+        """Close an open run with `status` (its steps' sum, or the operator's choice
+        on cancel), mark it for the next group commit and say so."""
+        self._mark(run, step_indexes)
         run.status, run.ended_at = status, utcnow()
         self._open.pop(run.run_id, None)
         self._closing[run.run_id] = run

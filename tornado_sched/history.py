@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, or_, select, true, update
+from sqlalchemy import bindparam, delete, func, insert, or_, select, true, union_all, update
 
 from .clock import as_utc, naive_utc, utcnow
 from .errors import Invalid
 from .runs import FAILED_RUN_STATUSES, RUN_STATUSES, Run, Step
 from .stores import DocumentStore, SqlStore
+from .strips import StripRun
 from .tables import run_steps, runs
 
 log = logging.getLogger(__name__)
@@ -398,6 +399,32 @@ class RunHistory:
             found, has_more, encode_cursor(last.started_at, last.id) if last is not None else None,
             total=min(counted, TOTAL_CAP), total_exact=counted <= TOTAL_CAP,
         )
+
+    async def recent_by_workflow(self, workflow_ids: list[int], per_workflow: int) -> list[StripRun]:
+        """The last `per_workflow` runs of each workflow, newest first per workflow,
+        in ONE statement: a UNION ALL of one `LIMIT` per workflow, each a short walk
+        down ix_runs_workflow_started (no count, no window over the whole history)."""
+        ids = list(dict.fromkeys(workflow_ids))
+        if not ids or per_workflow <= 0:
+            return []
+        columns = (runs.c.run_id, runs.c.workflow_id, runs.c.status, runs.c.started_at, runs.c.ended_at)
+        parts = [
+            # Each part a subquery: SQLite rejects ORDER BY/LIMIT on a bare UNION member.
+            select(*select(*columns).where(runs.c.workflow_id == wid)
+                   .order_by(runs.c.started_at.desc(), runs.c.id.desc()).limit(per_workflow)
+                   .subquery().c)
+            for wid in ids
+        ]
+        query = parts[0] if len(parts) == 1 else union_all(*parts)
+        async with self._engine.connect() as conn:
+            rows = list(await conn.execute(query))
+        found = [
+            StripRun(r.run_id, r.workflow_id, r.status, as_utc(r.started_at) or utcnow(), as_utc(r.ended_at))
+            for r in rows
+        ]
+        # A UNION keeps no order: newest first within each workflow, as documented.
+        found.sort(key=lambda r: r.started_at, reverse=True)
+        return found
 
     async def last_started(self, workflow_id: int) -> datetime | None:
         query = select(func.max(runs.c.started_at)).where(runs.c.workflow_id == workflow_id)

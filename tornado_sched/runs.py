@@ -32,6 +32,7 @@ from .hub import ConnectionHub, ModuleSession
 from .protocol import LogMessage, ProgressMessage, ResultMessage, cancel_frame, execute_frame
 from .registry import ModuleRegistry
 from .stores import is_store_outage
+from .strips import STRIP_RUNS, RunStrip, build_strips
 from .workflows import Workflow, WorkflowStore
 
 if TYPE_CHECKING:
@@ -875,6 +876,17 @@ class RunTracker:
 
     async def last_started(self, workflow_id: int) -> datetime | None:
         return await self._history.last_started(workflow_id)
+
+    async def strips(self, workflow_ids: list[int], per_workflow: int = STRIP_RUNS) -> dict[int, RunStrip]:
+        """Each workflow's last runs (oldest first) for the run strips: one query."""
+        found = await self._history.recent_by_workflow(workflow_ids, per_workflow)
+        # Open runs: the in-memory status is newer than the last flush.
+        live = [
+            dataclasses.replace(r, status=open_run.status, ended_at=open_run.ended_at)
+            if (open_run := self._open.get(r.run_id) or self._closing.get(r.run_id)) else r
+            for r in found
+        ]
+        return build_strips(workflow_ids, live)
 
     async def delete_older_than(self, cutoff: datetime) -> int:
         return await self._history.delete_older_than(cutoff)

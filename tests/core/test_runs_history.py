@@ -394,3 +394,30 @@ async def test_instances_starting_together_close_a_lost_instances_run_once(core:
     finally:
         for tracker in trackers:
             await tracker.close()
+
+
+async def test_recent_runs_per_workflow_in_one_bounded_query(core: Core) -> None:
+    """The run strips' read: the last N runs of each listed workflow, one statement,
+    each workflow limited on its own (a busy workflow does not crowd out a quiet one)."""
+    from tornado_sched.strips import build_strips
+
+    now = utcnow().replace(microsecond=0)
+    busy = [_stored_run(1, now - timedelta(minutes=i), "success" if i % 4 else "failure") for i in range(30)]
+    quiet = [_stored_run(2, now - timedelta(days=3, minutes=i), "partial") for i in range(3)]
+    other = [_stored_run(3, now - timedelta(minutes=i), "success") for i in range(5)]
+    await _bulk(core.sql, [*busy, *quiet, *other])
+    core.watch()
+    found = await core.history.recent_by_workflow([1, 2, 99], 20)
+    assert len(core.statements) == 1 and core.statements[0][0].startswith("SELECT"), core.statements
+    by_workflow = {wid: [r for r in found if r.workflow_id == wid] for wid in (1, 2, 3)}
+    assert [r.run_id for r in by_workflow[1]] == [r.run_id for r in busy[:20]]
+    assert [r.run_id for r in by_workflow[2]] == [r.run_id for r in quiet]
+    assert by_workflow[3] == []
+    assert by_workflow[1][0].duration_seconds == 1.0
+
+    strips = build_strips([1, 2, 99], found)
+    assert [r.run_id for r in strips[1].runs] == [r.run_id for r in reversed(busy[:20])]  # newest right
+    assert strips[1].success_rate == 15 / 20  # i = 0, 4, 8, 12, 16 failed
+    assert strips[2].success_rate == 0.0 and strips[99].runs == [] and strips[99].success_rate is None
+    assert len(strips[1].sparkline_points().split()) == 20 and strips[99].sparkline_points() == ""
+    assert await core.history.recent_by_workflow([], 20) == []

@@ -19,6 +19,7 @@ from tornado_sched.errors import Invalid
 from tornado_sched.failing import FailingWorkflow
 from tornado_sched.hub import ModuleSession
 from tornado_sched.runs import Run, Step
+from tornado_sched.strips import SPARK_HEIGHT, SPARK_WIDTH, RunStrip
 from tornado_sched.text import has_control_chars
 from tornado_sched.workflows import Workflow
 
@@ -411,4 +412,36 @@ def status_tone(status: str | None) -> str:
     return STEP_TONES.get(key, STATUS.get(key, ("", "muted"))[1])
 
 
-UI_MODULES = {"Status": Status, "Time": Time}
+class RunStripView(tornado.web.UIModule):
+    """A workflow's last runs as coloured squares (newest right, each a link to its
+    run, titled with status and start time), its success rate and an inline-SVG
+    duration sparkline: `{% module RunStrip(strip, name) %}`. No script needed."""
+
+    def render(self, strip: RunStrip, name: str) -> str:
+        zone = ZoneInfo(self.handler.ctx.settings.time_zone)
+        locale = self.locale
+        runs = []
+        for run in strip.runs:
+            _key, label, tone = status_view(locale, run.status)
+            title = f"{label} · {format_time(run.started_at, zone)}"
+            if run.duration_seconds is not None:
+                title += f" · {duration_text(locale, run.duration_seconds)}"
+            runs.append({"run_id": run.run_id, "tone": tone, "title": title})
+        rate = strip.success_rate
+        durations = strip.durations
+        return self.render_string(
+            "modules/run_strip.html",
+            runs=runs,
+            label=locale.translate("Last %(count)d runs of %(name)s, oldest first") % {"count": len(runs), "name": name},
+            rate=("—" if rate is None else locale.translate("%(rate)d%% succeeded") % {"rate": round(rate * 100)}),
+            points=strip.sparkline_points(),
+            width=SPARK_WIDTH,
+            height=SPARK_HEIGHT,
+            spark_label=locale.translate("Durations: shortest %(low)s, longest %(high)s") % {
+                "low": duration_text(locale, min(durations)) if durations else "",
+                "high": duration_text(locale, max(durations)) if durations else "",
+            },
+        )
+
+
+UI_MODULES = {"Status": Status, "Time": Time, "RunStrip": RunStripView}

@@ -33,6 +33,7 @@ class WorkflowsPage(PageHandler):
 
     async def get(self) -> None:
         workflows = await self.ctx.workflows.list()
+        strips = await self.ctx.runs.strips([w.workflow_id for w in workflows])
         now = utcnow()
         items = [
             {
@@ -41,6 +42,7 @@ class WorkflowsPage(PageHandler):
                 "upcoming": w.upcoming(now) if w.enable else [],  # a disabled workflow never fires
                 "last_run": w.last_run or {},
                 "next_run": self.ctx.scheduler.next_run_time(w.workflow_id),
+                "strip": strips[w.workflow_id],
             }
             for w in workflows
         ]

@@ -47,3 +47,6 @@ async def test_workflows_page_shows_run_strip_rate_and_sparkline(server: Running
     idle_card = page[page.index(f'id="workflow-{idle}"'):]
     idle_card = idle_card[:idle_card.index("</article>")]
     assert "strip-run" not in idle_card and "sparkline" not in idle_card and "No runs yet." in idle_card
+
+    zh = text(await server.fetch("/workflows", headers={"Cookie": "lang=zh_CN"}))
+    assert "成功率 75%" in zh and "最近运行" in zh and "wf-strip 的最近 4 次运行，从旧到新" in zh

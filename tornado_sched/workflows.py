@@ -506,6 +506,23 @@ class WorkflowStore:
             self._events.publish(WORKFLOW_DELETED, {"workflow_id": current.workflow_id})
         return current
 
+    async def clone(self, workflow_id: int) -> Workflow:
+        """A copy of the workflow under a new unique name ("<name> (copy)", then
+        "(copy 2)"...), disabled so it does not start firing beside the original."""
+        current = await self.get(workflow_id)
+        body = {k: v for k, v in current.public().items() if k not in ("id", "workflow_id", "last_run",
+                                                                       "created_at", "updated_at")}
+        body["enable"] = False
+        base = f"{current.name[:88]} (copy"  # the name stays within its 100 characters
+        for n in range(1, 1000):
+            name = f"{base})" if n == 1 else f"{base} {n})"
+            if not await self._col.find_one({"name": name}, {"_id": 1}):
+                break
+        else:
+            raise Conflict(f"name: too many copies of {current.name!r}", field="name")
+        body["name"] = name
+        return await self.create(body)
+
     async def get(self, workflow_id: int) -> Workflow:
         doc = await self._col.find_one({"workflow_id": int(workflow_id)})
         if doc is None:

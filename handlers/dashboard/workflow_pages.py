@@ -50,22 +50,37 @@ class WorkflowsPage(PageHandler):
 
 
 class WorkflowActionPage(PageHandler):
-    """`POST /workflows/<id>/enable|disable|run`, then back to the list (or the run).
-    `GET /workflows/<id>/run` is the confirmation step before a run (no script needed)."""
+    """`POST /workflows/<id>/enable|disable|run|delete|clone`, then back to the list
+    (or the run, or the copy's edit form). `GET /workflows/<id>/run|delete|clone` is
+    the confirmation step before them (no script needed)."""
 
     nav = "workflows"
 
     async def get(self, workflow_id: str, action: str) -> None:
-        if action != "run":
+        if action not in ("run", "delete", "clone"):
             raise tornado.web.HTTPError(405)
         workflow = await self.ctx.workflows.get(int(workflow_id))
-        self.render("run_confirm.html", workflow=workflow)
+        if action == "run":
+            self.render("run_confirm.html", workflow=workflow)
+        else:
+            self.render("workflow_confirm.html", workflow=workflow, action=action)
 
     async def post(self, workflow_id: str, action: str) -> None:
         if action == "run":
             workflow, run_id = await self.ctx.scheduler.run_now(int(workflow_id))
             await self.audit("run", f"workflow:{workflow.workflow_id}", {"run_id": run_id})
             self.redirect(f"/history/{run_id}", status=303)
+            return
+        if action == "delete":
+            deleted = await self.ctx.workflows.delete(int(workflow_id))
+            await self.audit("delete", f"workflow:{deleted.workflow_id}", {"name": deleted.name})
+            self.redirect("/workflows", status=303)
+            return
+        if action == "clone":
+            copy = await self.ctx.workflows.clone(int(workflow_id))
+            await self.audit("create", f"workflow:{copy.workflow_id}",
+                             {"name": copy.name, "clone_of": int(workflow_id)})
+            self.redirect(f"/workflows/{copy.workflow_id}/edit", status=303)
             return
         workflow = await self.ctx.workflows.set_enabled(int(workflow_id), action == "enable")
         await self.audit(action, f"workflow:{workflow.workflow_id}")
@@ -211,5 +226,5 @@ default_handlers: list[tuple[str, type[tornado.web.RequestHandler]]] = [
     (r"/workflows/new", WorkflowNewPage),
     (r"/workflows/preview", WorkflowPreviewPage),
     (r"/workflows/(\d{1,18})/edit", WorkflowEditPage),
-    (r"/workflows/(\d{1,18})/(enable|disable|run)", WorkflowActionPage),
+    (r"/workflows/(\d{1,18})/(enable|disable|run|delete|clone)", WorkflowActionPage),
 ]

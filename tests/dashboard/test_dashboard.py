@@ -416,7 +416,8 @@ async def test_layout_at_desktop_and_phone_and_failing_now_live(server: RunningS
     run_id = await _fail_once(server, module, wid, long_error)
     await _answer_execute_after(server, module, wid)  # a success: the workflow is fine again
     pages = ["/", "/modules", "/modules?state=offline&sort=state", f"/modules/{module_id}", "/workflows",
-             "/workflows/new", f"/workflows/{wid}/edit", f"/workflows/{wid}/run", "/scheduler", "/history",
+             "/workflows/new", f"/workflows/{wid}/edit", f"/workflows/{wid}/run",
+             f"/workflows/{wid}/delete", f"/workflows/{wid}/clone", "/scheduler", "/history",
              "/history?status=failed", f"/history/{run_id}", "/outbox"]
 
     problems: list[str] = []

@@ -1,0 +1,78 @@
+"""Workflow delete and clone from the dashboard: each through a confirmation page
+and an XSRF form posted with the session cookie (no JavaScript), audited; a viewer
+is refused and nothing changes. Real server, real stores."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlencode
+
+from tests.conftest import RunningServer
+from tests.dashboard.test_dashboard import no_follow, session_cookie
+from tests.flows.support import create_workflow, register, workflow_body
+
+VIEWER = ("viewer-wf", "viewer-wf-pass-1")
+
+
+async def _confirm(server: RunningServer, path: str, cookie: str) -> tuple[str, str]:
+    """GET the confirmation page with the cookie; return (its text, the cookies to post with its token)."""
+    page = await server.fetch(path, auth=None, headers={"Cookie": cookie})
+    assert page.code == 200, page.body[:300]
+    token = re.search(rb'name="_xsrf" value="([^"]+)"', page.body).group(1).decode()
+    xsrf = [c.split(";", 1)[0] for c in page.headers.get_list("Set-Cookie") if c.startswith("_xsrf=")]
+    return page.body.decode(), token + "\n" + "; ".join([cookie, *xsrf])
+
+
+async def _post(server: RunningServer, path: str, token_and_cookies: str, *, with_token: bool = True) -> object:
+    token, cookies = token_and_cookies.split("\n", 1)
+    body = urlencode({"_xsrf": token}) if with_token else ""
+    return await no_follow(server, path, "POST", auth=False, body=body, headers={"Cookie": cookies})
+
+
+async def test_clone_then_delete_through_their_confirmation_pages(server: RunningServer) -> None:
+    module_hash = await register(server, "m-clone")
+    wid = await create_workflow(server, workflow_body(name="wf-orig", modules=[module_hash], enable=True))
+    cookie = await session_cookie(server)
+    edit = (await server.fetch(f"/workflows/{wid}/edit")).body.decode()
+    assert f'href="/workflows/{wid}/clone"' in edit and f'href="/workflows/{wid}/delete"' in edit
+
+    page, post = await _confirm(server, f"/workflows/{wid}/clone", cookie)
+    assert "Clone wf-orig?" in page and f'action="/workflows/{wid}/clone"' in page
+    assert (await _post(server, f"/workflows/{wid}/clone", post, with_token=False)).code == 403
+    assert len((await server.api("/workflow/list"))[1]["result"]) == 1  # refused: no copy
+    done = await _post(server, f"/workflows/{wid}/clone", post)
+    assert done.code == 303
+    copy_id = int(re.fullmatch(r"/workflows/(\d+)/edit", done.headers["Location"]).group(1))
+    status, env = await server.api(f"/workflow/{copy_id}")
+    assert status == 200
+    copy, orig = env["result"], (await server.api(f"/workflow/{wid}"))[1]["result"]
+    assert copy["name"] == "wf-orig (copy)" and copy["enable"] is False and orig["enable"] is True
+    for field in ("execute_cron_list", "execute_modules", "timezone", "overlap", "retries", "order"):
+        assert copy[field] == orig[field], field
+    again = await _post(server, f"/workflows/{wid}/clone", post)
+    second = int(again.headers["Location"].split("/")[2])
+    assert (await server.api(f"/workflow/{second}"))[1]["result"]["name"] == "wf-orig (copy 2)"
+
+    page, post = await _confirm(server, f"/workflows/{wid}/delete", cookie)
+    assert "Delete wf-orig?" in page and f'action="/workflows/{wid}/delete"' in page
+    assert (await server.api(f"/workflow/{wid}"))[0] == 200  # the GET deleted nothing
+    done = await _post(server, f"/workflows/{wid}/delete", post)
+    assert done.code == 303 and done.headers["Location"] == "/workflows"
+    assert (await server.api(f"/workflow/{wid}"))[0] == 404
+    assert (await server.api(f"/workflow/{copy_id}"))[0] == 200
+    gone = await _post(server, f"/workflows/{wid}/delete", post)
+    assert gone.code == 404 and gone.headers["Content-Type"].startswith("text/html")
+
+    seen = {(r["action"], r["target"]) for r in (await server.api("/audit"))[1]["result"]["entries"]}
+    assert ("delete", f"workflow:{wid}") in seen and ("create", f"workflow:{copy_id}") in seen
+
+
+async def test_a_viewer_may_not_delete_or_clone(server: RunningServer) -> None:
+    await server.ctx.accounts.create(*VIEWER, "viewer")
+    module_hash = await register(server, "m-viewer")
+    wid = await create_workflow(server, workflow_body(name="wf-kept", modules=[module_hash]))
+    for action in ("delete", "clone"):
+        response = await server.fetch(f"/workflows/{wid}/{action}", "POST", body=b"", auth=VIEWER)
+        assert response.code == 403, (action, response.code)
+    status, env = await server.api("/workflow/list")
+    assert [w["name"] for w in env["result"]] == ["wf-kept"]

@@ -32,7 +32,7 @@ from . import (
 )
 from .auth import wrong_host
 from .base import AUTH_KINDS, NotFoundHandler
-from .dashboard import live, pages, workflow_pages
+from .dashboard import admin_pages, live, pages, workflow_pages
 
 
 def _asset_root() -> Path:
@@ -47,7 +47,7 @@ def _asset_root() -> Path:
 ROOT = _asset_root()
 access_log = logging.getLogger("tornado.access")
 
-HANDLER_MODULES = [health, metrics, docs, modules, websocket, workflows, runs, scheduler, notifications, admin, sessions, pages, workflow_pages, live]
+HANDLER_MODULES = [health, metrics, docs, modules, websocket, workflows, runs, scheduler, notifications, admin, sessions, pages, workflow_pages, admin_pages, live]
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:

@@ -39,11 +39,19 @@ class AuditLog:
             "remote_ip": (remote_ip or "")[:64],
         })
 
-    async def list(self, page: int = 1, page_size: int = 50) -> tuple[list[dict[str, Any]], int]:
+    async def list(self, page: int = 1, page_size: int = 50, *, actor: str | None = None,
+                   action: str | None = None) -> tuple[list[dict[str, Any]], int]:
+        """A page of rows, newest first; `actor` and `action` match exactly when given."""
+        where = []
+        if actor:
+            where.append(audit_log.c.actor == actor)
+        if action:
+            where.append(audit_log.c.action == action)
         async with self._sql.engine.connect() as conn:
-            total = (await conn.execute(select(func.count()).select_from(audit_log))).scalar_one()
+            total = (await conn.execute(select(func.count()).select_from(audit_log).where(*where))).scalar_one()
             rows = (await conn.execute(
-                select(audit_log).order_by(audit_log.c.id.desc()).offset((page - 1) * page_size).limit(page_size)
+                select(audit_log).where(*where).order_by(audit_log.c.id.desc())
+                .offset((page - 1) * page_size).limit(page_size)
             )).all()
         return [
             {

@@ -31,6 +31,7 @@ from tornado_sched.notify import STATUSES as OUTBOX_STATUSES
 
 from ..base import BaseHandler
 from .views import (
+    ADMIN_NAV,
     LANG_COOKIE,
     LANGUAGES,
     LIVE_RECENT_RUNS,
@@ -78,7 +79,7 @@ class PageHandler(BaseHandler):
         namespace = super().get_template_namespace()
         namespace.update(
             nav=self.nav,
-            nav_items=NAV,
+            nav_items=NAV + ADMIN_NAV if getattr(self.current_user, "is_admin", False) else NAV,
             live=self.live,
             languages=LANGUAGES,
             zone_name=self.ctx.settings.time_zone,

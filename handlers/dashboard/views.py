@@ -36,6 +36,10 @@ NAV = (
     ("/history", "Runs", "runs"),
     ("/outbox", "Notifications", "notifications"),
 )
+# Shown after NAV to admins only (the pages refuse everyone else anyway).
+ADMIN_NAV = (
+    ("/admin/audit", "Audit log", "audit"),
+)
 
 # status -> (English label, tone); the tone picks the badge colour in app.css.
 STATUS = {

@@ -418,7 +418,8 @@ async def test_layout_at_desktop_and_phone_and_failing_now_live(server: RunningS
     pages = ["/", "/modules", "/modules?state=offline&sort=state", f"/modules/{module_id}", "/workflows",
              "/workflows/new", f"/workflows/{wid}/edit", f"/workflows/{wid}/run",
              f"/workflows/{wid}/delete", f"/workflows/{wid}/clone", "/scheduler", "/history",
-             "/history?status=failed", f"/history/{run_id}", "/outbox"]
+             "/history?status=failed", f"/history/{run_id}", "/outbox",
+             "/admin/audit"]
 
     problems: list[str] = []
     async with async_playwright() as pw:

@@ -76,3 +76,24 @@ async def test_a_viewer_may_not_delete_or_clone(server: RunningServer) -> None:
         assert response.code == 403, (action, response.code)
     status, env = await server.api("/workflow/list")
     assert [w["name"] for w in env["result"]] == ["wf-kept"]
+
+
+async def test_audit_page_lists_newest_first_filters_and_is_admin_only(server: RunningServer) -> None:
+    await server.ctx.accounts.create(*VIEWER, "viewer")
+    module_hash = await register(server, "m-audit")
+    first = await create_workflow(server, workflow_body(name="wf-audit-1", modules=[module_hash]))
+    second = await create_workflow(server, workflow_body(name="wf-audit-<b>", modules=[module_hash]))
+    status, _ = await server.api(f"/workflow/{first}/disable", "POST")
+    assert status == 200
+    page = (await server.fetch("/admin/audit")).body.decode()
+    targets = re.findall(r"<td>(workflow:\d+)</td>", page)
+    assert targets[:3] == [f"workflow:{first}", f"workflow:{second}", f"workflow:{first}"]  # newest first
+    assert "wf-audit-&lt;b&gt;" in page and "wf-audit-<b>" not in page
+    assert 'href="/admin/audit"' in page  # the admin sees the nav entry
+    filtered = (await server.fetch("/admin/audit?action=disable&actor=admin")).body.decode()
+    assert re.findall(r"<td>(workflow:\d+)</td>", filtered) == [f"workflow:{first}"]
+    none = (await server.fetch("/admin/audit?actor=nobody")).body.decode()
+    assert "No entries match these filters." in none and "<td>workflow:" not in none
+    refused = await server.fetch("/admin/audit", auth=VIEWER)
+    assert refused.code == 403 and refused.headers["Content-Type"].startswith("text/html")
+    assert 'href="/admin/audit"' not in (await server.fetch("/", auth=VIEWER)).body.decode()

@@ -39,6 +39,7 @@ NAV = (
 # Shown after NAV to admins only (the pages refuse everyone else anyway).
 ADMIN_NAV = (
     ("/admin/audit", "Audit log", "audit"),
+    ("/admin/tokens", "API tokens", "tokens"),
 )
 
 # status -> (English label, tone); the tone picks the badge colour in app.css.

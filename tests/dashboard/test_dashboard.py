@@ -419,7 +419,7 @@ async def test_layout_at_desktop_and_phone_and_failing_now_live(server: RunningS
              "/workflows/new", f"/workflows/{wid}/edit", f"/workflows/{wid}/run",
              f"/workflows/{wid}/delete", f"/workflows/{wid}/clone", "/scheduler", "/history",
              "/history?status=failed", f"/history/{run_id}", "/outbox",
-             "/admin/audit"]
+             "/admin/audit", "/admin/tokens"]
 
     problems: list[str] = []
     async with async_playwright() as pw:

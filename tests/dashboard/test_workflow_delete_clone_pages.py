@@ -4,6 +4,7 @@ is refused and nothing changes. Real server, real stores."""
 
 from __future__ import annotations
 
+import json
 import re
 from urllib.parse import urlencode
 
@@ -97,3 +98,39 @@ async def test_audit_page_lists_newest_first_filters_and_is_admin_only(server: R
     refused = await server.fetch("/admin/audit", auth=VIEWER)
     assert refused.code == 403 and refused.headers["Content-Type"].startswith("text/html")
     assert 'href="/admin/audit"' not in (await server.fetch("/", auth=VIEWER)).body.decode()
+
+
+async def test_token_created_shown_once_then_revoked_through_confirmation(server: RunningServer) -> None:
+    await server.ctx.accounts.create(*VIEWER, "viewer")
+    cookie = await session_cookie(server)
+    page, post = await _confirm(server, "/admin/tokens", cookie)
+    assert "No tokens yet." in page
+    token, cookies = post.split("\n", 1)
+    created = await no_follow(server, "/admin/tokens", "POST", auth=False,
+                              body=urlencode({"_xsrf": token, "name": "ci <script>"}), headers={"Cookie": cookies})
+    assert created.code == 200 and created.headers["Cache-Control"] == "no-store"
+    body = created.body.decode()
+    secret = re.search(r'<code class="token-once">([^<]+)</code>', body).group(1)
+    assert "ci &lt;script&gt;" in body and "ci <script>" not in body
+    status, env = await server.api("/module/list", auth=None, headers={"Authorization": f"Bearer {secret}"})
+    assert status == 200, env  # the shown token works
+    listing = (await server.fetch("/admin/tokens")).body.decode()
+    assert secret not in listing and secret[:10] + "…" in listing  # shown once, then only its prefix
+    token_id = int(re.search(r'data-token="(\d+)"', listing).group(1))
+    assert f'href="/admin/tokens/{token_id}/revoke"' in listing
+
+    page, post = await _confirm(server, f"/admin/tokens/{token_id}/revoke", cookie)
+    assert "Revoke token ci &lt;script&gt;?" in page
+    assert (await server.api("/module/list", auth=None, headers={"Authorization": f"Bearer {secret}"}))[0] == 200
+    done = await _post(server, f"/admin/tokens/{token_id}/revoke", post)
+    assert done.code == 303 and done.headers["Location"] == "/admin/tokens"
+    assert (await server.api("/module/list", auth=None, headers={"Authorization": f"Bearer {secret}"}))[0] == 401
+    again = await _post(server, f"/admin/tokens/{token_id}/revoke", post)
+    assert again.code == 409 and again.headers["Content-Type"].startswith("text/html")
+    assert "Revoked" in (await server.fetch("/admin/tokens")).body.decode()
+    entries = (await server.api("/audit"))[1]["result"]["entries"]
+    assert [e["action"] for e in entries if e["target"] == f"token:{token_id}"] == ["revoke", "create"]
+    assert secret not in json.dumps(entries)
+    for path, method in (("/admin/tokens", "GET"), ("/admin/tokens", "POST"), (f"/admin/tokens/{token_id}/revoke", "GET")):
+        refused = await server.fetch(path, method, body=b"" if method == "POST" else None, auth=VIEWER)
+        assert refused.code == 403, (path, method)

@@ -53,7 +53,8 @@ API_PATHS = {
     _sample_path(pattern) for pattern, handler in collect_routes() if issubclass(handler, ApiHandler)
 }
 ADMIN_ONLY = {"/tokens", "/tokens/1", "/audit", "/sessions", "/sessions/1", "/admin/sessions",
-              "/admin/sessions/1/end", "/module/abc/rotate"}
+              "/admin/sessions/1/end", "/module/abc/rotate", "/admin/audit", "/admin/tokens",
+              "/admin/tokens/1/revoke"}
 # Registering hands out a module's hash (its WebSocket credential): a write even by GET.
 WRITES_BY_GET = {"/module/register"}
 

@@ -245,30 +245,14 @@ _STEP_STATE = ("status", "attempts", "sent_at", "ended_at", "message", "error", 
 _UPDATE_STEP = (
     update(run_steps)
     .where(run_steps.c.run_id == bindparam("k_run"), run_steps.c.step_index == bindparam("k_index"))
-    .values(
-        status=bindparam("status"),
-        attempts=bindparam("attempts"),
-        sent_at=bindparam("sent_at"),
-        ended_at=bindparam("ended_at"),
-        message=bindparam("message"),
-        error=bindparam("error"),
-        output=bindparam("output"),
-        progress_percent=bindparam("progress_percent"),
-        progress_message=bindparam("progress_message"),
-        log_tail=bindparam("log_tail"),
-    )
+    .values(**{name: bindparam(name) for name in _STEP_STATE})
 )
+# What a run's state write stores.
+_RUN_STATE = ("status", "failed", "ended_at", "reason", "steps_ok", "steps_failed")
 _UPDATE_RUN = (
     update(runs)
     .where(runs.c.run_id == bindparam("k_run"))
-    .values(
-        status=bindparam("status"),
-        failed=bindparam("failed"),
-        ended_at=bindparam("ended_at"),
-        reason=bindparam("reason"),
-        steps_ok=bindparam("steps_ok"),
-        steps_failed=bindparam("steps_failed"),
-    )
+    .values(**{name: bindparam(name) for name in _RUN_STATE})
 )
 
 

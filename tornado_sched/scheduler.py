@@ -18,6 +18,7 @@ from typing import Any
 from apscheduler.schedulers.tornado import TornadoScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from pymongo.errors import DuplicateKeyError
 from sqlalchemy import delete, insert
 from sqlalchemy.exc import IntegrityError
 
@@ -296,9 +297,12 @@ class WorkflowScheduler:
         state = self._docs["scheduler_state"]
         now = utcnow()
         if await state.find_one({"_id": "alive"}) is None:
-            await state.insert_one({"_id": "alive", "at": now})
-        else:
-            await state.update_one({"_id": "alive"}, {"$set": {"at": now}})
+            try:
+                await state.insert_one({"_id": "alive", "at": now})
+                return
+            except DuplicateKeyError:
+                pass  # another instance of the cluster started at the same moment
+        await state.update_one({"_id": "alive"}, {"$set": {"at": now}})
 
     async def _handle_misfires(self, down_since: datetime, now: datetime) -> None:
         for workflow in await self._workflows.list(enabled_only=True):

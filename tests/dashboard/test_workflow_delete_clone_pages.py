@@ -134,3 +134,18 @@ async def test_token_created_shown_once_then_revoked_through_confirmation(server
     for path, method in (("/admin/tokens", "GET"), ("/admin/tokens", "POST"), (f"/admin/tokens/{token_id}/revoke", "GET")):
         refused = await server.fetch(path, method, body=b"" if method == "POST" else None, auth=VIEWER)
         assert refused.code == 403, (path, method)
+
+
+async def test_audit_page_pages_through_older_entries_keeping_the_filter(server: RunningServer) -> None:
+    module_hash = await register(server, "m-audit-pages")
+    wid = await create_workflow(server, workflow_body(name="wf-audit-pages", modules=[module_hash]))
+    for _ in range(26):  # 26 disables + the create: two pages of 25 when filtered by action
+        assert (await server.api(f"/workflow/{wid}/disable", "POST"))[0] == 200
+    first = (await server.fetch("/admin/audit?action=disable")).body.decode()
+    assert len(re.findall(r"<td>workflow:\d+</td>", first)) == 25
+    assert "Page 1 of 2" in first and 'rel="prev"' not in first
+    older = re.search(r'href="([^"]+)" rel="next"', first).group(1).replace("&amp;", "&")
+    assert "action=disable" in older and "page=2" in older
+    second = (await server.fetch(older)).body.decode()
+    assert len(re.findall(r"<td>workflow:\d+</td>", second)) == 1
+    assert "Page 2 of 2" in second and 'rel="prev"' in second and 'rel="next"' not in second

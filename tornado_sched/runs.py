@@ -125,6 +125,9 @@ class Step:
             message=doc.get("message"),
             error=doc.get("error"),
             output=doc.get("output"),
+            progress_percent=(doc.get("progress") or {}).get("percent"),
+            progress_message=(doc.get("progress") or {}).get("message"),
+            log=deque((str(line) for line in doc.get("log") or []), maxlen=LOG_TAIL_LINES),
         )
 
 
@@ -228,6 +231,7 @@ class Run:
             retry_delay_seconds=int(doc.get("retry_delay_seconds") or 0),
             reason=doc.get("reason"),
             instance=str(doc.get("instance") or ""),
+            rerun_of=doc.get("rerun_of"),
         )
 
     def summary(self) -> dict[str, Any]:
@@ -277,6 +281,12 @@ class RunTracker:
         self.is_live: Callable[[str], bool] = lambda _name: False
         self.forward_result: Callable[[ModuleSession, ResultMessage], Awaitable[bool]] | None = None
         self.on_adopt: Callable[[Run], None] = lambda _run: None
+        # Run control of a run another live instance holds: a progress or log frame is
+        # handed on (True once accepted for its owner), the owner's live state read
+        # (None when it cannot say), a cancel asked of the owner (its answer returned).
+        self.forward_report: Callable[[str, ProgressMessage | LogMessage], bool] | None = None
+        self.read_remote: Callable[[Run], Awaitable[Run | None]] | None = None
+        self.forward_cancel: Callable[[Run, str], Awaitable[Run]] | None = None
         self._registry = registry
         self._workflows = workflows
         self._hub = hub
@@ -353,15 +363,22 @@ class RunTracker:
         for run in await self._history.open_runs():
             if run.instance != name or run.run_id in self._open:
                 continue
-            reason = f"taken over by {self._instance} after instance {name} was lost"
-            if not await self._history.take_over(run.run_id, name, self._instance, reason):
-                continue  # another live instance took it
-            run.instance, run.reason = self._instance, reason
-            self._adopt(run)
-            count += 1
+            if await self._take_over(run):
+                count += 1
         if count:
             log.warning("took over %d open run(s) of lost instance %r", count, name)
         return count
+
+    async def _take_over(self, run: Run) -> bool:
+        """Own `run` (open, held by a lost instance) if this instance wins the
+        conditional update of its owner; False when another live instance did."""
+        lost = run.instance
+        reason = f"taken over by {self._instance} after instance {lost} was lost"
+        if not await self._history.take_over(run.run_id, lost, self._instance, reason):
+            return False
+        run.instance, run.reason = self._instance, reason
+        self._adopt(run)
+        return True
 
     def _adopt(self, run: Run) -> None:
         # A step never sent (attempts 0) only exists in a data-ordered run, whose
@@ -742,17 +759,35 @@ class RunTracker:
                 log.warning("run %s: last-run summary not written: %s", run.run_id[:8], type(exc).__name__)
 
     # -- run control: cancel, re-run ----------------------------------------------------
-    async def cancel(self, run_id: str, actor: str = "") -> Run:
+    async def cancel(self, run_id: str, actor: str = "", *, forwarded: bool = False) -> Run:
         """End an open run now: each step still running gets a `cancel` frame on its
-        module's socket, every open step ends `cancelled`, the run ends `cancelled`.
-        Returns once that is durable. NotFound for an unknown run, Conflict for one
-        already closed."""
+        module's socket (wherever the module is connected), every open step ends
+        `cancelled`, the run ends `cancelled`. Returns once that is durable. NotFound
+        for an unknown run, Conflict for one already closed. Cluster mode: a run
+        another live instance holds is cancelled there (`forward_cancel`, its answer
+        returned; Unavailable when it cannot be asked); one whose instance is lost is
+        taken over here first. `forwarded`: asked by another instance, which already
+        chose this one as the owner (never handed on again)."""
         run = self._open.get(run_id) if isinstance(run_id, str) else None
         if run is None:
-            closed = await self.get(run_id)  # Invalid / NotFound
-            if closed.open:  # cluster mode: open, but its state and timers live elsewhere
-                raise Conflict(f"run {closed.run_id} is held by instance {closed.instance or '?'}; cancel it there")
-            raise Conflict(f"run {closed.run_id} is already closed ({closed.status})")
+            stored = await self._stored(run_id)  # Invalid / NotFound
+            if not stored.open:
+                raise Conflict(f"run {stored.run_id} is already closed ({stored.status})")
+            # Open, but its state and timers live in another instance.
+            owner = stored.instance
+            if self.forward_cancel is None or forwarded or not owner or owner == self._instance:
+                raise Conflict(f"run {stored.run_id} is held by instance {owner or '?'}; cancel it there")
+            if not self.is_live(owner):
+                # Its instance is gone and nobody adopted the run yet: adopt it now
+                # (as instance_lost would), then cancel it here.
+                if await self._take_over(stored):
+                    return await self.cancel(run_id, actor, forwarded=True)
+                if run_id in self._open:  # taken over here meanwhile (instance_lost)
+                    return await self.cancel(run_id, actor, forwarded=True)
+                stored = await self._stored(run_id)  # another instance won: ask it
+                if not stored.open:
+                    raise Conflict(f"run {stored.run_id} is already closed ({stored.status})")
+            return await self.forward_cancel(stored, actor)
         now = utcnow()
         changed = []
         for step in run.steps:
@@ -792,7 +827,7 @@ class RunTracker:
         workflow is gone or nothing failed."""
         if steps not in RERUN_CHOICES:
             raise Invalid('steps: expected "failed" or "all"', field="steps")
-        original = await self.get(run_id)
+        original = await self._stored(run_id)
         if original.open:
             raise Conflict(f"run {original.run_id} is still running; cancel it first")
         workflow = await self._workflows.find(original.workflow_id)
@@ -818,13 +853,17 @@ class RunTracker:
         return await self.start_run(subset, "rerun", original.nominal_time, rerun_of=original.run_id)
 
     # -- progress and log frames -------------------------------------------------------
-    def report_step(self, module_hash: str, frame: ProgressMessage | LogMessage) -> None:
+    def report_step(self, module_hash: str, frame: ProgressMessage | LogMessage, *, forwarded: bool = False) -> None:
         """Keep a module's progress or log lines on its running step, in memory only:
         they are written with the step's next state write (its result, timeout or
         cancel), never per frame. ResultNotMatched when no step of this module is
-        running in that run."""
+        running in that run. Cluster mode: a frame for a run not open here goes to
+        its owner (`forward_report`), unless it was `forwarded` here already."""
         run = self._open.get(frame.run_id)
         if run is None:
+            # Cluster mode: most likely a run another instance owns; handed on to it.
+            if not forwarded and self.forward_report is not None and self.forward_report(module_hash, frame):
+                return
             raise ResultNotMatched(f"run {frame.run_id[:32]} is not running")
         step = next((s for s in run.steps if s.module_hash == module_hash and s.status == "sent"), None)
         if step is None:
@@ -839,9 +878,27 @@ class RunTracker:
 
     # -- queries ---------------------------------------------------------------------
     async def get(self, run_id: str) -> Run:
+        """The run as it is now: this instance's live state of a run it holds; in a
+        cluster, the owner's live state of an open run another instance holds
+        (progress and log lines are written only with state changes); else the
+        stored row."""
+        run = await self._stored(run_id)
+        if run.open and run.instance and run.instance != self._instance \
+                and self.read_remote is not None:
+            live = await self.read_remote(run)
+            if live is not None:
+                return live
+        return run
+
+    def held(self, run_id: str) -> Run | None:
+        """The run if this instance holds it open (or is still writing its end)."""
+        return self._open.get(run_id) or self._closing.get(run_id)
+
+    async def _stored(self, run_id: str) -> Run:
+        """This instance's live state of the run, else the stored row."""
         if not isinstance(run_id, str) or len(run_id) > 64:
             raise Invalid("run_id: expected a run id string", field="run_id")
-        live = self._open.get(run_id) or self._closing.get(run_id)
+        live = self.held(run_id)
         if live is not None:
             return live
         run = await self._history.get(run_id)

@@ -78,11 +78,25 @@ async def test_redis_down_then_back(tmp_path: Path, mariadb_admin_url: str, priv
         other = await start(module(cluster.urls("r2"), "other"))
         assert await cluster.wait_for(lambda: _holds(cluster, "r2", {"local": "r1"}), what="presence")
         workflow_id = await create_workflow(cluster, "r1", "local-only", [(local.module_hash, {})])
+        long_id = await create_workflow(cluster, "r1", "long", [(local.module_hash, {"sleep": 60})])
+        _c, data = await cluster.call("r1", "POST", f"/workflow/{long_id}/execute")
+        held_by_r1 = data["result"]["run_id"]
 
         private_redis.kill()
         status = await cluster.wait_for(lambda: _degraded(cluster, "r1"), what="r1 degraded", timeout=15)
         assert status["stores"]["redis"].startswith("unavailable"), status
         assert status["stores"]["mongodb"] == "ok" and status["stores"]["sql"] == "ok"
+        await cluster.wait_for(lambda: _degraded(cluster, "r2"), what="r2 degraded", timeout=15)
+
+        # A cancel asked of r2 cannot reach the run's owner: 503 with the envelope,
+        # saying why; nothing changed. r2 still shows the stored run.
+        code, data = await cluster.call("r2", "POST", f"/runs/{held_by_r1}/cancel", expect=None)
+        assert code == 503 and data["code"] == "5030", (code, data)
+        assert "held by instance r1" in data["message"] and "Redis is unavailable" in data["message"], data
+        assert (await run_status(cluster, "r2", held_by_r1))["status"] == "running"
+        # On its owner, it is cancelled as in one process.
+        _c, data = await cluster.call("r1", "POST", f"/runs/{held_by_r1}/cancel")
+        assert data["result"]["status"] == "cancelled", data
 
         # r1 keeps serving the module it holds: messages and runs.
         await cluster.call("r1", "POST", "/module/send_message", {"module_hash": local.module_hash, "message": "still here"})

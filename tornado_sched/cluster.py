@@ -251,6 +251,12 @@ class Cluster:
     def is_live(self, instance: str) -> bool:
         return instance in self.live
 
+    def is_gone(self, instance: str) -> bool:
+        """Whether `instance` is known to be dead: Redis answers, its liveness key is
+        gone, and this instance is not just back from an outage (when the others'
+        keys may not be rewritten yet). Not knowing is not gone."""
+        return self.connected and time.monotonic() >= self._quiet_until and instance not in self.live
+
     # -- presence --------------------------------------------------------------------
     def announce(self, module_hash: str, entry: dict[str, Any]) -> None:
         """This instance now holds `module_hash` (written by the next flush)."""
@@ -673,7 +679,7 @@ def wire(
                 (run.run_id, step.index),
                 {"run_id": run.run_id, "workflow_id": run.workflow_id, "index": step.index,
                  "hash": step.module_hash, "name": step.module_name},
-                list(data.get("lines") or []), step.progress or {"percent": None, "message": None},
+                list(data.get("lines") or []), step.progress,
             )
 
     def show_reports(message: dict[str, Any]) -> None:
@@ -769,6 +775,7 @@ def wire(
         run = await runs.cancel(str(message.get("run_id", "")), str(message.get("actor", "")), forwarded=True)
         return run.doc()
 
+    runs.is_gone = cluster.is_gone
     runs.read_remote = read_remote
     runs.forward_cancel = forward_cancel
     cluster.handle("run", held_run)

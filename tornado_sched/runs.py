@@ -284,6 +284,8 @@ class RunTracker:
         # Run control of a run another live instance holds: a progress or log frame is
         # handed on (True once accepted for its owner), the owner's live state read
         # (None when it cannot say), a cancel asked of the owner (its answer returned).
+        # Known dead (never merely unreachable): its open runs may be taken over.
+        self.is_gone: Callable[[str], bool] = lambda _name: False
         self.forward_report: Callable[[str, ProgressMessage | LogMessage], bool] | None = None
         self.read_remote: Callable[[Run], Awaitable[Run | None]] | None = None
         self.forward_cancel: Callable[[Run, str], Awaitable[Run]] | None = None
@@ -777,7 +779,7 @@ class RunTracker:
             owner = stored.instance
             if self.forward_cancel is None or forwarded or not owner or owner == self._instance:
                 raise Conflict(f"run {stored.run_id} is held by instance {owner or '?'}; cancel it there")
-            if not self.is_live(owner):
+            if self.is_gone(owner):
                 # Its instance is gone and nobody adopted the run yet: adopt it now
                 # (as instance_lost would), then cancel it here.
                 if await self._take_over(stored):

@@ -155,3 +155,30 @@ async def _finished(cluster: ClusterHarness, on: str, run_id: str) -> dict[str, 
 async def _true(value: bool) -> bool:
     return value
 
+
+
+@pytest.mark.timeout(120)
+async def test_cancel_after_the_owner_died(pair: ClusterHarness) -> None:
+    """kill -9 of the owner: until it is known dead the cancel is 503 (it may be
+    alive); then the survivor owns the run (takeover) and cancels it itself."""
+    worker = Worker(pair, "orphan-worker")
+    await start(worker.client)
+    workflow_id = await create_workflow(pair, OWNER, "orphaned", [(worker.client.module_hash, {"n": 3})])
+    _c, data = await pair.call(OWNER, "POST", f"/workflow/{workflow_id}/execute")
+    run_id = data["result"]["run_id"]
+    await pair.wait_for(lambda: reported(pair, OTHER, run_id, "working on 3"), what="the step running", timeout=15)
+    await pair[OWNER].kill()
+
+    codes: list[int] = []
+
+    async def cancelled() -> dict[str, Any] | None:
+        code, data = await pair.call(OTHER, "POST", f"/runs/{run_id}/cancel", expect=None)
+        codes.append(code)
+        assert code in (200, 503), (code, data)
+        return data["result"] if code == 200 else None
+
+    run = await pair.wait_for(cancelled, what="the cancel once the owner is known dead", timeout=30, interval=0.5)
+    assert run["status"] == "cancelled" and run["instance"] == OTHER, run
+    assert f"after instance {OWNER} was lost" not in (run["reason"] or "")  # the operator's reason wins
+    await pair.wait_for(lambda: _true(worker.cancelled == [run_id]), what="the module's cancel", timeout=10)
+    await worker.client.stop(grace=1)

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from tornado.httpclient import HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from tests.conftest import ADMIN, basic_auth
@@ -93,6 +93,10 @@ async def test_cancel_and_reports_through_the_other_instance(pair: ClusterHarnes
             step = await pair.wait_for(lambda n=name: reported(pair, n, run_id, "working on 1"),
                                        what=f"progress on {name}", timeout=15)
             assert step["status"] == "sent" and step["progress"]["message"] == "halfway", step
+        # So does the run page of the instance that does not own the run.
+        page = await AsyncHTTPClient().fetch(pair[OTHER].url + f"/history/{run_id}",
+                                             headers={"Authorization": basic_auth(*ADMIN)})
+        assert "halfway" in page.body.decode() and "working on 1" in page.body.decode()
         # c2's dashboard feed carries them: c2 only relayed the frames, the owner
         # recorded them and shared the step's progress with the other instances.
         report = await asyncio.wait_for(step_report(live, run_id), 10)

@@ -131,6 +131,8 @@ class Cluster:
         self.remote: dict[str, dict[str, Any]] = {}
         self.live: set[str] = {instance}
         self.connected = False
+        # The StepReports queues wire() makes, for /metrics (reports dropped at their bound).
+        self.report_queues: list[StepReports] = []
         self.last_error: str | None = None
         self._resync = asyncio.Event()
         self._quiet_until = 0.0
@@ -667,6 +669,7 @@ def wire(
     # Step progress of runs held here, for the others' dashboards: merged per step,
     # one broadcast per REPORT_SECONDS at most.
     progress_out = StepReports(lambda batch: cluster.broadcast({"op": "step_reports", "reports": batch}))
+    cluster.report_queues.append(progress_out)
 
     def share(kind: str, data: dict[str, Any]) -> None:
         run = data.get("run")
@@ -712,6 +715,7 @@ def wire(
             cluster.route(owner, {"op": "reports", "reports": reports})
 
     reports_in = StepReports(relay)
+    cluster.report_queues.append(reports_in)
 
     def forward_report(module_hash: str, frame: ProgressMessage | LogMessage) -> bool:
         if not cluster.connected:

@@ -73,6 +73,12 @@ class _StateCollector(Collector):
         opened.add_metric(["mongodb"], ctx.docs.connections_opened)
         opened.add_metric(["sql"], ctx.sql.connections_opened)
         yield opened
+        if ctx.cluster is not None:
+            yield CounterMetricFamily(
+                "tsched_cluster_step_reports_dropped",
+                "Progress/log reports not relayed to another instance: too many steps waiting (display only)",
+                value=sum(queue.dropped for queue in ctx.cluster.report_queues),
+            )
         yield GaugeMetricFamily("tsched_outbox_pending", "Notifications not sent yet (pending or retrying)",
                                 value=m.outbox_pending)
         yield GaugeMetricFamily("tsched_outbox_oldest_pending_age_seconds",

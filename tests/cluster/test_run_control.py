@@ -133,6 +133,10 @@ async def test_cancel_and_reports_through_the_other_instance(pair: ClusterHarnes
     done = await pair.wait_for(lambda: _finished(pair, OWNER, rerun["run_id"]), what="the re-run", timeout=15)
     assert done["status"] == "success" and done["rerun_of"] == run_id, done
     await worker.client.stop(grace=1)
+    # Nothing was dropped at the relay's bound, and /metrics says so.
+    metrics = await AsyncHTTPClient().fetch(pair[OTHER].url + "/metrics",
+                                            headers={"Authorization": basic_auth(*ADMIN)})
+    assert "tsched_cluster_step_reports_dropped_total 0.0" in metrics.body.decode()
 
 
 @pytest.mark.timeout(120)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tornado_sched.history import MODULE_STEP_STATUSES
 from tornado_sched.runs import RUN_STATUSES
 from tornado_sched.workflows import ORDER
 
@@ -239,6 +240,27 @@ def _schemas() -> dict[str, Any]:
                 "next_before": {"type": ["string", "null"], "description": "Cursor for the next (older) page"},
             },
         },
+        "ModuleStep": {
+            "type": "object",
+            "required": ["run_id", "workflow_id", "workflow_name", "run_status", "step_index", "status",
+                         "attempts", "sent_at", "ended_at", "message", "error"],
+            "properties": {
+                "run_id": {"type": "string"}, "workflow_id": {"type": "integer"},
+                "workflow_name": {"type": "string"}, "run_status": {"type": "string"},
+                "step_index": {"type": "integer"},
+                "status": {"enum": [s for s in MODULE_STEP_STATUSES if s != "failed"]},
+                "attempts": {"type": "integer"}, "sent_at": TIMESTAMP, "ended_at": MAYBE_TIMESTAMP,
+                "message": {"type": ["string", "null"]}, "error": {"type": ["string", "null"]},
+            },
+        },
+        "ModuleStepPage": {
+            "type": "object", "required": ["page_size", "steps", "has_more", "next_before"],
+            "properties": {
+                "page_size": {"type": "integer"}, "steps": {"type": "array", "items": _ref("ModuleStep")},
+                "has_more": {"type": "boolean"},
+                "next_before": {"type": ["string", "null"], "description": "Cursor for the next (older) page"},
+            },
+        },
         "Job": {
             "type": "object", "required": ["id", "name", "trigger", "next_run_time"],
             "properties": {"id": {"type": "string"}, "name": {"type": "string"},
@@ -369,6 +391,20 @@ def _paths() -> dict[str, Any]:
                             "properties": {"module_id": {"type": "integer"}, "name": {"type": "string"},
                                            "hash": {"type": "string"}}},
                         "400", "404", *auth, tag="modules"),
+        },
+        "/module/{module_hash}/runs": {
+            "x-tornado-route": r"/module/([^/]+)/runs", "parameters": [MODULE_HASH],
+            "get": _op("The steps this module was sent, newest first (sent time), with their run and "
+                       "workflow; steps never sent are not listed", _ref("ModuleStepPage"), "400", "404",
+                       *auth, tag="modules", params=[
+                           {"name": "page_size", "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 20}},
+                           {"name": "before", "in": "query", "schema": {"type": "string", "maxLength": 160},
+                            "description": "Opaque cursor: the `next_before` of the previous page (400 if not one)"},
+                           {"name": "status", "in": "query", "schema": {"enum": list(MODULE_STEP_STATUSES)},
+                            "description": "A step status, or `failed` (any status but pending, sent, success, "
+                                           "skipped)"},
+                       ]),
         },
         "/sessions": {"x-tornado-route": r"/sessions", "get": _op(
             "Live browser sessions, newest first. " + ADMIN_NOTE, {"type": "array", "items": _ref("Session")},

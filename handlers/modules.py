@@ -137,11 +137,31 @@ class ModuleRotateHandler(ApiHandler):
         self.write_envelope({"module_id": record.module_id, "name": record.name, "hash": record.hash})
 
 
+class ModuleRunsHandler(ApiHandler):
+    """`GET /module/<hash>/runs?status=&before=&page_size=`: the steps the module was
+    sent, newest first, each with its run and workflow; keyset pages (`next_before`)."""
+
+    auth = "operator"
+
+    async def get(self, module_hash: str) -> None:
+        size = self.int_query("page_size", 20)
+        if not 1 <= size <= 200:
+            raise Invalid("page_size must be 1-200", field="page_size")
+        found = await self.ctx.runs.module_history(
+            module_hash,
+            status=self.get_query_argument("status", "") or None,
+            before=self.get_query_argument("before", "") or None,
+            page_size=size,
+        )
+        self.write_envelope(found.public(size))
+
+
 default_handlers = [
     (r"/module/register", RegisterHandler),
     (r"/module/online", OnlineHandler),
     (r"/module/send_message", SendMessageHandler),
     (r"/module/list", ModuleListHandler),
     (r"/module/([^/]+)/rotate", ModuleRotateHandler),
+    (r"/module/([^/]+)/runs", ModuleRunsHandler),
     (r"/module/([^/]+)", ModuleDetailHandler),
 ]

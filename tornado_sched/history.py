@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, or_, select, true, union_all, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, true, union_all, update
 
 from .clock import as_utc, naive_utc, utcnow
 from .errors import Invalid
@@ -42,6 +42,15 @@ MIGRATION_BATCH = 500
 FAILED_GROUP = "failed"
 # What a history list's `status` may be: one run status or the failed group.
 HISTORY_STATUSES = (*RUN_STATUSES, FAILED_GROUP)
+# The statuses a step takes (runs.py, dataorder.py) and, for a module's history,
+# the failed group: every status but these (as a run's steps_failed counts).
+STEP_STATUSES = ("pending", "sent", "success", "failure", "offline", "timeout", "cancelled",
+                 "interrupted", "upstream_failed", "skipped")
+STEP_NOT_FAILED = ("pending", "sent", "success", "skipped")
+MODULE_STEP_STATUSES = (*STEP_STATUSES, FAILED_GROUP)
+# A run-id search needs this many leading characters: run ids are random hex, so 4
+# of them narrow a million runs to ~15 on the unique index (a range, then a sort).
+RUN_ID_PREFIX_MIN = 4
 
 
 @dataclass(frozen=True)
@@ -52,10 +61,23 @@ class RunFilter:
     status: str | None = None  # a run status, or "failed" for the failed group
     since: datetime | None = None
     until: datetime | None = None
+    # A search: runs of any of these workflows, or (also) whose id starts with
+    # `run_id_prefix`. Each is its own index walk (see RunHistory.page).
+    workflow_ids: tuple[int, ...] | None = None
+    run_id_prefix: str | None = None
+    # False: newest first (the default); True: oldest first.
+    oldest_first: bool = False
 
     def __post_init__(self) -> None:
         if self.status is not None and self.status not in HISTORY_STATUSES:
             raise Invalid(f"status: must be one of {', '.join(HISTORY_STATUSES)}", field="status")
+        prefix = self.run_id_prefix
+        if prefix is not None and not (RUN_ID_PREFIX_MIN <= len(prefix) <= 32 and is_hex(prefix)):
+            raise Invalid(f"run id: {RUN_ID_PREFIX_MIN} to 32 hex characters", field="q")
+
+    @property
+    def searching(self) -> bool:
+        return self.workflow_ids is not None or self.run_id_prefix is not None
 
     def where(self) -> list[Any]:
         clauses: list[Any] = []
@@ -71,6 +93,19 @@ class RunFilter:
         if self.until is not None:
             clauses.append(runs.c.started_at < naive_utc(self.until))
         return clauses
+
+
+def is_hex(value: str) -> bool:
+    """Lower-case hexadecimal digits only (what run ids are made of)."""
+    return all(c in "0123456789abcdef" for c in value)
+
+
+def run_id_range(prefix: str) -> list[Any]:
+    """`run_id LIKE 'prefix%'` as a range on the unique index (SQLite's LIKE is
+    case-insensitive and never seeks an index; a range seeks on both stores)."""
+    # Hex digits only: the character after the last one is always a plain letter.
+    upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    return [runs.c.run_id >= prefix, runs.c.run_id < upper]
 
 
 def parse_time_bound(name: str, raw: str | None) -> datetime | None:
@@ -130,6 +165,81 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
     if moment.tzinfo is not None or not 0 < number < 2**63:
         raise bad
     return moment, number
+
+
+@dataclass(frozen=True)
+class ModuleStep:
+    """One step a module was sent, with the run it belongs to."""
+
+    run_id: str
+    workflow_id: int
+    workflow_name: str
+    run_status: str
+    step: Step
+
+    def public(self) -> dict[str, Any]:
+        step = self.step
+        return {
+            "run_id": self.run_id,
+            "workflow_id": self.workflow_id,
+            "workflow_name": self.workflow_name,
+            "run_status": self.run_status,
+            "step_index": step.index,
+            "status": step.status,
+            "attempts": step.attempts,
+            "sent_at": step.sent_at,
+            "ended_at": step.ended_at,
+            "message": step.message,
+            "error": step.error,
+        }
+
+
+@dataclass(frozen=True)
+class ModuleStepPage:
+    """One page of a module's history: the steps it was sent, newest first."""
+
+    steps: list[ModuleStep]
+    has_more: bool
+    next_before: str | None
+
+    def public(self, page_size: int) -> dict[str, Any]:
+        """The API's shape: the run lists' keyset fields, `steps` for `runs`."""
+        return {
+            "page_size": page_size,
+            "steps": [s.public() for s in self.steps],
+            "has_more": self.has_more,
+            "next_before": self.next_before,
+        }
+
+
+def encode_step_cursor(sent_at: datetime, run_id: str, step_index: int) -> str:
+    raw = f"{naive_utc(sent_at).isoformat()}|{run_id}|{step_index}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_step_cursor(cursor: str) -> tuple[datetime, str, int]:
+    """The (sent_at, run_id, step_index) key a module-history cursor stands for."""
+    bad = Invalid("before: not a module history cursor from this server", field="before")
+    if not isinstance(cursor, str) or not 1 <= len(cursor) <= 160:
+        raise bad
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        when, run_id, index = raw.split("|")
+        moment = datetime.fromisoformat(when)
+        number = int(index)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise bad from None
+    if moment.tzinfo is not None or not 0 <= number < 2**31 or not (1 <= len(run_id) <= 32 and is_hex(run_id)):
+        raise bad
+    return moment, run_id, number
+
+
+# What a module's history reads of a step (not its args, output or log).
+_MODULE_STEP_COLUMNS = (
+    run_steps.c.run_id, run_steps.c.step_index, run_steps.c.module_hash, run_steps.c.module_name,
+    run_steps.c.status, run_steps.c.attempts, run_steps.c.sent_at, run_steps.c.ended_at,
+    run_steps.c.message, run_steps.c.error,
+)
 
 
 def _step_row(run_id: str, step: Step) -> dict[str, Any]:
@@ -338,19 +448,39 @@ class RunHistory:
             return await self._runs(conn, rows)
 
     async def page(self, filters: RunFilter, before: str | None = None, limit: int = 20) -> RunPage:
-        """Newest first, `limit` runs older than the `before` cursor."""
+        """Newest (or, with `oldest_first`, oldest) first: `limit` runs past the
+        `before` cursor. A search is one bounded walk per matched workflow plus one
+        for the run-id range, in ONE statement, merged here."""
         clauses = filters.where()
         if before:
             moment, row_id = decode_cursor(before)
             # `started_at <= m` bounds the index range; the OR only breaks ties.
-            clauses.append(runs.c.started_at <= moment)
-            clauses.append(or_(runs.c.started_at < moment, runs.c.id < row_id))
-        query = (
-            select(runs).where(*clauses)
-            .order_by(runs.c.started_at.desc(), runs.c.id.desc()).limit(limit + 1)
-        )
+            if filters.oldest_first:
+                clauses.append(runs.c.started_at >= moment)
+                clauses.append(or_(runs.c.started_at > moment, runs.c.id > row_id))
+            else:
+                clauses.append(runs.c.started_at <= moment)
+                clauses.append(or_(runs.c.started_at < moment, runs.c.id < row_id))
+        if filters.oldest_first:
+            order = (runs.c.started_at.asc(), runs.c.id.asc())
+        else:
+            order = (runs.c.started_at.desc(), runs.c.id.desc())
+        if not filters.searching:
+            parts = [clauses]
+        else:
+            # One part per workflow: `workflow_id IN (...)` with ORDER BY ... LIMIT
+            # would sort every run of those workflows.
+            parts = [[*clauses, runs.c.workflow_id == wid] for wid in filters.workflow_ids or ()]
+            if filters.run_id_prefix:
+                parts.append([*clauses, *run_id_range(filters.run_id_prefix)])
+        if not parts:
+            return RunPage([], False, None)
+        queries = [select(runs).where(*where).order_by(*order).limit(limit + 1) for where in parts]
+        # Each part a subquery: SQLite rejects ORDER BY/LIMIT on a bare UNION member.
+        query = queries[0] if len(queries) == 1 else union_all(*(select(*q.subquery().c) for q in queries))
         async with self._engine.connect() as conn:
-            rows = list(await conn.execute(query))
+            rows = list({r.id: r for r in await conn.execute(query)}.values())
+            rows.sort(key=lambda r: (r.started_at, r.id), reverse=not filters.oldest_first)
             has_more = len(rows) > limit
             rows = rows[:limit]
             found = await self._runs(conn, rows)
@@ -383,6 +513,60 @@ class RunHistory:
             found, has_more, encode_cursor(last.started_at, last.id) if last is not None else None,
             total=min(counted, TOTAL_CAP), total_exact=counted <= TOTAL_CAP,
         )
+
+    async def module_steps(
+        self, module_hash: str, status: str | None = None, before: str | None = None, limit: int = 20,
+    ) -> ModuleStepPage:
+        """The steps a module was sent, newest first: a walk down
+        ix_run_steps_module_sent from the `before` cursor, then the page's runs by
+        key. `status`: a step status or "failed" (filtered on the walk)."""
+        if status is not None and status not in MODULE_STEP_STATUSES:
+            raise Invalid(f"status: must be one of {', '.join(MODULE_STEP_STATUSES)}", field="status")
+        c = run_steps.c
+        clauses: list[Any] = [c.module_hash == module_hash, c.sent_at.is_not(None)]
+        if status == FAILED_GROUP:
+            clauses.append(c.status.not_in(STEP_NOT_FAILED))
+        elif status is not None:
+            clauses.append(c.status == status)
+        if before:
+            moment, run_id, index = decode_step_cursor(before)
+            # `sent_at <= m` bounds the index range; the OR only breaks ties.
+            clauses.append(c.sent_at <= moment)
+            clauses.append(or_(c.sent_at < moment, c.run_id < run_id,
+                               and_(c.run_id == run_id, c.step_index < index)))
+        query = (
+            select(*_MODULE_STEP_COLUMNS).where(*clauses)
+            .order_by(c.sent_at.desc(), c.run_id.desc(), c.step_index.desc()).limit(limit + 1)
+        )
+        async with self._engine.connect() as conn:
+            rows = list(await conn.execute(query))
+            has_more = len(rows) > limit
+            rows = rows[:limit]
+            ids = list({r.run_id for r in rows})
+            owners = {
+                r.run_id: r for r in await conn.execute(
+                    select(runs.c.run_id, runs.c.workflow_id, runs.c.workflow_name, runs.c.status)
+                    .where(runs.c.run_id.in_(ids))
+                )
+            } if ids else {}
+        found = []
+        for row in rows:
+            owner = owners.get(row.run_id)
+            step = Step(
+                index=row.step_index, module_hash=row.module_hash, module_name=row.module_name, args={},
+                status=row.status, attempts=row.attempts, sent_at=as_utc(row.sent_at),
+                ended_at=as_utc(row.ended_at), message=row.message, error=row.error,
+            )
+            found.append(ModuleStep(
+                run_id=row.run_id,
+                workflow_id=owner.workflow_id if owner else 0,
+                workflow_name=owner.workflow_name if owner else "",
+                run_status=owner.status if owner else "",
+                step=step,
+            ))
+        last = rows[-1] if rows and has_more else None
+        cursor = encode_step_cursor(last.sent_at, last.run_id, last.step_index) if last is not None else None
+        return ModuleStepPage(found, has_more, cursor)
 
     async def recent_by_workflow(self, workflow_ids: list[int], per_workflow: int) -> list[StripRun]:
         """The last `per_workflow` runs of each workflow, newest first per workflow,

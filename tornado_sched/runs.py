@@ -36,7 +36,7 @@ from .strips import STRIP_RUNS, RunStrip, build_strips
 from .workflows import Workflow, WorkflowStore
 
 if TYPE_CHECKING:
-    from .history import RunFilter, RunHistory, RunPage
+    from .history import ModuleStepPage, RunFilter, RunHistory, RunPage
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,10 @@ RUN_ROW = -1
 LOG_TAIL_LINES = 200
 LOG_LINE_CHARS = 1000
 RERUN_CHOICES = ("failed", "all")
+# A run search by workflow name walks the history once per matched workflow; past
+# this many matches the operator is asked to type more of the name.
+SEARCH_MAX_WORKFLOWS = 50
+SEARCH_MAX_CHARS = 100
 
 
 class ResultNotMatched(Exception):
@@ -921,16 +925,54 @@ class RunTracker:
         return run, layout(await self._workflows.solve(workflow))
 
     async def list(
-        self, filters: RunFilter, *, before: str | None = None, page: int | None = None, page_size: int = 20
+        self, filters: RunFilter, *, before: str | None = None, page: int | None = None, page_size: int = 20,
+        search: str = "",
     ) -> RunPage:
-        """Newest first: after the `before` cursor, or by page number (bounded)."""
-        if before is not None or page is None:
+        """Newest first: after the `before` cursor, or by page number (bounded).
+        `search`: runs of the workflows whose name contains it (case-insensitive),
+        and runs whose id starts with it (4+ hex characters); always keyset pages."""
+        if search:
+            filters = await self._search_filter(filters, search)
+        if before is not None or page is None or filters.searching or filters.oldest_first:
             found = await self._history.page(filters, before, page_size)
         else:
             found = await self._history.page_by_number(filters, page, page_size)
         # Open runs: the in-memory state is newer than the last flush.
         live = [self._open.get(r.run_id) or self._closing.get(r.run_id) or r for r in found.runs]
         found.runs[:] = live
+        return found
+
+    async def _search_filter(self, filters: RunFilter, search: str) -> RunFilter:
+        # history.py imports this module; the reverse import waits until called.
+        from .history import RUN_ID_PREFIX_MIN, is_hex
+
+        text = search.strip()
+        if not text:
+            return filters
+        if len(text) > SEARCH_MAX_CHARS:
+            raise Invalid(f"q: at most {SEARCH_MAX_CHARS} characters", field="q")
+        fragment = text.casefold()
+        ids = [
+            w.workflow_id for w in await self._workflows.list()
+            if fragment in w.name.casefold() and filters.workflow_id in (None, w.workflow_id)
+        ]
+        if len(ids) > SEARCH_MAX_WORKFLOWS:
+            raise Invalid(f"q: {len(ids)} workflows match (at most {SEARCH_MAX_WORKFLOWS} are searched); "
+                          "type more of the name", field="q")
+        prefix = fragment if RUN_ID_PREFIX_MIN <= len(fragment) <= 32 and is_hex(fragment) else None
+        return dataclasses.replace(filters, workflow_ids=tuple(ids), run_id_prefix=prefix)
+
+    async def module_history(
+        self, module_hash: str, *, status: str | None = None, before: str | None = None, page_size: int = 20,
+    ) -> ModuleStepPage:
+        """The steps a registered module was sent, newest first (NotFound for an
+        unknown hash); steps of open runs as they are in memory now."""
+        await self._registry.get(module_hash)
+        found = await self._history.module_steps(module_hash, status, before, page_size)
+        for i, item in enumerate(found.steps):
+            run = self._open.get(item.run_id) or self._closing.get(item.run_id)
+            if run is not None and item.step.index < len(run.steps):
+                found.steps[i] = dataclasses.replace(item, step=run.steps[item.step.index], run_status=run.status)
         return found
 
     async def last_started(self, workflow_id: int) -> datetime | None:

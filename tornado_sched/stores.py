@@ -15,11 +15,11 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ConnectionFailure
 from pymongo.monitoring import ConnectionPoolListener
 from sqlalchemy import event, inspect, text
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from .errors import Unavailable
-from .tables import ADDED_COLUMNS, metadata
+from .tables import ADDED_COLUMNS, ADDED_INDEXES, metadata
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,10 @@ class SqlStore:
                         await conn.execute(text("PRAGMA journal_mode=WAL"))
                     await conn.run_sync(metadata.create_all)
                     await conn.run_sync(_add_missing_columns)
+                # A transaction of its own, so the columns above are committed
+                # whatever happens to an index build on a long history.
+                async with self.engine.begin() as conn:
+                    await conn.run_sync(_add_missing_indexes)
                 return
             except OperationalError:
                 # Instances of a cluster starting together race to create a table
@@ -145,6 +149,32 @@ def _add_missing_columns(conn: Any) -> None:
         kind = column.type.compile(dialect=conn.dialect)
         conn.execute(text(f"ALTER TABLE {table_name} ADD COLUMN {column_name} {kind} NULL"))
         log.warning("schema: added column %s.%s", table_name, column_name)
+
+
+def _add_missing_indexes(conn: Any) -> None:
+    """CREATE INDEX for each of tables.ADDED_INDEXES an older schema lacks. Instances
+    of a cluster start together: an index another instance created meanwhile is
+    found on a second look and is not an error."""
+    for table_name, index_name in ADDED_INDEXES:
+        if index_name in _index_names(conn, table_name):
+            continue
+        index = next(i for i in metadata.tables[table_name].indexes if i.name == index_name)
+        # On a long history this reads the whole table once; say so before it starts.
+        log.warning("schema: creating index %s on %s (once; may take a while on a large history)",
+                    index_name, table_name)
+        try:
+            index.create(conn)
+        except (OperationalError, ProgrammingError):
+            if index_name not in _index_names(conn, table_name):
+                raise
+            log.info("schema: index %s was created meanwhile by another instance", index_name)
+            continue
+        log.warning("schema: added index %s on %s", index_name, table_name)
+
+
+def _index_names(conn: Any, table_name: str) -> set[str]:
+    # A fresh inspector each time: an Inspector caches what it read.
+    return {i["name"] for i in inspect(conn).get_indexes(table_name)}
 
 
 async def check_ready(docs: DocumentStore, sql: SqlStore, limit_seconds: float = 3.0) -> dict[str, str]:

@@ -38,6 +38,11 @@ ADDED_COLUMNS: list[tuple[str, str]] = [
     ("run_steps", "progress_message"),
     ("run_steps", "log_tail"),
 ]
+# Indexes added after their table first shipped: create_all() does not add them to an
+# existing table either, so SqlStore.create_schema creates each one that is missing.
+ADDED_INDEXES: list[tuple[str, str]] = [
+    ("run_steps", "ix_run_steps_module_sent"),
+]
 # SQLite only auto-increments an INTEGER PRIMARY KEY (the rowid).
 RowId = BigInteger().with_variant(Integer, "sqlite")
 
@@ -215,5 +220,8 @@ run_steps = Table(
     Column("progress_percent", Float, nullable=True),
     Column("progress_message", Text, nullable=True),
     Column("log_tail", Text, nullable=True),  # JSON list of the last lines
+    # A module's history: its steps newest first, (sent_at, run_id, step_index) the
+    # page key. Steps never sent (NULL sent_at) are not part of it.
+    Index("ix_run_steps_module_sent", "module_hash", "sent_at", "run_id", "step_index"),
     mysql_charset="utf8mb4",
 )

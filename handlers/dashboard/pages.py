@@ -24,7 +24,12 @@ import tornado.locale
 import tornado.web
 
 from tornado_sched.errors import DomainError, Invalid
-from tornado_sched.history import HISTORY_STATUSES, RunFilter, parse_time_bound
+from tornado_sched.history import (
+    HISTORY_STATUSES,
+    MODULE_STEP_STATUSES,
+    RunFilter,
+    parse_time_bound,
+)
 from tornado_sched.logs import short_secret
 from tornado_sched.modules import MODULE_SORTS, MODULE_STATES
 from tornado_sched.notify import STATUSES as OUTBOX_STATUSES
@@ -170,14 +175,32 @@ class ModulesPage(PageHandler):
 
 
 class ModulePage(PageHandler):
-    """`/modules/<module_id>`: one module's data requirements and state."""
+    """`/modules/<module_id>`: one module's data requirements and state, and the steps
+    it was sent (newest first, keyset pages like /history, filtered by status)."""
 
     nav = "modules"
     live = True
 
     async def get(self, module_id: str) -> None:
+        status = self.get_query_argument("status", "")
+        before = self.get_query_argument("before", "") or None
+        if status and status not in MODULE_STEP_STATUSES:
+            raise Invalid(f"status: must be one of {', '.join(MODULE_STEP_STATUSES)}", field="status")
         view, users = await self.ctx.modules.get_by_id(int(module_id))
-        self.render("module.html", module=view, users=users)
+        found = await self.ctx.runs.module_history(
+            view.record.hash, status=status or None, before=before, page_size=PAGE_SIZE)
+        path = f"/modules/{view.record.module_id}"
+
+        def link(**extra: str) -> str:
+            query = urlencode({**({"status": status} if status else {}), **extra})
+            return f"{path}?{query}#history" if query else f"{path}#history"
+
+        self.render(
+            "module.html", module=view, users=users, steps=found.steps, statuses=MODULE_STEP_STATUSES,
+            selected_status=status, path=path,
+            newest_url=link() if before else None,
+            older_url=link(before=found.next_before) if found.has_more and found.next_before else None,
+        )
 
 
 class SchedulerPage(PageHandler):

@@ -222,9 +222,14 @@ class SchedulerPage(PageHandler):
         self.redirect("/scheduler?" + urlencode({"reloaded": result["current_count"]}), status=303)
 
 
+# The /history page's sort: newest or oldest first, both a walk of the same indexes.
+RUN_SORTS = ("newest", "oldest")
+
+
 class RunsPage(PageHandler):
-    """`/history`: runs, newest first, filtered by workflow and status. (`/runs` is the
-    JSON API's.)"""
+    """`/history`: runs, newest (or oldest) first, filtered by workflow, status and
+    days, searched by workflow name or run id prefix (`q`). (`/runs` is the JSON
+    API's.)"""
 
     nav = "runs"
     live = True
@@ -234,11 +239,15 @@ class RunsPage(PageHandler):
         status = self.get_query_argument("status", "")
         since_day = self.get_query_argument("since", "")
         until_day = self.get_query_argument("until", "")
+        search = self.get_query_argument("q", "").strip()
+        sort = self.get_query_argument("sort", "") or RUN_SORTS[0]
         before = self.get_query_argument("before", "") or None
         if raw_id and not re.fullmatch(r"[0-9]{1,18}", raw_id):
             raise Invalid("workflow_id: expected a workflow id", field="workflow_id")
         if status and status not in HISTORY_STATUSES:
             raise Invalid(f"status: must be one of {', '.join(HISTORY_STATUSES)}", field="status")
+        if sort not in RUN_SORTS:
+            raise Invalid(f"sort: must be one of {', '.join(RUN_SORTS)}", field="sort")
         for name, day in (("since", since_day), ("until", until_day)):
             if day and not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", day):
                 raise Invalid(f"{name}: expected a date (YYYY-MM-DD)", field=name)
@@ -248,24 +257,32 @@ class RunsPage(PageHandler):
             since=parse_time_bound("since", since_day),
             # `until` is a day: runs up to the end of it.
             until=parse_time_bound("until", until_day) + timedelta(days=1) if until_day else None,
+            oldest_first=sort == "oldest",
         )
         page = page_number(self.get_query_argument("page", "1"))
         found = await self.ctx.runs.list(
-            filters, before=before, page=None if before else page, page_size=PAGE_SIZE
+            filters, before=before, page=None if before else page, page_size=PAGE_SIZE, search=search,
         )
-        kept = {"workflow_id": raw_id, "status": status, "since": since_day, "until": until_day}
+        kept = {"q": search, "workflow_id": raw_id, "status": status, "since": since_day, "until": until_day}
 
         def link(**extra: str) -> str:
-            return "/history?" + urlencode({**{k: v for k, v in kept.items() if v}, **extra})
+            query = urlencode({**{k: v for k, v in kept.items() if v}, **extra})
+            return "/history?" + query if query else "/history"
 
+        first_page = before is None and page == 1
+        sorted_by = {} if sort == RUN_SORTS[0] else {"sort": sort}
         self.render(
             "runs.html",
             runs=found.runs,
             total=found.total,
             total_exact=found.total_exact,
-            first_page=before is None and page == 1,
-            newest_url=None if before is None and page == 1 else link(),
-            older_url=link(before=found.next_before) if found.has_more and found.next_before else None,
+            first_page=first_page,
+            newest_url=None if first_page else link(**sorted_by),
+            older_url=link(**sorted_by, before=found.next_before) if found.has_more and found.next_before else None,
+            # The other order, from its first page.
+            sort_url=link(**({} if sort == "oldest" else {"sort": "oldest"})),
+            sort=sort,
+            q=search,
             workflows=await self.ctx.workflows.list(),
             selected_workflow=raw_id,
             selected_status=status,

@@ -7,9 +7,17 @@ from __future__ import annotations
 import zoneinfo
 from functools import cache
 from typing import Any
+from urllib.parse import urlencode
 
 import tornado.web
 
+from tornado_sched.browse import (
+    WORKFLOW_SORTS,
+    WORKFLOW_STATES,
+    WorkflowRow,
+    browse_workflows,
+    check_browse,
+)
 from tornado_sched.clock import utcnow
 from tornado_sched.errors import Invalid, InvalidFields
 from tornado_sched.workflows import (
@@ -26,27 +34,55 @@ from .views import SHIFT_UNITS, field_errors, fire_time_views, shift_text
 
 
 class WorkflowsPage(PageHandler):
-    """`/workflows`: schedules, next fire times, last run; enable/disable/run now."""
+    """`/workflows`: schedules, next fire times, last run; enable/disable/run now.
+    `q` (name contains), `state` (enabled, paused, failing) and `sort` (id, name,
+    next fire, last run, success rate) narrow and order it, like /modules."""
 
     nav = "workflows"
     live = True
 
     async def get(self) -> None:
+        name = self.get_query_argument("q", "")
+        state = self.get_query_argument("state", "")
+        sort = self.get_query_argument("sort", "") or WORKFLOW_SORTS[0]
+        check_browse(name, state, sort)  # before any store is read
         workflows = await self.ctx.workflows.list()
         strips = await self.ctx.runs.strips([w.workflow_id for w in workflows])
+        failing = {f.workflow_id for f in self.ctx.failing.list()}
         now = utcnow()
-        items = [
-            {
-                "workflow": w,
-                "shift": shift_text(w),
-                "upcoming": w.upcoming(now) if w.enable else [],  # a disabled workflow never fires
-                "last_run": w.last_run or {},
-                "next_run": self.ctx.scheduler.next_run_time(w.workflow_id),
-                "strip": strips[w.workflow_id],
-            }
+        rows = [
+            WorkflowRow(
+                workflow=w,
+                next_fire=self.ctx.scheduler.next_run_time(w.workflow_id) if w.enable else None,
+                last_run_at=strips[w.workflow_id].runs[-1].started_at if strips[w.workflow_id].runs else None,
+                success_rate=strips[w.workflow_id].success_rate,
+                failing=w.workflow_id in failing,
+            )
             for w in workflows
         ]
-        self.render("workflows.html", items=items)
+        items = [
+            {
+                "workflow": row.workflow,
+                "shift": shift_text(row.workflow),
+                # a disabled workflow never fires
+                "upcoming": row.workflow.upcoming(now) if row.workflow.enable else [],
+                "last_run": row.workflow.last_run or {},
+                "next_run": row.next_fire,
+                "strip": strips[row.workflow.workflow_id],
+            }
+            for row in browse_workflows(rows, name, state, sort)
+        ]
+        kept = {"q": name.strip(), "state": state}
+
+        def sort_url(key: str) -> str:
+            query = urlencode({**{k: v for k, v in kept.items() if v}, **({"sort": key} if key != WORKFLOW_SORTS[0] else {})})
+            return "/workflows?" + query if query else "/workflows"
+
+        self.render(
+            "workflows.html", items=items, total=len(workflows), q=name, state=state, sort=sort,
+            states=WORKFLOW_STATES, sorts=WORKFLOW_SORTS, sort_url=sort_url,
+            filtered=bool(name.strip() or state),
+        )
 
 
 class WorkflowActionPage(PageHandler):

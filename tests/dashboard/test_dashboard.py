@@ -415,10 +415,11 @@ async def test_layout_at_desktop_and_phone_and_failing_now_live(server: RunningS
     long_error = "ConnectionError: " + "upstream-quote-service-unreachable-" * 6
     run_id = await _fail_once(server, module, wid, long_error)
     await _answer_execute_after(server, module, wid)  # a success: the workflow is fine again
-    pages = ["/", "/modules", "/modules?state=offline&sort=state", f"/modules/{module_id}", "/workflows",
+    pages = ["/", "/modules", "/modules?state=offline&sort=state", f"/modules/{module_id}",
+             f"/modules/{module_id}?status=failed", "/workflows", "/workflows?q=layout&state=enabled&sort=success_rate",
              "/workflows/new", f"/workflows/{wid}/edit", f"/workflows/{wid}/run",
              f"/workflows/{wid}/delete", f"/workflows/{wid}/clone", "/scheduler", "/history",
-             "/history?status=failed", f"/history/{run_id}", "/outbox",
+             "/history?status=failed", "/history?q=layout&sort=oldest", f"/history/{run_id}", "/outbox",
              "/admin/audit", "/admin/tokens"]
 
     problems: list[str] = []

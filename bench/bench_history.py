@@ -17,6 +17,15 @@ client side over one keep-alive connection, medians of --reps calls of
   GET /runs/<run_id>           (a run from the middle of the history)
   GET /history                 (dashboard page, Basic auth)
   GET /runs?before=<cursor>    (third keyset page)
+  GET /module/<hash>/runs      (a module's history, first page, 20; every run has a
+                                step of each module, so 1 step per run per module)
+  GET /module/<hash>/runs?status=failed   (the third module: ~14% of its steps)
+  GET /module/<hash>/runs?before=<cursor> (its third keyset page)
+  GET /modules/<id>            (dashboard page with the module's recent steps)
+  GET /history?q=bench-wf3     (search by name: one workflow matches)
+  GET /history?q=bench-wf      (search by name: all 15 workflows match)
+  GET /history?q=<6 hex>       (search by run id prefix)
+  GET /history?sort=oldest     (oldest first)
   execute -> success           (POST /workflow/<id>/execute until all 3 modules
                                 got `receive result`, which follows durability)
 
@@ -168,12 +177,13 @@ async def one_size(backend: str, size: int, args: argparse.Namespace) -> dict[st
     result: dict[str, Any] = {"backend": backend, "runs": size}
     modules = []
     try:
-        hashes = []
+        hashes, module_ids = [], []
         for i in range(3):
             status, env = await json_request(
                 conn, "GET", f"/module/register?name=bench-m{i}", headers={"X-Registration-Token": REG_TOKEN})
             assert status == 200, env
             hashes.append(env["result"]["hash"])
+            module_ids.append(env["result"]["module_id"])
         ids = []
         for i in range(15):
             status, env = await json_request(conn, "POST", "/workflow/create", {
@@ -196,6 +206,10 @@ async def one_size(backend: str, size: int, args: argparse.Namespace) -> dict[st
             status, env = await json_request(conn, "GET", path, headers=AUTH)
             assert status == 200, (path, status, env)
 
+        async def page(path: str) -> None:
+            status, _ = await conn.request("GET", path, b"", AUTH)
+            assert status == 200, (path, status)
+
         status, env = await json_request(conn, "GET", f"/workflow/{ids[3]}/runs?page_size=20", headers=AUTH)
         runs_page = env["result"]["runs"]
         middle = runs_page[len(runs_page) // 2]["run_id"] if runs_page else None
@@ -211,6 +225,24 @@ async def one_size(backend: str, size: int, args: argparse.Namespace) -> dict[st
             status, env = await json_request(conn, "GET", f"/runs?page_size=20&before={cursor}", headers=AUTH)
             cursor = env["result"]["next_before"] or cursor
             result["keyset_page3_ms"] = await timed(args.reps, lambda: get(f"/runs?page_size=20&before={cursor}"))
+
+        result["module_runs_ms"] = await timed(args.reps, lambda: get(f"/module/{hashes[1]}/runs"))
+        result["module_failed_ms"] = await timed(args.reps, lambda: get(f"/module/{hashes[2]}/runs?status=failed"))
+        status, env = await json_request(conn, "GET", f"/module/{hashes[1]}/runs", headers=AUTH)
+        step_cursor = env["result"]["next_before"]
+        if step_cursor:
+            status, env = await json_request(conn, "GET", f"/module/{hashes[1]}/runs?before={step_cursor}",
+                                             headers=AUTH)
+            step_cursor = env["result"]["next_before"] or step_cursor
+            result["module_page3_ms"] = await timed(
+                args.reps, lambda: get(f"/module/{hashes[1]}/runs?before={step_cursor}"))
+        result["module_page_ms"] = await timed(
+            args.reps, lambda: page(f"/modules/{module_ids[1]}"))
+        result["search_one_ms"] = await timed(args.reps, lambda: page("/history?q=bench-wf3"))
+        result["search_all_ms"] = await timed(args.reps, lambda: page("/history?q=bench-wf"))
+        if middle:
+            result["search_run_id_ms"] = await timed(args.reps, lambda: page(f"/history?q={middle[:6]}"))
+        result["oldest_first_ms"] = await timed(args.reps, lambda: page("/history?sort=oldest"))
 
         async def execute() -> None:
             status, env = await json_request(conn, "POST", f"/workflow/{exec_id}/execute", None, AUTH)
@@ -233,17 +265,27 @@ COLUMNS = [
     ("run_page_ms", "GET /runs/<id>"), ("history_page_ms", "/history"),
     ("keyset_page3_ms", "3rd keyset page"), ("execute_success_ms", "execute -> success (3 modules)"),
 ]
+# Issue 15: a module's history, and the /history search and sort (a second table).
+COLUMNS_15 = [
+    ("runs", "stored runs"), ("module_runs_ms", "GET /module/<hash>/runs"),
+    ("module_failed_ms", "... ?status=failed"), ("module_page3_ms", "... 3rd keyset page"),
+    ("module_page_ms", "/modules/<id>"), ("search_one_ms", "/history?q= (1 workflow)"),
+    ("search_all_ms", "/history?q= (15 workflows)"), ("search_run_id_ms", "/history?q=<run id prefix>"),
+    ("oldest_first_ms", "/history?sort=oldest"),
+]
 
 
-def table(results: list[dict[str, Any]]) -> str:
-    lines = ["| backend | " + " | ".join(label for _, label in COLUMNS) + " |",
-             "|---|" + "---|" * len(COLUMNS)]
+def table(results: list[dict[str, Any]], columns: list[tuple[str, str]] = COLUMNS) -> str:
+    lines = ["| backend | " + " | ".join(label for _, label in columns) + " |",
+             "|---|" + "---|" * len(columns)]
     for r in results:
         cells = []
-        for key, _ in COLUMNS:
+        for key, _ in columns:
             value = r.get(key)
             cells.append("-" if value is None else (f"{value:,}" if key == "runs" else f"{value:.1f}"))
         lines.append(f"| {r['backend']} | " + " | ".join(cells) + " |")
+    if columns is not COLUMNS:
+        return "\n".join(lines)
     base = {r["backend"]: r for r in results if r["runs"] == 0}
     for r in results:
         b = base.get(r["backend"])
@@ -265,6 +307,8 @@ async def amain(args: argparse.Namespace) -> int:
     print()
     print(f"medians of {args.reps} calls, ms; {os.cpu_count()} CPUs; loadavg {os.getloadavg()[0]:.1f}")
     print(table(results))
+    print()
+    print(table(results, COLUMNS_15))
     return 0
 
 

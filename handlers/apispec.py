@@ -402,8 +402,8 @@ def _paths() -> dict[str, Any]:
                            {"name": "before", "in": "query", "schema": {"type": "string", "maxLength": 160},
                             "description": "Opaque cursor: the `next_before` of the previous page (400 if not one)"},
                            {"name": "status", "in": "query", "schema": {"enum": list(MODULE_STEP_STATUSES)},
-                            "description": "A step status, or `failed` (any status but pending, sent, success, "
-                                           "skipped)"},
+                            "description": "A step status, or `failed` (failure, offline, timeout, cancelled, "
+                                           "interrupted, upstream_failed)"},
                        ]),
         },
         "/sessions": {"x-tornado-route": r"/sessions", "get": _op(

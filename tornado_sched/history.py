@@ -47,6 +47,7 @@ HISTORY_STATUSES = (*RUN_STATUSES, FAILED_GROUP)
 STEP_STATUSES = ("pending", "sent", "success", "failure", "offline", "timeout", "cancelled",
                  "interrupted", "upstream_failed", "skipped")
 STEP_NOT_FAILED = ("pending", "sent", "success", "skipped")
+STEP_FAILED_STATUSES = tuple(s for s in STEP_STATUSES if s not in STEP_NOT_FAILED)
 MODULE_STEP_STATUSES = (*STEP_STATUSES, FAILED_GROUP)
 # A run-id search needs this many leading characters: run ids are random hex, so 4
 # of them narrow a million runs to ~15 on the unique index (a range, then a sort).
@@ -475,12 +476,24 @@ class RunHistory:
                 parts.append([*clauses, *run_id_range(filters.run_id_prefix)])
         if not parts:
             return RunPage([], False, None)
-        queries = [select(runs).where(*where).order_by(*order).limit(limit + 1) for where in parts]
-        # Each part a subquery: SQLite rejects ORDER BY/LIMIT on a bare UNION member.
-        query = queries[0] if len(queries) == 1 else union_all(*(select(*q.subquery().c) for q in queries))
         async with self._engine.connect() as conn:
-            rows = list({r.id: r for r in await conn.execute(query)}.values())
-            rows.sort(key=lambda r: (r.started_at, r.id), reverse=not filters.oldest_first)
+            if len(parts) == 1:
+                rows = list(await conn.execute(
+                    select(runs).where(*parts[0]).order_by(*order).limit(limit + 1)))
+            else:
+                # Keys only from each part (the index holds them), merged here; then
+                # the page's rows by primary key.
+                keys = union_all(*(
+                    # Each part a subquery: SQLite rejects ORDER BY/LIMIT on a bare UNION member.
+                    select(*select(runs.c.id, runs.c.started_at).where(*where)
+                           .order_by(*order).limit(limit + 1).subquery().c)
+                    for where in parts
+                ))
+                top = sorted({(r.started_at, r.id) for r in await conn.execute(keys)},
+                             reverse=not filters.oldest_first)[:limit + 1]
+                by_id = {r.id: r for r in await conn.execute(
+                    select(runs).where(runs.c.id.in_([row_id for _, row_id in top])))} if top else {}
+                rows = [by_id[row_id] for _, row_id in top if row_id in by_id]
             has_more = len(rows) > limit
             rows = rows[:limit]
             found = await self._runs(conn, rows)
@@ -517,29 +530,31 @@ class RunHistory:
     async def module_steps(
         self, module_hash: str, status: str | None = None, before: str | None = None, limit: int = 20,
     ) -> ModuleStepPage:
-        """The steps a module was sent, newest first: a walk down
-        ix_run_steps_module_sent from the `before` cursor, then the page's runs by
-        key. `status`: a step status or "failed" (filtered on the walk)."""
+        """The steps a module was sent, newest first, from the `before` cursor: a walk
+        down ix_run_steps_module_sent; with `status` (a step status, or "failed": one
+        part per failed status, merged) a walk down ix_run_steps_module_status_sent
+        per status. Then the page's runs by key. Every part reads at most limit + 1."""
         if status is not None and status not in MODULE_STEP_STATUSES:
             raise Invalid(f"status: must be one of {', '.join(MODULE_STEP_STATUSES)}", field="status")
         c = run_steps.c
         clauses: list[Any] = [c.module_hash == module_hash, c.sent_at.is_not(None)]
-        if status == FAILED_GROUP:
-            clauses.append(c.status.not_in(STEP_NOT_FAILED))
-        elif status is not None:
-            clauses.append(c.status == status)
         if before:
             moment, run_id, index = decode_step_cursor(before)
             # `sent_at <= m` bounds the index range; the OR only breaks ties.
             clauses.append(c.sent_at <= moment)
             clauses.append(or_(c.sent_at < moment, c.run_id < run_id,
                                and_(c.run_id == run_id, c.step_index < index)))
-        query = (
-            select(*_MODULE_STEP_COLUMNS).where(*clauses)
+        statuses = [None] if status is None else list(STEP_FAILED_STATUSES if status == FAILED_GROUP else [status])
+        parts = [
+            select(*_MODULE_STEP_COLUMNS).where(*clauses, *([] if s is None else [c.status == s]))
             .order_by(c.sent_at.desc(), c.run_id.desc(), c.step_index.desc()).limit(limit + 1)
-        )
+            for s in statuses
+        ]
+        # Each part a subquery: SQLite rejects ORDER BY/LIMIT on a bare UNION member.
+        query = parts[0] if len(parts) == 1 else union_all(*(select(*p.subquery().c) for p in parts))
         async with self._engine.connect() as conn:
             rows = list(await conn.execute(query))
+            rows.sort(key=lambda r: (r.sent_at, r.run_id, r.step_index), reverse=True)
             has_more = len(rows) > limit
             rows = rows[:limit]
             ids = list({r.run_id for r in rows})

@@ -42,6 +42,7 @@ ADDED_COLUMNS: list[tuple[str, str]] = [
 # existing table either, so SqlStore.create_schema creates each one that is missing.
 ADDED_INDEXES: list[tuple[str, str]] = [
     ("run_steps", "ix_run_steps_module_sent"),
+    ("run_steps", "ix_run_steps_module_status_sent"),
 ]
 # SQLite only auto-increments an INTEGER PRIMARY KEY (the rowid).
 RowId = BigInteger().with_variant(Integer, "sqlite")
@@ -221,7 +222,10 @@ run_steps = Table(
     Column("progress_message", Text, nullable=True),
     Column("log_tail", Text, nullable=True),  # JSON list of the last lines
     # A module's history: its steps newest first, (sent_at, run_id, step_index) the
-    # page key. Steps never sent (NULL sent_at) are not part of it.
+    # page key. Steps never sent (NULL sent_at) are not part of it. The second serves
+    # its status filter: a status the module rarely has would otherwise walk all of
+    # its steps to fill a page.
     Index("ix_run_steps_module_sent", "module_hash", "sent_at", "run_id", "step_index"),
+    Index("ix_run_steps_module_status_sent", "module_hash", "status", "sent_at", "run_id", "step_index"),
     mysql_charset="utf8mb4",
 )

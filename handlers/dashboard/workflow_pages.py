@@ -75,7 +75,8 @@ class WorkflowsPage(PageHandler):
         kept = {"q": name.strip(), "state": state}
 
         def sort_url(key: str) -> str:
-            query = urlencode({**{k: v for k, v in kept.items() if v}, **({"sort": key} if key != WORKFLOW_SORTS[0] else {})})
+            chosen = {"sort": key} if key != WORKFLOW_SORTS[0] else {}
+            query = urlencode({**{k: v for k, v in kept.items() if v}, **chosen})
             return "/workflows?" + query if query else "/workflows"
 
         self.render(

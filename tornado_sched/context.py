@@ -187,7 +187,8 @@ async def open_context(settings: Settings) -> AppContext:
         replay = ReplayGuard()
         cluster = None
         if settings.clustered:
-            from .cluster import Cluster, wire  # redis is imported in cluster mode only
+            from .cluster import Cluster  # redis is imported in cluster mode only
+            from .cluster_wiring import wire
 
             cluster = Cluster(settings.redis_url, settings.instance)
             feed = EventBus()
@@ -213,7 +214,7 @@ async def open_context(settings: Settings) -> AppContext:
         await scheduler.start()
         closers.append(scheduler.close)
         if cluster is not None:
-            from .cluster import wire_scheduler
+            from .cluster_wiring import wire_scheduler
 
             wire_scheduler(cluster, events, scheduler, workflows)
     except BaseException:

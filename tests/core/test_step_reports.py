@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tornado_sched.cluster import StepReports
+from tornado_sched.cluster_wiring import StepReports
 from tornado_sched.runs import LOG_LINE_CHARS, LOG_TAIL_LINES
 
 

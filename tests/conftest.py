@@ -11,7 +11,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -88,6 +88,15 @@ async def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     name, url = await _fresh_mariadb(admin_url)
     yield url
     await _drop_mariadb(admin_url, name)
+
+@pytest.fixture(autouse=True)
+def _close_client_sockets() -> Iterator[None]:
+    """Close every module socket a test opened through tests.flows.support, pass or fail."""
+    yield
+    from tests.flows.support import OPEN_SOCKETS  # support imports this module
+
+    while OPEN_SOCKETS:
+        OPEN_SOCKETS.pop().close()
 
 
 def make_settings(tmp_path: Path, docserver_uri: str, **overrides: Any) -> Settings:

@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterator
-
-import pytest
 
 from tests.conftest import MakeServer, RunningServer
 from tests.flows.support import (
-    OPEN_SOCKETS,
     Module,
     create_workflow,
     execute,
@@ -19,13 +15,6 @@ from tests.flows.support import (
     wait_run,
     workflow_body,
 )
-
-
-@pytest.fixture(autouse=True)
-def _close_client_sockets() -> Iterator[None]:
-    yield
-    while OPEN_SOCKETS:
-        OPEN_SOCKETS.pop().close()
 
 
 def _run_rows(body: str) -> list[str]:

@@ -10,11 +10,9 @@ import gzip
 import html
 import json
 import re
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
 
-import pytest
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
@@ -28,13 +26,6 @@ from tests.flows.support import (
     wait_run,
     workflow_body,
 )
-
-
-@pytest.fixture(autouse=True)
-def _close_client_sockets() -> Iterator[None]:
-    yield
-    while OPEN_SOCKETS:
-        OPEN_SOCKETS.pop().close()
 
 
 def on_demand(modules: list[str], **fields: Any) -> dict[str, Any]:

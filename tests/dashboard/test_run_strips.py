@@ -5,20 +5,10 @@ status and time), the success rate, and the inline-SVG duration sparkline."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-
-import pytest
 
 from tests.conftest import RunningServer
 from tests.dashboard.test_operator_pages import fail_run, on_demand, succeed_run, text
-from tests.flows.support import OPEN_SOCKETS, Module, create_workflow
-
-
-@pytest.fixture(autouse=True)
-def _close_client_sockets() -> Iterator[None]:
-    yield
-    while OPEN_SOCKETS:
-        OPEN_SOCKETS.pop().close()
+from tests.flows.support import Module, create_workflow
 
 
 async def test_workflows_page_shows_run_strip_rate_and_sparkline(server: RunningServer) -> None:

@@ -45,7 +45,9 @@ class ModuleSocketHandler(SocketHandler):
         super().initialize(ctx)
         self.module: ModuleRecord | None = None
         self.session: ModuleSession | None = None
-        self._recording: set[asyncio.Task[None]] = set()
+        # Results being stored (strong references: the loop keeps only weak ones);
+        # made on the first result, not for every idle socket.
+        self._recording: set[asyncio.Task[None]] | None = None
 
     async def prepare(self) -> None:
         if self.refuse_wrong_host():
@@ -110,6 +112,8 @@ class ModuleSocketHandler(SocketHandler):
         # Tornado reads no further frame (pongs included) until on_message returns;
         # waiting here for a slow store could get a healthy module closed as dead.
         task = asyncio.ensure_future(self._record(self.session, parsed))
+        if self._recording is None:
+            self._recording = set()
         self._recording.add(task)
         task.add_done_callback(self._recording.discard)
 

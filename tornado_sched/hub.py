@@ -49,9 +49,9 @@ class Connection(Protocol):
     def close(self, code: int | None = None, reason: str | None = None) -> None: ...
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class ModuleSession:
-    """One open WebSocket of one module."""
+    """One open WebSocket of one module (slotted: one per socket, 10,000s of them)."""
 
     module_hash: str
     module_id: int
@@ -255,9 +255,10 @@ class ConnectionHub:
 
         Synchronous on purpose: two connections racing for one hash are ordered by
         the event loop, and the later one always wins."""
+        now = utcnow()  # one immutable datetime shared by the three fields
         session = ModuleSession(
             module.hash, module.module_id, module.name, connection, remote_address, module.description,
-            instance=self._instance,
+            connected_at=now, last_heartbeat=now, stored_heartbeat=now, instance=self._instance,
         )
         self._doc_ids[module.hash] = module.doc_id
         previous = self._sessions.get(module.hash)

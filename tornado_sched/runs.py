@@ -179,6 +179,40 @@ class Run:
     order: str = "parallel"
     data_order: DataOrder | None = field(default=None, repr=False, compare=False)
     rerun_of: str | None = None  # the run this one re-runs (RunTracker.rerun)
+    # Per-result lookups that do not walk every step (on a 5,000-step fan-out that
+    # walk, once per result, was O(steps²) per run). Both are derived, never stored.
+    _by_module: dict[str, list[Step]] | None = field(default=None, init=False, repr=False, compare=False)
+    _open_cursor: int = field(default=0, init=False, repr=False, compare=False)
+
+    def steps_of(self, module_hash: str) -> list[Step]:
+        """This module's steps, in order (a module may hold several steps of a run).
+        The steps of a run are fixed at its start; the index is built on first use."""
+        if self._by_module is None:
+            by_module: dict[str, list[Step]] = {}
+            for step in self.steps:
+                by_module.setdefault(step.module_hash, []).append(step)
+            self._by_module = by_module
+        return self._by_module.get(module_hash, [])
+
+    def any_open(self) -> bool:
+        """`any(s.open for s in steps)`, resumed from the open step found last time:
+        it stays open until its own result, and the closed steps passed on the way
+        to the next one are passed once, so a run's results cost O(steps) in all,
+        not O(steps) each. Wraps round, so a step reopened for a retry is found."""
+        steps, count = self.steps, len(self.steps)
+        start = self._open_cursor if self._open_cursor < count else 0
+        for offset in range(count):
+            index = start + offset
+            if index >= count:
+                index -= count
+            if steps[index].status in OPEN_STEP:
+                self._open_cursor = index
+                return True
+        return False
+
+    def overall_status(self) -> str:
+        """`overall_status(self.steps)`, with the open-step test from `any_open`."""
+        return "running" if self.any_open() else overall_status(self.steps)
 
     def states(self) -> StepStates:
         """Each step's state for the dispatch rule ("waiting" if never sent), read
@@ -627,7 +661,7 @@ class RunTracker:
                 run = await self._history.get(result.run_id) if len(result.run_id) <= 32 else None
                 if run is None:
                     raise ResultNotMatched(f"unknown run_id {result.run_id[:32]}")
-            mine = [s for s in run.steps if s.module_hash == module_hash]
+            mine = run.steps_of(module_hash)
             if not mine:
                 raise ResultNotMatched(f"run {run.run_id} has no step for this module")
             if run.open:
@@ -652,11 +686,11 @@ class RunTracker:
             reverse=True,
         )
         for run in candidates:
-            for step in run.steps:
-                if step.module_hash == module_hash and step.status == "sent":
+            for step in run.steps_of(module_hash):
+                if step.status == "sent":
                     return run, step
         for run in candidates:
-            if any(s.module_hash == module_hash and _same_result(s, result) for s in run.steps):
+            if any(_same_result(s, result) for s in run.steps_of(module_hash)):
                 return None, None
         where = f"workflow {result.workflow_id}" if result.workflow_id is not None else "any workflow"
         raise ResultNotMatched(f"no open step for this module in {where} (send run_id for an exact match)")
@@ -691,8 +725,8 @@ class RunTracker:
         error = "module disconnected during the run" + (f" ({data['reason']})" if data.get("reason") else "")
         for run in list(self._open.values()):
             changed = []
-            for step in run.steps:
-                if step.module_hash == module_hash and step.status == "sent":
+            for step in run.steps_of(module_hash):
+                if step.status == "sent":
                     self._fail_step(run, step, "failure", error)
                     changed.append(step.index)
             if changed:
@@ -722,7 +756,7 @@ class RunTracker:
     def _after_change(self, run: Run, step_indexes: list[int]) -> None:
         """Mark the changed steps (and the run row) for the next group commit and
         close the run if every step is done."""
-        status = overall_status(run.steps)
+        status = run.overall_status()
         if status != "running" and run.open:
             self._close_as(run, status, step_indexes)
         else:
@@ -871,7 +905,7 @@ class RunTracker:
             if not forwarded and self.forward_report is not None and self.forward_report(module_hash, frame):
                 return
             raise ResultNotMatched(f"run {frame.run_id[:32]} is not running")
-        step = next((s for s in run.steps if s.module_hash == module_hash and s.status == "sent"), None)
+        step = next((s for s in run.steps_of(module_hash) if s.status == "sent"), None)
         if step is None:
             raise ResultNotMatched(f"this module has no running step in run {run.run_id}")
         lines: list[str] = []

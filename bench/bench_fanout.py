@@ -1,7 +1,7 @@
 """Fan-out round trip, the connection bench's execute phase: execute -> all results durable.
 
     python bench/bench_fanout.py --n 1000 --repeats 3
-    python bench/bench_fanout.py --n 1000 10000 --workflow-size 1000
+    python bench/bench_fanout.py --n 1000 10000 --workflow-size 5000
 
 N modules connect (client processes from bench_connections / client_worker.py; each
 socket answers every `execute` with a success result echoing run_id). Then, timed
@@ -27,15 +27,30 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_connections import BASIC, Worker, broadcast, register_modules, start_server, stop_server
+from bench_connections import (
+    BASIC,
+    Worker,
+    broadcast,
+    cpu_seconds,
+    register_modules,
+    start_server,
+    stop_server,
+)
 from kahttp import Connection, json_request, raise_nofile
 
 
-async def one(kind: str, hashes: list[str], data_dir: Path, args: argparse.Namespace) -> list[float]:
-    server = await start_server(kind, data_dir)
+async def one(
+    kind: str, hashes: list[str], data_dir: Path, args: argparse.Namespace
+) -> tuple[list[float], list[float]]:
+    """(wall seconds, server CPU seconds) per fan-out."""
+    profile = None
+    if args.profile_dir and kind == "ours":
+        profile = args.profile_dir / f"fanout-n{len(hashes)}-{time.strftime('%H%M%S')}.prof"
+    server = await start_server(kind, data_dir, profile=profile)
     workers: list[Worker] = []
     conn = Connection("127.0.0.1", server.port, timeout=120)
     samples: list[float] = []
+    cpu: list[float] = []
     try:
         auth = {"Authorization": BASIC}
         workflow_ids = []
@@ -62,7 +77,7 @@ async def one(kind: str, hashes: list[str], data_dir: Path, args: argparse.Names
         for _ in range(args.repeats):
             for share, w in zip(shares, workers, strict=True):
                 await w.send_cmd({"cmd": "acks", "expected": len(share), "timeout": 120})
-            t0 = time.monotonic()
+            t0, cpu0 = time.monotonic(), cpu_seconds(server.pid) or 0.0
             if kind == "ours":
                 calls = [Connection("127.0.0.1", server.port, timeout=120) for _ in workflow_ids]
                 results = await asyncio.gather(*(
@@ -78,13 +93,14 @@ async def one(kind: str, hashes: list[str], data_dir: Path, args: argparse.Names
             got = sum(a["acks"] for a in acks)
             assert got == len(hashes), f"{kind}: {got} of {len(hashes)} acks"
             samples.append(max(a["last_ack"] for a in acks) - t0)
+            cpu.append((cpu_seconds(server.pid) or 0.0) - cpu0)
             await asyncio.sleep(0.5)
     finally:
         await conn.close()
         for w in workers:
             await w.stop()
         await stop_server(server, 60)
-    return samples
+    return samples, cpu
 
 
 async def amain(args: argparse.Namespace) -> int:
@@ -96,11 +112,15 @@ async def amain(args: argparse.Namespace) -> int:
     for n in args.n:
         data_dir = root / f"n{n}"
         hashes, _ = await register_modules(n, data_dir, 16, f"fan{n}")
-        ours = await one("ours", hashes, data_dir, args)
-        bare = await one("bare", hashes, root / f"bare{n}", args)
+        ours, ours_cpu = await one("ours", hashes, data_dir, args)
+        bare, bare_cpu = await one("bare", hashes, root / f"bare{n}", args)
         o, b = statistics.median(ours), statistics.median(bare)
         print(f"| {n:,} | {o * 1000:.0f} ms | {b * 1000:.0f} ms | {o / b:.1f}x |", flush=True)
         print(f"  samples ours {[round(x * 1000) for x in ours]} bare {[round(x * 1000) for x in bare]}")
+        oc, bc = statistics.median(ours_cpu), statistics.median(bare_cpu)
+        print(f"  server CPU per fan-out (median; ours without its nx-27017 child): ours {oc:.2f} s, "
+              f"bare {bc:.2f} s ({oc / bc if bc else float('nan'):.1f}x); load average {os.getloadavg()[0]:.1f}",
+              flush=True)
     return 0
 
 
@@ -109,7 +129,10 @@ def main() -> int:
     parser.add_argument("--n", type=int, nargs="+", default=[1000])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--clients", type=int, default=2)
-    parser.add_argument("--workflow-size", type=int, default=1000)
+    parser.add_argument("--workflow-size", type=int, default=1000,
+                        help="modules per workflow (a workflow holds at most 5,000); N is split over several")
+    parser.add_argument("--profile-dir", type=Path, default=None,
+                        help="run ours under cProfile, stats written here (slower; not for figures)")
     return asyncio.run(amain(parser.parse_args()))
 
 

@@ -2,6 +2,7 @@
 
     python bench/bench_scheduling.py --quick      # ~1.5 min: 40 s of firings, 200 modules
     python bench/bench_scheduling.py              # ~4-5 min: 150 s of firings, 1,000 modules x 3
+    python bench/bench_scheduling.py --under-load # lateness with 1,000 modules connected and fanning out
 
 (1) Lateness. Our server runs in this process (open_context + make_app on a free
     port, MongoDB from the embedded nx-27017, SQLite system store), with K workflows
@@ -10,7 +11,9 @@
     lateness = run.fired_at - (nominal tick + shift), from the stored runs.
     Baseline, at the same time in its own process: a bare APScheduler
     TornadoScheduler with one CronTrigger(second=...) job per workflow, each job
-    recording now - its scheduled time.
+    recording now - its scheduled time. With --under-load, the N modules of (2) are
+    connected first and their workflow runs back to back (execute -> durable, 0.5 s
+    pause) for the whole lateness window; the baseline process has no such load.
 
 (2) A 1,000-module workflow to completion. N modules registered, N WebSockets held
     by client subprocesses (`websockets`), each answering `execute` with a success
@@ -283,7 +286,19 @@ class OurServer:
         return envelope["result"]
 
 
-async def lateness(server: OurServer, tmp: Path, duration: float, workflows: int) -> dict[str, Any]:
+async def fan_out_loop(big: BigRun, stop: asyncio.Event, done: list[float]) -> None:
+    """Load for --under-load: run the N-module workflow again and again (each to
+    durable success, then a 0.5 s pause) until told to stop."""
+    while not stop.is_set():
+        durable, _closed = await big.run_once()
+        done.append(durable)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)
+
+
+async def lateness(
+    server: OurServer, tmp: Path, duration: float, workflows: int, load: BigRun | None = None
+) -> dict[str, Any]:
     ctx = server.ctx
     step = 60 // workflows
     shifts = [i * step for i in range(workflows)]
@@ -317,10 +332,17 @@ async def lateness(server: OurServer, tmp: Path, duration: float, workflows: int
         )
         ids.append(result["workflow_id"])
     print(
-        f"  {workflows} workflows on '* * * * *', shifts 0..{shifts[-1]} s; firing for {duration:.0f} s ...",
+        f"  {workflows} workflows on '* * * * *', shifts 0..{shifts[-1]} s; firing for {duration:.0f} s"
+        + (f" while {load.modules} modules are connected and their workflow runs back to back" if load else "")
+        + " ...",
         flush=True,
     )
+    stop, fan_outs = asyncio.Event(), []
+    loader = asyncio.ensure_future(fan_out_loop(load, stop, fan_outs)) if load is not None else None
     await asyncio.sleep(duration)
+    if loader is not None:
+        stop.set()
+        await loader
     for wid in ids:
         await server.api(f"/workflow/{wid}/disable", "POST")
     await asyncio.sleep(1)  # let the last runs close
@@ -345,7 +367,7 @@ async def lateness(server: OurServer, tmp: Path, duration: float, workflows: int
         workflow = next(s for i, s in zip(ids, shifts, strict=True) if i == doc["workflow_id"])
         expected = doc["nominal_time"] + timedelta(seconds=workflow)
         ours.append((doc["fired_at"] - expected).total_seconds())
-    return {"ours": ours, "bare": base_samples, "statuses": statuses, "since": started}
+    return {"ours": ours, "bare": base_samples, "statuses": statuses, "since": started, "fan_outs": fan_outs}
 
 
 class BigRun:
@@ -481,21 +503,34 @@ async def main(args: argparse.Namespace) -> None:
         ours_workers, bare_workers = Workers(), Workers()
         await server.start()
         try:
+            big = BigRun(server, args.modules)
+            if args.under_load:
+                # The N modules first: lateness is then measured with them connected
+                # and their workflow fanning out again and again meanwhile.
+                register_s = await big.setup()
+                connect_s = await ours_workers.start(
+                    f"ws://127.0.0.1:{server.port}/websocket", big.hashes, args.clients, tmp)
+                await big.connected()
+                await asyncio.sleep(1.0)
             print("(1) scheduling lateness", flush=True)
-            late = await lateness(server, tmp, args.lateness_seconds, args.workflows)
+            late = await lateness(server, tmp, args.lateness_seconds, args.workflows,
+                                  big if args.under_load else None)
             print(f"  ours (fired_at - (tick + shift)): {describe_ms(late['ours'])}")
             print(f"    run outcomes: {late['statuses']}")
+            if args.under_load:
+                print(f"    meanwhile {len(late['fan_outs'])} runs of the {args.modules}-module workflow: "
+                      f"execute -> durable {describe_ms(late['fan_outs'])}")
             print(f"  bare TornadoScheduler + CronTrigger:  {describe_ms(late['bare'])}")
             print(f"  p50 ours/bare {pct(late['ours'], 50) / pct(late['bare'], 50):.2f}x, "
                   f"p99 ours - bare {1000 * (pct(late['ours'], 99) - pct(late['bare'], 99)):.1f} ms", flush=True)
 
             print(f"(2) a {args.modules}-module workflow to completion, {args.repeats} repeats, "
                   "ours and bare alternating", flush=True)
-            big = BigRun(server, args.modules)
-            register_s = await big.setup()
-            connect_s = await ours_workers.start(
-                f"ws://127.0.0.1:{server.port}/websocket", big.hashes, args.clients, tmp)
-            await big.connected()
+            if not args.under_load:
+                register_s = await big.setup()
+                connect_s = await ours_workers.start(
+                    f"ws://127.0.0.1:{server.port}/websocket", big.hashes, args.clients, tmp)
+                await big.connected()
             bare.start()
             bare_connect_s = await bare_workers.start(
                 f"ws://127.0.0.1:{bare.port}/websocket", big.hashes, args.clients, tmp)
@@ -542,6 +577,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--modules", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--under-load", action="store_true",
+        help="measure lateness with the --modules sockets connected and their workflow running back to back",
+    )
     parser.add_argument(
         "--clients", type=int, default=2, help="client processes holding module sockets"
     )

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import tornado.locale
 import tornado.web
 from tornado.httputil import HTTPServerRequest
+from tornado.routing import PathMatches, Rule
 
 from tornado_sched.context import AppContext
 from tornado_sched.logs import redact_url
@@ -53,6 +55,8 @@ HANDLER_MODULES = [health, metrics, docs, modules, websocket, workflows, runs, s
 def _log_request(handler: tornado.web.RequestHandler) -> None:
     status = handler.get_status()
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    if not access_log.isEnabledFor(level):
+        return  # the redaction below costs more than the rest of a WebSocket handshake
     access_log.log(
         level,
         "%d %s %s (%s) %.2fms",
@@ -81,6 +85,28 @@ class SchedulerApplication(tornado.web.Application):
     def __init__(self, *args: Any, proxies: ProxyPolicy, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.proxies = proxies
+        self.exact_routes = self._exact_routes()
+
+    def _exact_routes(self) -> dict[str, Rule]:
+        """Literal paths (`/websocket`, `/module/send_message`, ...) -> their rule, for
+        a dict lookup instead of trying every pattern in turn (each handshake and API
+        call paid for that walk). A path goes in only if no rule before its own could
+        match it, so the lookup always picks the rule the walk would pick."""
+        if len(self.default_router.rules) != 1:
+            return {}  # host-specific rules (add_handlers): keep Tornado's walk
+        exact: dict[str, Rule] = {}
+        earlier: list[Rule] = []
+        for rule in self.wildcard_router.rules:
+            matcher = rule.matcher
+            if isinstance(matcher, PathMatches) and _LITERAL_PATH.fullmatch(matcher.regex.pattern):
+                path = matcher.regex.pattern[:-1]
+                shadowed = any(
+                    not isinstance(e.matcher, PathMatches) or e.matcher.regex.match(path) for e in earlier
+                )
+                if not shadowed:
+                    exact.setdefault(path, rule)
+            earlier.append(rule)
+        return exact
 
     def find_handler(self, request: HTTPServerRequest, **kwargs: Any) -> Any:
         if self.proxies.networks:
@@ -91,7 +117,19 @@ class SchedulerApplication(tornado.web.Application):
             request.remote_ip = address
             if scheme:
                 request.protocol = scheme
+        rule = self.exact_routes.get(request.path)
+        if rule is not None:
+            params: dict[str, Any] = {}  # a literal pattern has no groups
+            if rule.target_kwargs:
+                params["target_kwargs"] = rule.target_kwargs
+            delegate = self.wildcard_router.get_target_delegate(rule.target, request, **params)
+            if delegate is not None:
+                return delegate
         return super().find_handler(request, **kwargs)
+
+
+# A route pattern that is a plain path (Tornado appends the "$"): no regex syntax.
+_LITERAL_PATH = re.compile(r"/[A-Za-z0-9/_-]*\$")
 
 
 class SafeStaticFileHandler(tornado.web.StaticFileHandler):

@@ -250,6 +250,14 @@ def _step_row(run_id: str, step: Step) -> dict[str, Any]:
         "module_hash": step.module_hash,
         "module_name": step.module_name[:200],
         "args": json.dumps(step.args, ensure_ascii=False, default=str),
+        **_step_state(step),
+    }
+
+
+def _step_state(step: Step) -> dict[str, Any]:
+    """The columns of `_STEP_STATE`: what a state write of a step stores (the key,
+    module and args are written once, by the insert, and not encoded again)."""
+    return {
         "status": step.status,
         "attempts": step.attempts,
         "sent_at": naive_utc(step.sent_at),
@@ -393,11 +401,7 @@ class RunHistory:
         run_rows: list[dict[str, Any]] = []
         for run, indexes in changes:
             for index in sorted(set(indexes)):
-                row = _step_row(run.run_id, run.steps[index])
-                step_rows.append({
-                    "k_run": run.run_id, "k_index": index,
-                    **{k: row[k] for k in _STEP_STATE},
-                })
+                step_rows.append({"k_run": run.run_id, "k_index": index, **_step_state(run.steps[index])})
             run_rows.append({"k_run": run.run_id, **_counters(run)})
         if not run_rows:
             return

@@ -421,3 +421,13 @@ async def test_recent_runs_per_workflow_in_one_bounded_query(core: Core) -> None
     assert strips[2].success_rate == 0.0 and strips[99].runs == [] and strips[99].success_rate is None
     assert len(strips[1].sparkline_points().split()) == 20 and strips[99].sparkline_points() == ""
     assert await core.history.recent_by_workflow([], 20) == []
+
+
+def test_a_step_state_write_carries_exactly_the_state_columns() -> None:
+    # The update statement is built from _STEP_STATE and its rows from _step_state:
+    # a column in one and not the other would be silently lost or fail at runtime.
+    from tornado_sched.history import _STEP_STATE, _step_row, _step_state
+
+    step = Step(index=3, module_hash="h", module_name="m", args={"a": 1}, status="sent", attempts=1)
+    assert tuple(_step_state(step)) == _STEP_STATE
+    assert {k: v for k, v in _step_row("r", step).items() if k in _STEP_STATE} == _step_state(step)

@@ -142,3 +142,21 @@ def test_reader_rules_directly() -> None:
         read_json('{"a": [0, {"b": "\\ud83d"}]}', where="")
     assert err.value.where == "a[1].b" and err.value.field == "a"
     assert read_json('"\\ud83d\\ude00"') == "😀"  # a proper pair is fine
+
+
+@pytest.mark.parametrize("raw", [
+    '{"a": [1, -2.5e3, true, null, "é\\u00e9"]}', b'{"a": 1}', '{"a": 1}'.encode("utf-16"),
+    '{"a": 1}'.encode("utf-32-le"), b"\xef\xbb\xbf{}", "\ufeff{}", b'{"a": "\xff"}', "[1,]", '"x" 1',
+])
+def test_the_reader_takes_what_json_loads_takes(raw: str | bytes) -> None:
+    # read_json keeps one decoder instead of json.loads' per-call one: same input
+    # handling (encodings, BOM, errors), the same value.
+    try:
+        expected: object = json.loads(raw)
+    except ValueError:
+        expected = PayloadError
+    try:
+        got: object = read_json(raw)
+    except PayloadError:
+        got = PayloadError
+    assert got == expected

@@ -49,6 +49,8 @@ STEP_UPSTREAM_FAILED = UPSTREAM_FAILED
 FAILED_RUN_STATUSES = ("failure", "partial", "interrupted")
 # A step key meaning "only the run row changed" (status, counters, reason).
 RUN_ROW = -1
+# Sends between two yields to the loop when a run starts (see _dispatch_all).
+DISPATCH_SLICE = 100
 # What a step keeps of its module's log frames while it runs: the last lines, each cut.
 LOG_TAIL_LINES = 200
 LOG_LINE_CHARS = 1000
@@ -521,10 +523,11 @@ class RunTracker:
         loop = asyncio.get_running_loop()
         self._timers[run.run_id] = loop.call_later(run.timeout_seconds, self._on_timeout, run.run_id)
         if run.data_order is None:
-            self._dispatch_all(run, steps)
+            await self._dispatch_all(run, steps)
         else:
-            self._dispatch_all(run, [steps[i] for i in run.data_order.first() if steps[i].waiting])
-            self._advance(run, [s.index for s in steps if not s.open])
+            await self._dispatch_all(run, [steps[i] for i in run.data_order.first() if steps[i].waiting])
+            if run.open:
+                self._advance(run, [s.index for s in steps if not s.open])
         self._after_change(run, [s.index for s in steps])
         try:
             await self._workflows.set_last_run(run.workflow_id, run.summary())
@@ -560,13 +563,20 @@ class RunTracker:
             inputs=inputs,
         ))
 
-    def _dispatch_all(self, run: Run, steps: list[Step]) -> None:
+    async def _dispatch_all(self, run: Run, steps: list[Step]) -> None:
         """Send every step its command. Steps with the same args share one encoded
         frame: a 1,000-module fan-out with common args encodes JSON once, not 1,000
         times. (Only used where the steps' `meta.inputs` are equal too: all of a
-        parallel run, or a data-ordered run's first stage, whose inputs are {}.)"""
+        parallel run, or a data-ordered run's first stage, whose inputs are {}.)
+        Yields to the loop every DISPATCH_SLICE sends: 1,000 socket writes in one go
+        held the loop (scheduled firings, other sockets) for 100 ms and more. A step
+        changed meanwhile (the run cancelled, its module gone) is not sent."""
         frames: dict[str, str] = {}
-        for step in steps:
+        for count, step in enumerate(steps):
+            if count and count % DISPATCH_SLICE == 0:
+                await asyncio.sleep(0)
+            if not run.open or step.status != "pending" or step.attempts:
+                continue
             key = encode_frame(step.args)
             frame = frames.get(key)
             if frame is None:

@@ -336,3 +336,26 @@ def _refusal(reply: str | dict) -> str:
     prefix = "result not recorded: "
     assert frame["error"].startswith(prefix), frame
     return frame["error"][len(prefix):]
+
+
+async def test_a_run_dispatched_in_slices_sends_each_step_once(server: RunningServer, monkeypatch: Any) -> None:
+    # Dispatch yields to the loop every DISPATCH_SLICE sends; with slices of 2, a
+    # five-step run (one module twice, one offline) still sends each step once.
+    import tornado_sched.runs
+
+    monkeypatch.setattr(tornado_sched.runs, "DISPATCH_SLICE", 2)
+    modules = [await Module.online(server, f"slice-{i}") for i in range(3)]
+    offline_hash = await register(server, "slice-off")
+    hashes = [modules[0].hash, modules[1].hash, offline_hash, modules[2].hash, modules[0].hash]
+    wid = await create_workflow(server, on_demand(hashes, timeout_seconds=600))
+    run_id = await execute(server, wid)
+    for module, times in ((modules[0], 2), (modules[1], 1), (modules[2], 1)):
+        commands = [await module.recv_execute() for _ in range(times)]
+        for command in commands:
+            assert await module.result(command) == "receive result"
+        await module.no_message(0.2)  # nothing sent twice
+    run = await wait_run(server, run_id)
+    assert [s["status"] for s in run["steps"]] == ["success", "success", "offline", "success", "success"]
+    assert [s["attempts"] for s in run["steps"]] == [1, 1, 1, 1, 1]
+    for module in modules:
+        module.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from tornado_sched.history import MODULE_STEP_STATUSES
-from tornado_sched.runs import RUN_STATUSES
+from tornado_sched.run_state import RUN_STATUSES
 from tornado_sched.workflows import ORDER
 
 JSON = "application/json"

@@ -27,7 +27,8 @@ from .events import (
 from .hub import ConnectionHub, ModuleSession, remote_session
 from .protocol import LogMessage, ProgressMessage, ResultMessage
 from .registry import ModuleRegistry
-from .runs import LOG_LINE_CHARS, LOG_TAIL_LINES, ResultNotMatched, Run, RunTracker, Step
+from .run_state import LOG_LINE_CHARS, LOG_TAIL_LINES, Run, Step
+from .runs import ResultNotMatched, RunTracker
 from .scheduler import WorkflowScheduler
 from .workflows import WorkflowStore
 

@@ -30,7 +30,7 @@ UPSTREAM_FAILED = "upstream_failed"
 
 
 class StepOutcome(Protocol):
-    """What `DataOrder.inputs` reads of a step (runs.Step has it)."""
+    """What `DataOrder.inputs` reads of a step (run_state.Step has it)."""
 
     status: str
     output: Any

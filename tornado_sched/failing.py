@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from .events import FAILING_CHANGED, RUN_FINISHED, WORKFLOW_DELETED, WORKFLOW_SAVED, EventBus
 from .history import RunFilter, RunPage
-from .runs import Run
+from .run_state import Run
 from .workflows import FAILED_RUN_STATUSES, Workflow, WorkflowStore
 
 log = logging.getLogger(__name__)

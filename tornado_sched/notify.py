@@ -25,7 +25,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from .clock import as_utc, naive_utc, utcnow
 from .config import Settings
 from .events import RUN_FINISHED, STEP_FAILED, EventBus
-from .runs import Run, Step
+from .run_state import Run, Step
 from .stores import SqlStore
 from .tables import notification_outbox
 from .text import one_line

@@ -34,7 +34,7 @@ from tornado_sched.events import (
     RUN_EVENTS,
     STEP_PROGRESS,
 )
-from tornado_sched.runs import LOG_TAIL_LINES, Run, Step
+from tornado_sched.run_state import LOG_TAIL_LINES, Run, Step
 
 from ..auth import OperatorAuthMixin
 from ..base import SocketHandler

@@ -18,7 +18,7 @@ from tornado_sched.clock import read_datetime, utcnow
 from tornado_sched.errors import Invalid
 from tornado_sched.failing import FailingWorkflow
 from tornado_sched.hub import ModuleSession
-from tornado_sched.runs import Run, Step
+from tornado_sched.run_state import Run, Step
 from tornado_sched.strips import SPARK_HEIGHT, SPARK_WIDTH, RunStrip
 from tornado_sched.text import has_control_chars
 from tornado_sched.workflows import Workflow

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from tornado_sched.events import FAILING_CHANGED, RUN_FINISHED, WORKFLOW_DELETED, EventBus
 from tornado_sched.failing import STREAK_SCAN, FailingNow, streak_of
-from tornado_sched.runs import Run, Step
+from tornado_sched.run_state import Run, Step
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 

@@ -15,7 +15,7 @@ from sqlalchemy import event
 from tornado_sched.clock import utcnow
 from tornado_sched.errors import Invalid
 from tornado_sched.history import RunHistory
-from tornado_sched.runs import Run, Step
+from tornado_sched.run_state import Run, Step
 from tornado_sched.stores import SqlStore
 
 MODULE = "m" * 40

@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 
 from tornado_sched.clock import utcnow
-from tornado_sched.runs import Run, Step, overall_status
+from tornado_sched.run_state import Run, Step, overall_status
 
 STATUSES = ["pending", "sent", "success", "failure", "timeout", "offline", "cancelled", "interrupted"]
 

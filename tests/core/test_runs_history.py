@@ -22,7 +22,8 @@ from tornado_sched.history import RunFilter, RunHistory
 from tornado_sched.hub import ConnectionHub
 from tornado_sched.protocol import OUTPUT_LIMIT_BYTES, ResultMessage
 from tornado_sched.registry import ModuleRegistry
-from tornado_sched.runs import ResultNotMatched, Run, RunTracker, Step
+from tornado_sched.run_state import Run, Step
+from tornado_sched.runs import ResultNotMatched, RunTracker
 from tornado_sched.stores import DocumentStore, SqlStore
 from tornado_sched.tables import run_steps, runs
 from tornado_sched.workflows import WorkflowStore

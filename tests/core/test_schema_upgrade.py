@@ -10,7 +10,7 @@ from sqlalchemy import inspect, text
 from tests.conftest import MakeServer
 from tornado_sched.clock import utcnow
 from tornado_sched.history import RunHistory
-from tornado_sched.runs import Run, Step
+from tornado_sched.run_state import Run, Step
 from tornado_sched.stores import SqlStore
 from tornado_sched.tables import ADDED_INDEXES
 

@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 from tornado_sched.cluster_wiring import StepReports
-from tornado_sched.runs import LOG_LINE_CHARS, LOG_TAIL_LINES
+from tornado_sched.run_state import LOG_LINE_CHARS, LOG_TAIL_LINES
 
 
 async def test_reports_are_merged_and_sent_once_per_interval() -> None:

@@ -24,7 +24,7 @@ from tests.flows.support import (
 from tests.flows.test_asyncapi import ROOT, _payload
 from tests.support.history import stored_run
 from tornado_sched.client import ModuleClient, StepContext, current_step
-from tornado_sched.runs import LOG_LINE_CHARS, LOG_TAIL_LINES
+from tornado_sched.run_state import LOG_LINE_CHARS, LOG_TAIL_LINES
 
 
 def on_demand(modules: list[str], **fields: Any) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from sqlalchemy import delete, func, select
 
 from tornado_sched.clock import as_utc
 from tornado_sched.history import RunHistory
-from tornado_sched.runs import Run
+from tornado_sched.run_state import Run
 from tornado_sched.stores import SqlStore
 from tornado_sched.tables import run_steps, runs
 

@@ -37,6 +37,8 @@ JOB_PREFIX = "workflow-"
 ALIVE_SECONDS = 30
 # A tick is late, not missed, within this window (loop stalls, GC, a slow store).
 LATE_GRACE_SECONDS = 60
+# How long a stop waits for firings under way (each bounded by its stores' waits).
+FIRING_DRAIN_SECONDS = 20.0
 # Missed ticks counted one by one after downtime; past this only the grace window is scanned.
 MISFIRE_COUNT_LIMIT = 1000
 
@@ -66,6 +68,10 @@ class WorkflowScheduler:
         self._is_online = is_online
         self._settle_seconds = misfire_settle_seconds
         self._catch_ups: set[asyncio.Task[None]] = set()
+        # Firings under way: close() lets them finish, or a tick whose claim is written
+        # would lose its run to the stores closing under it (and no catch-up could
+        # fire it again: the claim says it fired).
+        self._firing: set[asyncio.Future[Any]] = set()
         self._sql = sql
         self._workflows = workflows
         self._runs = runs
@@ -118,6 +124,10 @@ class WorkflowScheduler:
             await asyncio.gather(*self._catch_ups, return_exceptions=True)
         if self._scheduler is not None and self._scheduler.running:
             self._scheduler.shutdown(wait=False)
+            if self._firing:
+                _done, late = await asyncio.wait(self._firing, timeout=FIRING_DRAIN_SECONDS)
+                if late:
+                    log.warning("%d firing(s) still under way at stop", len(late))
             try:
                 await self._mark_alive()
             except Exception as exc:
@@ -209,6 +219,17 @@ class WorkflowScheduler:
 
     # -- firing ----------------------------------------------------------------------
     async def _fire(self, workflow_id: int) -> None:
+        task = asyncio.current_task()
+        if task is None:
+            await self._fire_tick(workflow_id)
+            return
+        self._firing.add(task)
+        try:
+            await self._fire_tick(workflow_id)
+        finally:
+            self._firing.discard(task)
+
+    async def _fire_tick(self, workflow_id: int) -> None:
         now = utcnow()
         workflow = await self._workflows.find(workflow_id)
         if workflow is None or not workflow.schedulable:

@@ -3,6 +3,7 @@ SQLite and MariaDB): a workflow change reaches the schedule with no handler invo
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -79,3 +80,20 @@ async def test_run_now_starts_a_run_and_logs_it(scheduled) -> None:
     assert [(r.workflow_id, r.run_id, r.trigger, r.outcome) for r in rows] == [
         (workflow.workflow_id, run_id, "manual", "started")
     ]
+
+
+async def test_close_lets_a_firing_under_way_finish(scheduled) -> None:
+    """A tick firing when the server stops still gets its run and its log row: the
+    stores must not close under it (its claim is written, so no catch-up after the
+    restart could fire that tick again)."""
+    core, scheduler, sql = scheduled
+    workflow = await core.workflows.create({"name": "every-minute", "execute_cron_list": ["* * * * *"],
+                                            "timezone": "UTC", "execute_modules": await core.steps()})
+    firing = asyncio.ensure_future(scheduler._fire(workflow.workflow_id))  # what APScheduler runs at a tick
+    await asyncio.sleep(0)  # under way: waiting for the workflow's document
+    assert not firing.done()
+    await scheduler.close()
+    assert firing.done() and firing.exception() is None
+    async with sql.engine.connect() as conn:
+        rows = (await conn.execute(select(execution_log))).all()
+    assert [(r.workflow_id, r.trigger, r.outcome) for r in rows] == [(workflow.workflow_id, "schedule", "started")]

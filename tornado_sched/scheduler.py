@@ -71,7 +71,7 @@ class WorkflowScheduler:
         # Firings under way: close() lets them finish, or a tick whose claim is written
         # would lose its run to the stores closing under it (and no catch-up could
         # fire it again: the claim says it fired).
-        self._firing: set[asyncio.Future[Any]] = set()
+        self._firing: set[asyncio.Task[Any]] = set()
         self._sql = sql
         self._workflows = workflows
         self._runs = runs
@@ -219,11 +219,9 @@ class WorkflowScheduler:
 
     # -- firing ----------------------------------------------------------------------
     async def _fire(self, workflow_id: int) -> None:
-        task = asyncio.current_task()
-        if task is None:
-            await self._fire_tick(workflow_id)
-            return
-        self._firing.add(task)
+        task = asyncio.current_task()  # APScheduler runs each firing as a task
+        if task is not None:
+            self._firing.add(task)
         try:
             await self._fire_tick(workflow_id)
         finally:

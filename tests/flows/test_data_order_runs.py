@@ -127,6 +127,8 @@ async def test_failing_middle_stage_marks_downstream_upstream_failed_and_notifie
     await publish.no_message(QUIET)
 
     await wait_until(lambda: failure_facts(server, wid))
+    # A notice per blocked step would be written right behind the first: give it time.
+    await asyncio.sleep(QUIET)
     facts = await failure_facts(server, wid)
     assert [(f["module_name"], f["status"]) for f in facts] == [("features", "failure")]
 
@@ -338,3 +340,67 @@ async def test_rerun_of_failed_steps_reruns_the_chain_behind_them_with_carried_o
     ]
     assert run["steps"][0]["message"] == f"carried over from run {first}"
     assert run["rerun_of"] == first
+
+
+async def test_cancel_mid_chain_stops_the_sent_step_and_never_sends_the_waiting_ones(server: RunningServer) -> None:
+    fetch, features, model = await chain(server)
+    wid = await create_workflow(server, workflow_body(modules=[fetch.hash, features.hash, model.hash], order="data"))
+    run_id = await execute(server, wid)
+    assert await result_with_output(fetch, await fetch.recv_execute(), "prices-v1") == "receive result"
+    command = await features.recv_execute()
+
+    status, env = await server.api(f"/runs/{run_id}/cancel", "POST")
+    assert status == 200 and env["result"]["status"] == "cancelled", env
+    # Only the step running now is told to stop; the waiting one was never sent.
+    assert (await features.recv())["type"] == "cancel"
+    await fetch.no_message(QUIET)
+    stored = await wait_run(server, run_id)
+    assert stored["status"] == "cancelled"
+    run = await get_run(server, run_id)
+    assert [(s["status"], s["attempts"]) for s in run["steps"]] == [("success", 1), ("cancelled", 1), ("cancelled", 0)]
+
+    # A late success from the cancelled step is acknowledged but moves nothing on.
+    assert await result_with_output(features, command, "late") == "receive result"
+    await model.no_message(QUIET)
+    run = await get_run(server, run_id)
+    assert [(s["status"], s["output"]) for s in run["steps"]] == [
+        ("success", "prices-v1"), ("cancelled", None), ("cancelled", None),
+    ]
+
+    # Re-running what did not succeed runs the cancelled step and the one behind it,
+    # fed the output carried over from the cancelled run.
+    status, env = await server.api(f"/runs/{run_id}/rerun", "POST", json_body={"steps": "failed"})
+    assert status == 200, env
+    again = await features.recv_execute()
+    assert again["meta"]["run_id"] == env["result"]["run_id"] and again["meta"]["inputs"] == {"prices": "prices-v1"}
+    await fetch.no_message(QUIET)
+    assert await result_with_output(features, again, "features-v2") == "receive result"
+    last = await model.recv_execute()
+    assert last["meta"]["inputs"] == {"features": "features-v2"}
+    assert await model.result(last) == "receive result"
+    assert (await wait_run(server, env["result"]["run_id"]))["status"] == "success"
+
+
+async def test_overlap_allow_runs_two_chains_side_by_side_each_fed_its_own_outputs(server: RunningServer) -> None:
+    fetch, features, _model = await chain(server)
+    wid = await create_workflow(server, workflow_body(modules=[fetch.hash, features.hash], order="data",
+                                                      overlap="allow"))
+    first = await execute(server, wid)
+    one = await fetch.recv_execute()
+    second = await execute(server, wid)
+    two = await fetch.recv_execute()
+    assert {one["meta"]["run_id"], two["meta"]["run_id"]} == {first, second}
+    # The later run's producer answers first: only its own consumer is sent, with its output.
+    assert await result_with_output(fetch, two, f"out-{two['meta']['run_id']}") == "receive result"
+    fed = await features.recv_execute()
+    assert fed["meta"]["run_id"] == two["meta"]["run_id"]
+    assert fed["meta"]["inputs"] == {"prices": f"out-{two['meta']['run_id']}"}
+    await features.no_message(QUIET)
+    assert await result_with_output(fetch, one, f"out-{one['meta']['run_id']}") == "receive result"
+    other = await features.recv_execute()
+    assert other["meta"]["run_id"] == one["meta"]["run_id"]
+    assert other["meta"]["inputs"] == {"prices": f"out-{one['meta']['run_id']}"}
+    for command in (fed, other):
+        assert await features.result(command) == "receive result"
+    for run_id in (first, second):
+        assert (await wait_run(server, run_id))["status"] == "success"

@@ -19,6 +19,8 @@ from sqlalchemy import insert
 
 from tests.conftest import RunningServer, make_settings, start_server, stop_server
 from tests.flows.support import Module, create_workflow, get_run, log_rows, register, workflow_body
+from tests.flows.test_data_order_api import register_with
+from tests.flows.test_data_order_runs import QUIET, result_with_output
 from tests.support.history import HistoryProbe
 from tornado_sched.clock import as_utc, naive_utc, utcnow
 from tornado_sched.config import Settings
@@ -341,5 +343,54 @@ async def test_misfire_catch_up_waits_for_its_module_to_reconnect(
         assert await module.result(command) == "receive result"
         run = await get_run(server, command["meta"]["run_id"])
         assert run["trigger"] == "misfire" and run["status"] == "success", run
+    finally:
+        await holder.stop()
+
+
+async def test_misfire_of_a_data_ordered_workflow_decides_the_run_not_its_stages(
+    shared_settings: Settings, db: AsyncDatabase, probe: HistoryProbe
+) -> None:
+    """run_once catches the missed tick up as one whole data-ordered run (producer
+    first, its consumer fed its output); skip records the miss and runs nothing."""
+    holder = Restartable(replace(shared_settings, misfire_settle_seconds=20))
+    try:
+        server = await holder.start()
+        producer = Module(server, "prod", await register_with(server, "prod", [], [{"name": "prices"}]))
+        consumer = Module(server, "cons", await register_with(server, "cons", [{"name": "prices"}], []))
+        idle = [await register_with(server, f"idle-{n}", *io) for n, io in
+                enumerate(([[], [{"name": "x"}]], [[{"name": "x"}], []]))]
+        # A daily tick two minutes ago: missed during the downtime below, and not due
+        # again while the test runs.
+        tick = _minute(utcnow() - timedelta(minutes=2))
+        daily = {"execute_cron_list": [f"{tick.minute} {tick.hour} * * *"], "execute_shift_time": 0,
+                 "timezone": "UTC", "order": "data", "misfire_grace_seconds": 300}
+        run_once = await create_workflow(server, workflow_body(
+            "chain-once", [consumer.hash, producer.hash], misfire="run_once", **daily))
+        skip = await create_workflow(server, workflow_body("chain-skip", idle, misfire="skip", **daily))
+        await holder.stop()
+        await db["scheduler_state"].update_one({"_id": "alive"}, {"$set": {"at": utcnow() - timedelta(minutes=5)}})
+
+        server = await holder.start()
+        for module in (producer, consumer):
+            module.server = server
+            await module.connect()
+        first = await producer.recv_execute()
+        assert first["meta"]["inputs"] == {}
+        await consumer.no_message(QUIET)
+        assert await result_with_output(producer, first, "p-caught-up") == "receive result"
+        second = await consumer.recv_execute()
+        assert second["meta"]["run_id"] == first["meta"]["run_id"]
+        assert second["meta"]["inputs"] == {"prices": "p-caught-up"}
+        assert await consumer.result(second) == "receive result"
+        run = await get_run(server, first["meta"]["run_id"])
+        assert run["trigger"] == "misfire" and run["status"] == "success", run
+        assert run["nominal_time"].startswith(tick.strftime("%Y-%m-%dT%H:%M:00")), run["nominal_time"]
+        assert [s["module_name"] for s in run["steps"]] == ["cons", "prod"]
+        assert run["steps"][1]["sent_at"] < run["steps"][0]["sent_at"]
+
+        assert await probe.count(workflow_id=skip) == 0
+        rows = [r for r in await log_rows(server, skip) if r["trigger"] == "misfire"]
+        assert [(r["outcome"], r["run_id"]) for r in rows] == [("missed", None)]
+        assert await probe.count(workflow_id=run_once) == 1
     finally:
         await holder.stop()

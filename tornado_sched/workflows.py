@@ -432,6 +432,14 @@ class WorkflowStore:
         known = await self._registry.requirements(hashes) if hashes else {}
         return _solve(workflow.execute_modules, known)
 
+    async def plans(self, workflows: list[Workflow]) -> dict[int, Plan]:
+        """workflow_id -> plan for each data-ordered workflow among `workflows` (what the
+        dashboard shows: unmet inputs, conflicts); one registry read for them all."""
+        ordered = [w for w in workflows if w.order == "data"]
+        hashes = sorted({m["module_hash"] for w in ordered for m in w.execute_modules})
+        known = await self._registry.requirements(hashes) if hashes else {}
+        return {w.workflow_id: _solve(w.execute_modules, known) for w in ordered}
+
     async def plan(self, workflow_id: int) -> WorkflowPlan:
         """The solver's result for a stored workflow, against its modules' current
         registrations (a module may have re-registered other requirements since)."""

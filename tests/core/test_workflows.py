@@ -111,3 +111,23 @@ def test_preview_fire_times_apply_shift_and_zone() -> None:
     with pytest.raises(InvalidFields) as caught:
         preview_fire_times({"execute_cron_list": ["x"], "timezone": "Nowhere/Land"}, "UTC", now)
     assert {e.field for e in caught.value.errors} == {"execute_cron_list", "timezone"}
+
+
+async def test_plans_cover_data_ordered_workflows_against_current_registrations(core: Core) -> None:
+    producer = await core.registry.register("prod", "", [], [{"name": "x"}], "")
+    consumer = await core.registry.register("cons", "", [{"name": "x"}, {"name": "y"}], [], "")
+    steps = [{"module_hash": consumer.hash, "args": {}}, {"module_hash": producer.hash, "args": {}}]
+    data = await core.workflows.create({"name": "d", "enable": False, "execute_modules": steps, "order": "data"})
+    await core.workflows.create({"name": "p", "enable": False, "execute_modules": steps})
+    plans = await core.workflows.plans(await core.workflows.list())
+    assert set(plans) == {data.workflow_id}
+    assert plans[data.workflow_id].stages == [[1], [0]]
+    assert plans[data.workflow_id].warnings() == ["cons (step 0) needs 'y', which no module in this workflow produces"]
+
+    # The producer re-registers without "x": the stored workflow's plan follows it.
+    await core.registry.register("prod", "", [], [{"name": "z"}], "")
+    plan = (await core.workflows.plans([await core.workflows.get(data.workflow_id)]))[data.workflow_id]
+    assert [w.split(" needs ")[1] for w in plan.warnings()] == [
+        "'x', which no module in this workflow produces", "'y', which no module in this workflow produces",
+    ]
+    assert await core.workflows.plans([]) == {}

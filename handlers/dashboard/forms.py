@@ -17,6 +17,7 @@ from tornado_sched.workflows import (
     DEFAULT_RETRY_DELAY_SECONDS,
     DEFAULT_TIMEOUT_SECONDS,
     MISFIRE,
+    ORDER,
     OVERLAP,
     Workflow,
 )
@@ -24,7 +25,7 @@ from tornado_sched.workflows import (
 # The form's fields, as the core names them in an Invalid's `field`.
 FORM_FIELDS = ("name", "description", "enable", "execute_cron_list", "execute_shift_time",
                "execute_shift_unit", "timezone", "execute_modules", "timeout_seconds", "overlap",
-               "misfire", "misfire_grace_seconds", "retries", "retry_delay_seconds")
+               "misfire", "misfire_grace_seconds", "retries", "retry_delay_seconds", "order")
 
 
 @dataclass
@@ -45,6 +46,7 @@ class WorkflowForm:
     misfire_grace_seconds: str = str(DEFAULT_MISFIRE_GRACE_SECONDS)
     retries: str = str(DEFAULT_RETRIES)
     retry_delay_seconds: str = str(DEFAULT_RETRY_DELAY_SECONDS)
+    order: str = ORDER[0]
     rows: list[dict[str, str]] = field(default_factory=list)
 
     @classmethod
@@ -72,6 +74,7 @@ class WorkflowForm:
             misfire_grace_seconds=arg("misfire_grace_seconds", blank.misfire_grace_seconds),
             retries=arg("retries", blank.retries),
             retry_delay_seconds=arg("retry_delay_seconds", blank.retry_delay_seconds),
+            order=arg("order", blank.order),
             rows=rows,
         )
 
@@ -91,6 +94,7 @@ class WorkflowForm:
             misfire_grace_seconds=str(workflow.misfire_grace_seconds),
             retries=str(workflow.retries),
             retry_delay_seconds=str(workflow.retry_delay_seconds),
+            order=workflow.order,
             rows=[
                 {
                     "module": str(ids_by_hash.get(step.get("module_hash", ""), "")),
@@ -147,5 +151,6 @@ class WorkflowForm:
             "misfire_grace_seconds": self.misfire_grace_seconds.strip(),
             "retries": self.retries.strip(),
             "retry_delay_seconds": self.retry_delay_seconds.strip(),
+            "order": self.order,
             "execute_modules": steps,
         }

@@ -22,6 +22,7 @@ from tornado_sched.clock import utcnow
 from tornado_sched.errors import Invalid, InvalidFields
 from tornado_sched.workflows import (
     MISFIRE,
+    ORDER,
     OVERLAP,
     Workflow,
     preview_fire_times,
@@ -48,6 +49,7 @@ class WorkflowsPage(PageHandler):
         check_browse(name, state, sort)  # before any store is read
         workflows = await self.ctx.workflows.list()
         strips = await self.ctx.runs.strips([w.workflow_id for w in workflows])
+        plans = await self.ctx.workflows.plans(workflows)
         failing = {f.workflow_id for f in self.ctx.failing.list()}
         now = utcnow()
         rows = [
@@ -69,6 +71,7 @@ class WorkflowsPage(PageHandler):
                 "last_run": row.workflow.last_run or {},
                 "next_run": row.next_fire,
                 "strip": strips[row.workflow.workflow_id],
+                "plan": plans.get(row.workflow.workflow_id),
             }
             for row in browse_workflows(rows, name, state, sort)
         ]
@@ -154,6 +157,8 @@ class _WorkflowFormPage(PageHandler):
                 preview_error = "; ".join(m for ms in field_errors(
                     self.locale, getattr(exc, "errors", [exc]), FORM_FIELDS).values() for m in ms)
         zones = _time_zones()
+        # The saved workflow's plan (unmet inputs, conflicts) as its runs would see it now.
+        plan = (await self.ctx.workflows.plans([workflow])).get(workflow.workflow_id) if workflow else None
         self.render(
             "workflow_form.html",
             form=form,
@@ -164,6 +169,8 @@ class _WorkflowFormPage(PageHandler):
             online={view.record.hash for view in views if view.online},
             overlap_choices=OVERLAP,
             misfire_choices=MISFIRE,
+            order_choices=ORDER,
+            plan=plan,
             shift_units=SHIFT_UNITS,
             time_zones=zones if form.timezone in zones else (form.timezone, *zones),
             fire_times=fire_times,

@@ -1,13 +1,18 @@
 """The run page of a data-ordered run: the plan as an inline SVG (no script needed),
 each node in its step's status colour, outputs in the steps table; a parallel run's
-page has no graph. Module pages list registered requirements."""
+page has no graph. Module pages list registered requirements. The workflow form sets
+`order`, and a data-ordered workflow's unmet inputs and conflicts show on the
+workflows list and its form."""
 
 from __future__ import annotations
 
+import html
 import re
+from urllib.parse import urlencode
 
 from tests.conftest import RunningServer
 from tests.flows.support import create_workflow, execute, wait_run, workflow_body
+from tests.flows.test_data_order_api import register_with
 from tests.flows.test_data_order_runs import chain, result_with_output
 
 
@@ -48,3 +53,63 @@ async def test_module_page_lists_registered_inputs_and_outputs(server: RunningSe
     body = (await server.fetch(f"/modules/{env['result']['module_id']}")).body.decode()
     inputs, outputs = body.split(">Inputs<", 1)[1].split(">Outputs<", 1)
     assert "<td>prices</td>" in inputs and "<td>features</td>" in outputs.split("Used by workflows")[0]
+
+
+async def test_order_is_a_form_field_and_unmet_inputs_show_on_the_list_and_the_form(server: RunningServer) -> None:
+    fetch = await register_with(server, "fetch", [{"name": "calendar"}], [{"name": "prices"}])
+    model = await register_with(server, "model", [{"name": "prices"}, {"name": "holidays", "optional": True}], [])
+    ids = {env["result"]["hash"]: env["result"]["module_id"]
+           for env in [(await server.api(f"/module/{h}"))[1] for h in (fetch, model)]}
+    form = [("name", "chain-form"), ("execute_cron_list", "0 9 * * 1-5"), ("enable", "1"),
+            ("execute_shift_time", "0"), ("execute_shift_unit", "s"), ("timezone", "UTC"), ("order", "data"),
+            ("module", str(ids[model])), ("args", "{}"), ("module", str(ids[fetch])), ("args", "{}"),
+            ("action", "save")]
+    saved = await server.fetch("/workflows/new", "POST", body=urlencode(form))
+    assert saved.code == 200  # followed the 303 to /workflows
+    status, env = await server.api("/workflow/list")
+    [workflow] = [w for w in env["result"] if w["name"] == "chain-form"]
+    assert workflow["order"] == "data"
+    wid = workflow["workflow_id"]
+
+    unmet = "fetch (step 1) needs 'calendar', which no module in this workflow produces"
+    listing = html.unescape(saved.body.decode())
+    row = listing.split(f'id="workflow-{wid}"', 1)[1].split("</article>", 1)[0]
+    assert 'data-order="data"' in row and "By data" in row
+    assert "data-plan-notice" in row and unmet in row
+    assert "holidays" not in row  # optional inputs are not warned about
+
+    edit = html.unescape((await server.fetch(f"/workflows/{wid}/edit")).body.decode())
+    assert '<option value="data" selected>' in edit and unmet in edit
+    zh = (await server.fetch(f"/workflows/{wid}/edit", headers={"Cookie": "lang=zh_CN"})).body.decode()
+    assert "未满足的输入" in zh and "按数据" in zh
+
+    # A form save of other fields keeps the order; a parallel workflow has no notice.
+    renamed = await server.fetch(f"/workflows/{wid}/edit", "POST",
+                                 body=urlencode([("name", "chain-renamed") if k == "name" else (k, v) for k, v in form]))
+    assert renamed.code == 200
+    status, env = await server.api(f"/workflow/{wid}")
+    assert env["result"]["name"] == "chain-renamed" and env["result"]["order"] == "data"
+    parallel = [(k, "parallel") if k == "order" else ("name", "par-form") if k == "name" else (k, v) for k, v in form]
+    listing = (await server.fetch("/workflows/new", "POST", body=urlencode(parallel))).body.decode()
+    status, env = await server.api("/workflow/list")
+    [par] = [w for w in env["result"] if w["name"] == "par-form"]
+    assert par["order"] == "parallel"
+    row = listing.split(f'id="workflow-{par["workflow_id"]}"', 1)[1].split("</article>", 1)[0]
+    assert 'data-order="parallel"' in row and "data-plan-notice" not in row
+
+
+async def test_form_refuses_a_cycle_at_the_order_field(server: RunningServer) -> None:
+    p = await register_with(server, "cyc-p", [{"name": "b"}], [{"name": "a"}])
+    q = await register_with(server, "cyc-q", [{"name": "a"}], [{"name": "b"}])
+    ids = [(await server.api(f"/module/{h}"))[1]["result"]["module_id"] for h in (p, q)]
+    form = [("name", "cyc-form"), ("execute_cron_list", "0 9 * * *"), ("enable", "1"), ("timezone", "UTC"),
+            ("order", "data"), ("module", str(ids[0])), ("args", "{}"), ("module", str(ids[1])), ("args", "{}"),
+            ("action", "save")]
+    response = await server.fetch("/workflows/new", "POST", body=urlencode(form))
+    assert response.code == 400
+    body = response.body.decode()
+    assert 'aria-invalid="true" aria-describedby="err-order"' in body and 'id="err-order"' in body
+    assert "cycle: cyc-p (step 0) -[a]-> cyc-q (step 1)" in html.unescape(body)
+    assert '<details class="advanced" open>' in body
+    status, env = await server.api("/workflow/list")
+    assert env["result"] == []

@@ -56,6 +56,17 @@ async def test_module_page_lists_registered_inputs_and_outputs(server: RunningSe
     inputs, outputs = body.split(">Inputs<", 1)[1].split(">Outputs<", 1)
     assert "<td>prices</td>" in inputs and "<td>features</td>" in outputs.split("Used by workflows")[0]
 
+    # Typed details are listed beside each name, escaped.
+    typed = await register_with(server, "typed", [{"name": "bars", "fields": ["open", "close"], "frequency": "1d",
+                                                   "source": "db.<bars>", "optional": True}], [{"name": "signal"}])
+    status, env = await server.api(f"/module/{typed}")
+    raw = (await server.fetch(f"/modules/{env['result']['module_id']}")).body.decode()
+    assert "db.<bars>" not in raw
+    inputs, outputs = html.unescape(raw).split(">Inputs<", 1)[1].split(">Outputs<", 1)
+    assert '<td>bars</td><td><code>{"fields": ["open", "close"], "frequency": "1d", "source": "db.<bars>", ' \
+           '"optional": true}</code></td>' in inputs
+    assert "<td>signal</td><td><code>{}</code></td>" in outputs
+
 
 async def test_order_is_a_form_field_and_unmet_inputs_show_on_the_list_and_the_form(server: RunningServer) -> None:
     fetch = await register_with(server, "fetch", [{"name": "calendar"}], [{"name": "prices"}])

@@ -404,3 +404,37 @@ async def test_overlap_allow_runs_two_chains_side_by_side_each_fed_its_own_outpu
         assert await features.result(command) == "receive result"
     for run_id in (first, second):
         assert (await wait_run(server, run_id))["status"] == "success"
+
+
+async def test_rerun_after_the_module_list_changed_runs_only_the_failed_steps_in_their_own_order(
+    server: RunningServer,
+) -> None:
+    fetch, features, model = await chain(server)
+    wid = await create_workflow(server, workflow_body(modules=[fetch.hash, features.hash, model.hash], order="data"))
+    first = await execute(server, wid)
+    assert await result_with_output(fetch, await fetch.recv_execute(), "prices-v1") == "receive result"
+    assert await features.result(await features.recv_execute(), "failure", error="flaky") == "receive result"
+    assert (await wait_run(server, first))["status"] == "partial"
+    # The steps are listed in another order now: the original run's steps no longer
+    # line up with the workflow's, so nothing is carried over.
+    status, env = await server.api(f"/workflow/{wid}", "PUT", json_body={"execute_modules": [
+        {"module_hash": h, "args": {}} for h in (model.hash, features.hash, fetch.hash)
+    ]})
+    assert status == 200, env
+
+    status, env = await server.api(f"/runs/{first}/rerun", "POST", json_body={"steps": "failed"})
+    assert status == 200, env
+    rerun = env["result"]["run_id"]
+    # features' producer is not in the re-run: its input is external now, so it is sent
+    # at once without it; model still waits for features.
+    again = await features.recv_execute()
+    assert again["meta"]["run_id"] == rerun and again["meta"]["inputs"] == {}
+    await model.no_message(QUIET)
+    await fetch.no_message(QUIET)
+    assert await result_with_output(features, again, "features-v2") == "receive result"
+    last = await model.recv_execute()
+    assert last["meta"]["inputs"] == {"features": "features-v2"}
+    assert await model.result(last) == "receive result"
+    assert (await wait_run(server, rerun))["status"] == "success"
+    run = await get_run(server, rerun)
+    assert [(s["module_name"], s["status"]) for s in run["steps"]] == [("features", "success"), ("model", "success")]

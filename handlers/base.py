@@ -312,6 +312,12 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
         super()._handle_request_exception(e)
 
     def log_exception(self, typ, value, tb) -> None:  # noqa: ANN001
+        if isinstance(value, tornado.web.HTTPError):
+            # A refused request (a POST or HEAD to a socket route, a missing _xsrf) is
+            # the client's doing: one warning line, not an ERROR traceback that any
+            # anonymous request could add. Tornado's line uses _request_summary below.
+            super().log_exception(typ, value, tb)
+            return
         # Tornado's line would include the URI, and with it the module hash.
         log.error("Uncaught exception %s", self._request_summary(), exc_info=(typ, value, tb))
 

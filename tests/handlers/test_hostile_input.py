@@ -203,6 +203,22 @@ async def test_hostile_static_paths_get_4xx_not_500(server: RunningServer, path:
     assert (await server.fetch("/static/css/app.css", auth=None)).code == 200
 
 
+@pytest.mark.parametrize("path", ["/websocket", "/websocket?hash=" + "0" * 40, "/dashboard/live"])
+async def test_other_methods_on_socket_routes_get_4xx_without_an_error_traceback(
+    server: RunningServer, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Tornado refuses these itself (missing _xsrf, 405): the client's mistake, so a
+    # warning line at most, never one ERROR traceback per anonymous request.
+    for method in ("POST", "PUT", "DELETE", "HEAD"):
+        for auth in (None, ADMIN):
+            caplog.clear()
+            response = await server.fetch(path, method, auth=auth)
+            assert 400 <= response.code < 500, (method, path, response.code)
+            errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+            assert not errors, (method, path, errors)
+    assert not [r for r in caplog.records if "0" * 40 in r.getMessage()], "the hash stays out of the log"
+
+
 async def test_static_files_apply_the_host_check(make_server: MakeServer) -> None:
     server = await make_server(debug=False, allowed_hosts=("app.example.com",))
     wrong = await server.fetch("/static/css/app.css", auth=None, headers={"Host": "evil.test"})

@@ -79,6 +79,14 @@ class BaseHandler(OperatorAuthMixin, tornado.web.RequestHandler):
         for name, value in SECURITY_HEADERS.items():
             self.set_header(name, value)
 
+    def set_cookie(self, name: str, value: str | bytes, *args: Any, **kwargs: Any) -> None:
+        # Tornado sets the _xsrf cookie from static settings, which cannot know that
+        # this request came over https (through a trusted proxy): every cookie set on
+        # an https request is Secure, the XSRF and language cookies as well as the session.
+        if self.cookie_secure():
+            kwargs["secure"] = True
+        super().set_cookie(name, value, *args, **kwargs)
+
     # -- authentication --------------------------------------------------------------
     async def prepare(self) -> None:
         if wrong_host(self.ctx.settings, self.request):

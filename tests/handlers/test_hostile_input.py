@@ -15,6 +15,7 @@ import pytest
 from tornado.httpclient import HTTPResponse
 
 from handlers.base import SESSION_COOKIE
+from handlers.dashboard.views import LANG_COOKIE
 from tests.conftest import ADMIN, MakeServer, RunningServer
 from tests.support.rawclient import REGISTRATION_TOKEN, register
 from tornado_sched.logs import SafeFormatter
@@ -183,8 +184,12 @@ async def test_throttle_and_cookies_follow_trusted_proxy_headers(make_server: Ma
     assert (await proxied.fetch("/module/list", headers={"X-Forwarded-For": "198.51.100.2"})).code == 200
     https = await proxied.fetch("/modules", headers={"X-Forwarded-Proto": "https", "X-Forwarded-For": "198.51.100.3"})
     assert _jar(https)[SESSION_COOKIE]["secure"] is True
+    assert _jar(https)["_xsrf"]["secure"] is True, "every cookie set over https is Secure"
+    lang = await proxied.fetch("/lang/zh_CN", auth=None, follow_redirects=False,
+                               headers={"X-Forwarded-Proto": "https", "X-Forwarded-For": "198.51.100.3"})
+    assert _jar(lang)[LANG_COOKIE]["secure"] is True
     plain = await proxied.fetch("/modules", headers={"X-Forwarded-For": "198.51.100.3"})
-    assert not _jar(plain)[SESSION_COOKIE]["secure"]
+    assert not _jar(plain)[SESSION_COOKIE]["secure"] and not _jar(plain)["_xsrf"]["secure"]
     entries = (await proxied.api("/audit", headers={"X-Forwarded-For": "198.51.100.3"}))[1]
     assert entries["code"] == "2000"
 

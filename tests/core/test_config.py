@@ -46,6 +46,9 @@ def test_mysql_url_quotes_credentials_and_label_hides_password() -> None:
         ({"MONGODB_HOST": "localhost:27017"}, "MONGODB_HOST"),
         ({"EMAIL_API_URL": "ftp://x"}, "EMAIL_API_URL"),
         ({"NOTIFICATION_EMAIL": "not-an-address"}, "NOTIFICATION_EMAIL"),
+        # A CR or LF would start a new mail header (Bcc:) wherever the address is used.
+        ({"NOTIFICATION_EMAIL": "ops@example.com\rbcc:x@evil.test"}, "NOTIFICATION_EMAIL"),
+        ({"NOTIFICATION_EMAIL": "ops@example.com\nBcc:x@evil.test"}, "NOTIFICATION_EMAIL"),
         ({"WEBSOCKET_PING_INTERVAL": "-1"}, "WEBSOCKET_PING_INTERVAL"),
         ({"TRUSTED_PROXIES": "10.0.0.1, proxy.example.com"}, "TRUSTED_PROXIES"),
         ({"COOKIE_SECURE": "perhaps"}, "COOKIE_SECURE"),

@@ -202,6 +202,26 @@ async def test_registers_with_a_token_or_operator_credentials(server: RunningSer
     assert status == 200 and envelope["result"]["description"] == "v2"
 
 
+async def test_a_token_only_host_keeps_its_module_by_the_hash_it_stored(server: RunningServer) -> None:
+    first = ModuleClient(server.base_url, "sdk-keep", idle_handler, token=REGISTRATION_TOKEN, description="v1")
+    module_hash = await first.register()
+    # Registering again (as on every reconnect) sends the hash the client holds.
+    assert await first.register() == module_hash
+    # A restarted host passes the hash it stored from the first registration.
+    restarted = ModuleClient(server.base_url, "sdk-keep", idle_handler, token=REGISTRATION_TOKEN,
+                             module_hash=module_hash, description="v2")
+    assert await restarted.register() == module_hash
+    # Anyone else with the token does not learn it, and changes nothing.
+    stranger = ModuleClient(server.base_url, "sdk-keep", idle_handler, token=REGISTRATION_TOKEN,
+                            description="taken over")
+    with pytest.raises(RegistrationError) as info:
+        await stranger.register()
+    assert info.value.status == 403 and info.value.field == "module_hash" and not info.value.transient
+    assert stranger.module_hash is None
+    status, envelope = await server.api(f"/module/{module_hash}")
+    assert status == 200 and envelope["result"]["description"] == "v2", envelope
+
+
 async def test_registration_refusals_are_raised_not_retried(server: RunningServer) -> None:
     wrong = ModuleClient(server.base_url, "sdk-bad", idle_handler, token="wrong", backoff_base=5)
     with pytest.raises(RegistrationError) as info:

@@ -61,6 +61,7 @@ class SessionsPage(PageHandler):
     """`/admin/sessions` (admin): live browser sessions, each with an End button."""
 
     auth = "admin"
+    nav = "sessions"
 
     async def get(self) -> None:
         self.render("sessions.html", sessions=await self.ctx.sessions.list_active())

@@ -40,6 +40,7 @@ NAV = (
 ADMIN_NAV = (
     ("/admin/audit", "Audit log", "audit"),
     ("/admin/tokens", "API tokens", "tokens"),
+    ("/admin/sessions", "Sessions", "sessions"),
 )
 
 # status -> (English label, tone); the tone picks the badge colour in app.css.

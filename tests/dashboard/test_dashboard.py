@@ -420,7 +420,7 @@ async def test_layout_at_desktop_and_phone_and_failing_now_live(server: RunningS
              "/workflows/new", f"/workflows/{wid}/edit", f"/workflows/{wid}/run",
              f"/workflows/{wid}/delete", f"/workflows/{wid}/clone", "/scheduler", "/history",
              "/history?status=failed", "/history?q=layout&sort=oldest", f"/history/{run_id}", "/outbox",
-             "/admin/audit", "/admin/tokens"]
+             "/admin/audit", "/admin/tokens", "/admin/sessions"]
 
     problems: list[str] = []
     async with async_playwright() as pw:

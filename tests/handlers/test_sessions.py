@@ -117,6 +117,39 @@ async def test_password_change_and_an_admin_end_sessions(server: RunningServer) 
         "sessions from before the change are not listed as live"
 
 
+async def test_an_admin_ends_a_session_from_the_sessions_page(server: RunningServer) -> None:
+    viewer = ("viewer-s", "viewer-s-pass-1")
+    await server.ctx.accounts.create(*viewer, "viewer")
+    admin = _session_header(await _login(server))
+    other = _session_header(await _login(server))
+    page = await server.fetch("/admin/sessions", auth=None, headers=admin)
+    assert page.code == 200 and b'href="/admin/sessions"' in page.body  # the admin's nav entry
+    target = (await server.api("/sessions"))[1]["result"][0]["id"]  # newest first: `other`
+    assert b'action="/admin/sessions/%d/end"' % target in page.body
+    xsrf = _cookie_jar(page)["_xsrf"].value
+    cookies = f"{admin['Cookie']}; _xsrf={xsrf}"
+    end = f"/admin/sessions/{target}/end"
+
+    refused = await server.fetch(end, "POST", auth=None, follow_redirects=False, headers={**FORM, "Cookie": cookies},
+                                 body="")
+    assert refused.code == 403  # no XSRF token: nothing ended
+    assert (await server.fetch("/module/list", auth=None, headers=other)).code == 200
+    done = await server.fetch(end, "POST", auth=None, follow_redirects=False, headers={**FORM, "Cookie": cookies},
+                              body=urlencode({"_xsrf": xsrf}))
+    assert done.code == 303 and done.headers["Location"] == "/admin/sessions", done.body
+    assert (await server.fetch("/module/list", auth=None, headers=other)).code == 401
+    assert (await server.fetch("/module/list", auth=None, headers=admin)).code == 200
+    listing = await server.fetch("/admin/sessions", auth=None, headers=admin)
+    assert b"/admin/sessions/%d/end" % target not in listing.body
+    entries = (await server.api("/audit"))[1]["result"]["entries"]
+    assert ("admin", "end_session", f"session:{target}") in [(e["actor"], e["action"], e["target"]) for e in entries]
+
+    zh = (await server.fetch("/admin/sessions", auth=None, headers={**admin, "Accept-Language": "zh-CN"})).body.decode()
+    assert "会话" in zh and "结束" in zh
+    assert (await server.fetch("/admin/sessions", auth=viewer)).code == 403
+    assert b'href="/admin/sessions"' not in (await server.fetch("/", auth=viewer)).body
+
+
 async def test_idle_and_absolute_lifetimes(make_server: MakeServer) -> None:
     idle = await make_server(session_idle_seconds=1.0, session_max_seconds=60)
     cookie = _session_header(await _login(idle))

@@ -48,6 +48,11 @@ async def test_the_token_alone_does_not_reveal_an_existing_modules_hash(server: 
     status, envelope = await server.api("/module/register?name=victim")
     assert status == 200 and envelope["result"] == victim, envelope
 
+    # Every registration is audited under who made it; the refused ones changed nothing.
+    entries = (await server.api("/audit?page_size=100"))[1]["result"]["entries"]
+    actors = [e["actor"] for e in entries if e["action"] == "register" and e["target"] == f"module:{victim['module_id']}"]
+    assert actors == ["admin", "registration-token", "registration-token", "registration-token"], actors
+
 
 async def test_hash_guesses_on_registration_count_in_the_login_throttle(make_server: MakeServer) -> None:
     server = await make_server(login_slow_after=100, login_block_after=3)

@@ -27,7 +27,10 @@ class LoginPage(PageHandler):
 
     def check_xsrf_cookie(self) -> None:
         # No session yet, so the base class would skip it: a forged login (into the
-        # attacker's account) is still a cross-site request to refuse.
+        # attacker's account) is still a cross-site request to refuse, also when a
+        # sibling site planted an _xsrf pair.
+        if self._cross_site():
+            raise tornado.web.HTTPError(403, "cross-site request refused (Origin / Sec-Fetch-Site)")
         tornado.web.RequestHandler.check_xsrf_cookie(self)
 
     def get(self) -> None:

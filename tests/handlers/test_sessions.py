@@ -78,6 +78,23 @@ async def test_login_form_starts_a_session_stored_only_as_a_digest(server: Runni
     assert (await _login(server, next_path="//evil.test/x")).headers["Location"] == "/"
 
 
+async def test_a_login_posted_from_another_site_is_refused_even_with_a_planted_xsrf_pair(
+    server: RunningServer,
+) -> None:
+    page = await server.fetch("/login", auth=None)
+    xsrf = _cookie_jar(page)["_xsrf"].value
+    form = {"username": ADMIN[0], "password": ADMIN[1], "_xsrf": xsrf, "next": "/"}
+    for foreign in ({"Origin": "http://evil.sibling.test"}, {"Sec-Fetch-Site": "same-site"}):
+        forged = await server.fetch("/login", "POST", auth=None, follow_redirects=False,
+                                    headers={**FORM, "Cookie": f"_xsrf={xsrf}", **foreign}, body=urlencode(form))
+        assert forged.code == 403 and SESSION_COOKIE not in _cookie_jar(forged), foreign
+    assert await _session_rows(server) == []
+    own = await server.fetch("/login", "POST", auth=None, follow_redirects=False,
+                             headers={**FORM, "Cookie": f"_xsrf={xsrf}", "Origin": server.base_url,
+                                      "Sec-Fetch-Site": "same-origin"}, body=urlencode(form))
+    assert own.code == 303 and SESSION_COOKIE in _cookie_jar(own)
+
+
 async def test_logout_ends_the_session_on_the_server(server: RunningServer) -> None:
     cookie = _session_header(await _login(server))
     page = await server.fetch("/modules", auth=None, headers=cookie)

@@ -14,9 +14,11 @@ from urllib.parse import urlencode
 import pytest
 from tornado.httpclient import HTTPResponse
 
+from handlers.app import collect_routes
 from handlers.base import SESSION_COOKIE
 from handlers.dashboard.views import LANG_COOKIE
 from tests.conftest import ADMIN, MakeServer, RunningServer
+from tests.handlers.test_auth_matrix import _sample_path
 from tests.support.rawclient import REGISTRATION_TOKEN, register
 from tornado_sched.logs import SafeFormatter
 from tornado_sched.notify import _subject
@@ -206,6 +208,26 @@ async def test_hostile_static_paths_get_4xx_not_500(server: RunningServer, path:
     assert 400 <= response.code < 500, (path, response.code)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "no traceback logged"
     assert (await server.fetch("/static/css/app.css", auth=None)).code == 200
+
+
+async def test_hostile_paths_and_queries_on_every_route_get_no_5xx_and_no_error_log(
+    server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Every route of the real table, as the auth matrix fills it in, with NUL, CR/LF,
+    # U+2028, bad UTF-8 and a long segment in the path and in the usual query fields.
+    paths = sorted({_sample_path(pattern) for pattern, _handler in collect_routes()} | {"/static/css/app.css"})
+    query = "?next=/%0d%0a&page=%00&status=%E2%80%A8&q=%ff%fe&before=%00&page_size=%0a"
+    server_errors = []
+    for path in paths:
+        for hostile in (path + "%00", path + "/%0a" + "x" * 300, path + "%E2%80%A8%C0%AF", path + query):
+            for method in ("GET", "POST"):
+                for auth in (None, ADMIN):
+                    response = await server.fetch(hostile, method, auth=auth, follow_redirects=False)
+                    if response.code >= 500:
+                        server_errors.append((method, hostile, auth is not None, response.code))
+    assert len(paths) > 40, "the route walk found too few routes"
+    assert not server_errors, server_errors
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 @pytest.mark.parametrize("path", ["/websocket", "/websocket?hash=" + "0" * 40, "/dashboard/live"])

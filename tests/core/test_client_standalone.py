@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVER_PACKAGES = (
     "pymongo", "bson", "gridfs", "sqlalchemy", "greenlet", "aiomysql", "pymysql", "aiosqlite",
     "apscheduler", "croniter", "tornado_http_auth", "dotenv", "tzlocal", "nx_27017", "neosqlite",
+    "prometheus_client", "redis",
 )
 
 CHILD = textwrap.dedent("""

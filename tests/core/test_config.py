@@ -42,6 +42,7 @@ def test_mysql_url_quotes_credentials_and_label_hides_password() -> None:
         ({"MYSQL_PORT": "x"}, "MYSQL_PORT"),
         ({"DEBUG": "maybe"}, "DEBUG"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
         ({"TIME_ZONE": "Mars/Olympus"}, "TIME_ZONE"),
         ({"MONGODB_HOST": "localhost:27017"}, "MONGODB_HOST"),
         ({"EMAIL_API_URL": "ftp://x"}, "EMAIL_API_URL"),
@@ -69,6 +70,13 @@ def test_production_refuses_to_start_half_configured(missing: str) -> None:
         parse(env)
     assert str(err.value).startswith(missing + ":")
     assert parse(PROD).debug is False
+
+
+def test_log_format_and_metrics_token() -> None:
+    assert parse({}).log_format == "text" and parse({}).metrics_token == ""
+    s = parse({"LOG_FORMAT": "JSON", "METRICS_TOKEN": " scrape-token-1 "})
+    assert s.log_format == "json" and s.metrics_token == "scrape-token-1"
+    assert "scrape-token-1" not in repr(s)
 
 
 def test_ping_timeout_is_clamped_to_interval_like_tornado() -> None:

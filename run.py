@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
 import getpass
 import logging
 import os
@@ -48,6 +47,16 @@ from tornado_sched.workflows import WorkflowStore
 log = logging.getLogger("tornado_sched")
 
 
+class StartError(Exception):
+    """Start-up cannot go on for a reason the operator fixes (the port, a directory):
+    main prints the message as one line and exits with 2, which systemd does not
+    restart (deploy/tornado-sched.service)."""
+
+
+def _file_problem(exc: OSError) -> str:
+    return f"cannot use {exc.filename}: {exc.strerror} (DATA_DIR and LOG_DIR must be writable by this user)"
+
+
 @dataclass(frozen=True)
 class Accounts:
     operators: OperatorAccounts
@@ -61,10 +70,22 @@ async def serve(settings: Settings) -> None:
 
     # Bind first: a port in use must stop start-up before anything is created (the
     # first start's admin password is shown only once, after this point).
-    sockets = bind_sockets(settings.server_port, settings.server_host)
+    try:
+        sockets = bind_sockets(settings.server_port, settings.server_host)
+    except OSError as exc:
+        raise StartError(f"cannot listen on {settings.server_host}:{settings.server_port}: "
+                         f"{exc.strerror} (set SERVER_PORT / SERVER_HOST)") from None
     port = sockets[0].getsockname()[1]
     try:
         ctx = await open_context(settings)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        if exc.filename is None:
+            raise
+        # A file-system refusal (DATA_DIR on a volume the service user cannot write)
+        # is the operator's to fix, like a bad setting: one line naming the path.
+        raise StartError(_file_problem(exc)) from None
     except BaseException:
         for sock in sockets:
             sock.close()
@@ -190,21 +211,23 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = load_or_create_secret(Settings.from_env())
+        configure_logging(settings.log_level, settings.log_dir, settings.log_format)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_dir, settings.log_format)
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        print(_file_problem(exc), file=sys.stderr)
+        return 2
 
     command = args.command or "serve"
     try:
         if command == "serve":
             try:
                 asyncio.run(serve(settings))
-            except OSError as exc:
-                if exc.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
-                    raise
-                print(f"cannot listen on {settings.server_host}:{settings.server_port}: "
-                      f"{exc.strerror} (set SERVER_PORT / SERVER_HOST)", file=sys.stderr)
+            except StartError as exc:
+                print(exc, file=sys.stderr)
                 return 2
         elif command == "expire-modules":
             asyncio.run(expire_modules(settings))

@@ -52,9 +52,16 @@ access_log = logging.getLogger("tornado.access")
 HANDLER_MODULES = [health, metrics, docs, modules, websocket, workflows, runs, scheduler, notifications, admin, sessions, pages, workflow_pages, admin_pages, live]
 
 
+# Asked every few seconds by health checks and Prometheus (deploy/): a success there
+# is logged at DEBUG, or they alone would add thousands of INFO lines a day.
+PROBE_PATHS = frozenset({"/health", "/ready", "/metrics"})
+
+
 def _log_request(handler: tornado.web.RequestHandler) -> None:
     status = handler.get_status()
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    if level == logging.INFO and handler.request.path in PROBE_PATHS:
+        level = logging.DEBUG
     if not access_log.isEnabledFor(level):
         return  # the redaction below costs more than the rest of a WebSocket handshake
     access_log.log(

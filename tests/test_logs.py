@@ -16,16 +16,25 @@ pytestmark = pytest.mark.slow
 
 
 async def test_json_log_lines_from_a_real_server(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path / "site", {"LOG_FORMAT": "json"})
+    server = ServerProcess(tmp_path / "site", {"LOG_FORMAT": "json", "METRICS_TOKEN": "scrape-token-12345"})
     await server.start()
-    await AsyncHTTPClient().fetch(f"http://127.0.0.1:{server.port}/health")
+    http = AsyncHTTPClient()
+    base = f"http://127.0.0.1:{server.port}"
+    # What health checks and Prometheus ask all day long, then a page and a refusal.
+    for _ in range(3):
+        await http.fetch(f"{base}/health")
+        await http.fetch(f"{base}/ready")
+        await http.fetch(f"{base}/metrics", headers={"Authorization": "Bearer scrape-token-12345"})
+    await http.fetch(f"{base}/openapi.json")
+    assert (await http.fetch(f"{base}/metrics", raise_error=False)).code == 401
     assert await server.stop() == 0
     lines = (tmp_path / "site" / "logs" / "tornado_sched.log").read_text().splitlines()
     entries = [json.loads(line) for line in lines]  # every line is one JSON object
     assert {"time", "level", "logger", "message"} <= set(entries[0])
     assert entries[0]["time"].endswith("+00:00")
     assert sum("listening on" in e["message"] for e in entries) == 1
-    assert any(e["logger"] == "tornado.access" and "/health" in e["message"] for e in entries)
+    access = [(e["level"], e["message"].split()[2]) for e in entries if e["logger"] == "tornado.access"]
+    assert access == [("INFO", "/openapi.json"), ("WARNING", "/metrics")], access
     console = [line for line in server.output if line.startswith("{")]
     assert console and all(json.loads(line)["message"] for line in console)
 

@@ -321,8 +321,14 @@ def _paths() -> dict[str, Any]:
         {"name": "output_data", "in": "query", "schema": {"type": "string"},
          "description": 'JSON list of objects with a string "name"'},
         {"name": "modelHash", "in": "query", "schema": {"type": ["string", "null"], "maxLength": 200}},
+        {"name": "module_hash", "in": "query", "schema": {"type": "string", "maxLength": 128},
+         "description": "With REGISTRATION_TOKEN alone: the module's current hash, needed to register an "
+                        "existing name again (else 403). Ignored for operator credentials"},
     ]
-    register_security = [{"basicAuth": []}, {"digestAuth": []}, {"bearerAuth": []}, {"registrationToken": []}]
+    proof_header = {"name": "X-Module-Hash", "in": "header", "schema": {"type": "string", "maxLength": 128},
+                    "description": "The same proof as `module_hash`, as a header"}
+    register_security = [{"basicAuth": []}, {"digestAuth": []}, {"bearerAuth": []}, {"registrationToken": []},
+                         {"registrationTokenParameter": []}]
     registered = {"type": "object", "required": ["hash", "module_id"],
                   "properties": {"hash": {"type": "string"}, "module_id": {"type": "integer"}}}
     deleted = {"type": "object", "required": ["name", "deleted"],
@@ -358,8 +364,10 @@ def _paths() -> dict[str, Any]:
             "x-tornado-route": r"/module/register",
             "get": _op("Register a module (the seed's call); same name -> same hash and id. Admin credentials "
                        "or REGISTRATION_TOKEN (`X-Registration-Token` header or `token` parameter)",
-                       registered, "400", *auth, params=register_params, security=register_security, tag="modules"),
+                       registered, "400", *auth, params=[*register_params, proof_header],
+                       security=register_security, tag="modules"),
             "post": _op("Register a module, parameters in the body", registered, "400", *auth,
+                        params=[proof_header],
                         body={"type": "object", "required": ["name"], "properties": {
                             p["name"]: p["schema"] for p in register_params}},
                         security=register_security, tag="modules"),
@@ -553,6 +561,10 @@ def openapi_document() -> dict[str, Any]:
                                "description": "An API token from POST /tokens or `create-token`"},
                 "registrationToken": {"type": "apiKey", "in": "header", "name": "X-Registration-Token",
                                       "description": "REGISTRATION_TOKEN; only /module/register"},
+                "registrationTokenParameter": {
+                    "type": "apiKey", "in": "query", "name": "token",
+                    "description": "REGISTRATION_TOKEN as the `token` parameter (query string, or the body of a "
+                                   "POST); only /module/register"},
                 "metricsToken": {"type": "http", "scheme": "bearer", "description": "METRICS_TOKEN; only /metrics"},
             },
             "schemas": _schemas(),

@@ -3,6 +3,7 @@ server conform to it (jsonschema, Draft 2020-12 as OpenAPI 3.1 uses)."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from typing import Any
@@ -57,6 +58,54 @@ async def test_every_rest_route_and_method_is_documented(server: RunningServer) 
     html = page.body.decode()
     assert "POST /workflow/create" in html and "ErrorEnvelope" in html
     assert not re.search(r"""(src|href)=["']https?://""", html)
+
+
+# What a REST handler reads from the request: parameters, body keys and headers.
+READS = re.compile(r"""(?:param|text_param|int_query|get_query_argument|get_argument|get_body_argument)"""
+                   r"""\(\s*["']([A-Za-z_]+)["']|headers\.get\(\s*["']([A-Za-z-]+)["']|body\(\)\.get\(\s*["']([A-Za-z_]+)["']""")
+
+
+def _reads(handler: type) -> set[str]:
+    """Names the route's own module reads (credentials and proxy headers are read in
+    handlers/base.py and auth.py for every route; the security schemes say those)."""
+    source = "".join(inspect.getsource(cls) for cls in handler.__mro__ if cls.__module__ == handler.__module__)
+    names = {a or b or c for a, b, c in READS.findall(source)}
+    return names | ({"page", "page_size"} if "page_args(" in source else set())
+
+
+def _documented_names(spec: dict[str, Any], item: dict[str, Any]) -> set[str]:
+    names: set[str] = set()
+    for method in METHODS:
+        op = item.get(method)
+        if op is None:
+            continue
+        names |= {p["name"] for p in [*item.get("parameters", []), *op.get("parameters", [])]}
+        for content in op.get("requestBody", {}).get("content", {}).values():
+            names |= set(content["schema"].get("properties", {}))
+        for requirement in op.get("security", spec["security"]):
+            for scheme in requirement:
+                definition = spec["components"]["securitySchemes"][scheme]
+                if definition["type"] == "apiKey":
+                    names.add(definition["name"])
+    return names
+
+
+async def test_every_parameter_a_handler_reads_is_documented(server: RunningServer) -> None:
+    spec = await _spec(server)
+    by_route: dict[str, set[str]] = {}
+    for item in spec["paths"].values():
+        routes = item["x-tornado-route"]
+        for route in routes if isinstance(routes, list) else [routes]:
+            by_route.setdefault(route, set()).update(_documented_names(spec, item))
+    read_somewhere = set()
+    for pattern, handler in collect_routes():
+        if not _is_rest(handler):
+            continue
+        read = _reads(handler) - {"Authorization"}
+        read_somewhere |= read
+        assert read <= by_route[pattern], (pattern, sorted(read - by_route[pattern]))
+    # Guards the scan itself: it sees query, body and header reads.
+    assert {"module_hash", "X-Module-Hash", "token", "before", "page_size", "steps", "username"} <= read_somewhere
 
 
 class Conformance:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
-from tests.conftest import RunningServer, Settings, start_server, stop_server
+from tests.conftest import RunningServer, Settings, make_settings, start_server, stop_server
 from tests.flows.support import (
     Module,
     create_workflow,
@@ -20,7 +20,11 @@ from tests.flows.support import (
     wait_until,
     workflow_body,
 )
+from tests.flows.test_notifications import fail_run, notify_settings, on_demand, running, wait_rows
 from tests.flows.test_scheduling import _schedule_two_seconds_ahead
+from tests.flows.test_sql_outage import proxied_mariadb  # noqa: F401 - a fixture used below
+from tests.support.sink import Sink
+from tests.support.tcpproxy import TcpProxy
 
 METRICS_TOKEN = "scrape-token-0123456789"
 
@@ -110,3 +114,71 @@ async def test_metrics_follow_modules_runs_and_scheduling(metered: RunningServer
     text = await scrape(metered)
     assert sample(text, "tsched_modules_online") == 0
     assert sample(text, "tsched_module_disconnects_total") == 1
+
+
+async def test_outbox_gauges_follow_an_undelivered_notification(tmp_path: Path, docserver_uri: str) -> None:
+    """The mail API answers 503: the row waits (pending 1, an age that grows), and
+    both gauges fall back to 0 once it is delivered."""
+    sink = Sink()
+    await sink.start()
+    sink.set_mode("503")
+    try:
+        async with running(notify_settings(tmp_path, docserver_uri, sink, metrics_token=METRICS_TOKEN)) as server:
+            module = await Module.online(server)
+            wid = await create_workflow(server, on_demand([module.hash]))
+            await fail_run(server, module, wid)
+            await wait_rows(server, lambda rows: rows and rows[0]["status"] == "retrying")
+            text = await scrape(server)
+            assert sample(text, "tsched_outbox_pending") == 1
+            first_age = sample(text, "tsched_outbox_oldest_pending_age_seconds")
+            assert first_age > 0
+            await wait_until(lambda: len(sink.received) >= 2)
+            later = await scrape(server)
+            assert sample(later, "tsched_outbox_oldest_pending_age_seconds") > first_age
+            assert sample(later, "tsched_outbox_read_ok") == 1
+
+            sink.set_mode("ok")
+            await wait_rows(server, lambda rows: rows[0]["status"] == "sent")
+            text = await scrape(server)
+            assert sample(text, "tsched_outbox_pending") == 0
+            assert sample(text, "tsched_outbox_oldest_pending_age_seconds") == 0
+            module.close()
+    finally:
+        await sink.stop()
+
+
+@pytest.mark.mariadb
+async def test_store_failures_and_reconnects_show_while_sql_is_cut(
+    tmp_path: Path, docserver_uri: str, proxied_mariadb: tuple[str, TcpProxy],  # noqa: F811 - the fixture
+) -> None:
+    """SQL cut under a running server: failed writes and waiting rows count up, the
+    outbox read reports its failure, and the reconnect shows as new SQL connections."""
+    url, proxy = proxied_mariadb
+    settings = make_settings(tmp_path, docserver_uri, sql_url_override=url, metrics_token=METRICS_TOKEN)
+    server, http_server = await start_server(settings)
+    server.ctx.audit.pending.retry_seconds = 0.2
+    try:
+        module = await Module.online(server)
+        wid = await create_workflow(server, workflow_body(modules=[module.hash]))
+        before = await scrape(server)
+        opened = sample(before, "tsched_store_connections_opened_total", 'store="sql"')
+        assert sample(before, "tsched_store_write_failures_total", 'writer="audit_log"') == 0
+
+        await proxy.cut()
+        # An audited change while SQL is away (the operator is in the auth cache).
+        status, env = await server.api(f"/workflow/{wid}/disable", "POST")
+        assert status == 200, env
+        during = await scrape(server)  # the scraper's token needs no SQL
+        assert sample(during, "tsched_store_write_failures_total", 'writer="audit_log"') >= 1
+        assert sample(during, "tsched_sql_rows_waiting", 'table="audit_log"') == 1
+        assert sample(during, "tsched_outbox_read_ok") == 0
+
+        await proxy.restore()
+        await wait_until(lambda: server.ctx.audit.pending.kept == 0, 10)
+        after = await scrape(server)
+        assert sample(after, "tsched_sql_rows_waiting", 'table="audit_log"') == 0
+        assert sample(after, "tsched_outbox_read_ok") == 1
+        assert sample(after, "tsched_store_connections_opened_total", 'store="sql"') > opened
+        module.close()
+    finally:
+        await stop_server(server, http_server)

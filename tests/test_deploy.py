@@ -112,5 +112,10 @@ async def test_grafana_dashboard_uses_only_real_metrics(server: RunningServer) -
             for name in re.findall(r"tsched_\w+", target["expr"])}
     assert len(used) >= 12
     assert used <= exposed, sorted(used - exposed)
+    # And it charts every family a single server exposes (README: "every one").
+    families = {name for name in re.findall(r"^# TYPE (tsched_\w+) ", response.body.decode(), re.M)
+                if not name.endswith("_created")}
+    uncharted = {f for f in families if not any(u.startswith(f) for u in used)}
+    assert not uncharted, sorted(uncharted)
     prometheus = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
     assert prometheus["scrape_configs"][0]["metrics_path"] == "/metrics"

@@ -11,6 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from handlers.app import collect_routes
+from tests.conftest import RunningServer
 from tests.handlers.test_openapi import _is_rest
 from tornado_sched.config import Settings
 
@@ -65,3 +66,17 @@ def test_readme_and_docs_stay_inside_the_repository() -> None:
         for link in re.findall(r"\]\(([^)#]+)", text) if path.suffix == ".md" else []:
             if not link.startswith(("http://", "https://")):
                 assert (path.parent / link).exists(), (path, link)
+
+
+async def test_metrics_section_names_every_metric(server: RunningServer) -> None:
+    response = await server.fetch("/metrics")
+    assert response.code == 200
+    exposed = set()
+    for name, kind in re.findall(r"^# TYPE (tsched_\w+) (\w+)", response.body.decode(), re.M):
+        if not name.endswith("_created"):  # prometheus_client's own companion series
+            exposed.add(name if kind != "counter" or name.endswith("_total") else name + "_total")
+    section = _section("Metrics")
+    named = set(re.findall(r"`(tsched_\w+)", section))
+    assert len(exposed) >= 14
+    assert exposed <= named, sorted(exposed - named)
+    assert named - exposed == {"tsched_cluster_step_reports_dropped_total"}, named - exposed  # cluster only

@@ -34,6 +34,14 @@ async def test_list_jobs_matches_the_servers_jobs(tmp_path: Path) -> None:
             ids[name] = json.loads(response.body)["result"]["workflow_id"]
         jobs = json.loads((await http.fetch(f"{base}/scheduler/jobs", headers=auth)).body)["result"]
         expected = {j["id"]: j["next_run_time"] for j in jobs if j["workflow_id"] is not None}
+        # The running server owns the embedded document store: one line pointing at REST.
+        busy = await asyncio.create_subprocess_exec(
+            sys.executable, str(ROOT / "run.py"), "list-jobs", cwd=server.workdir, env=server.env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(busy.communicate(), 30)
+        assert busy.returncode == 1 and out == b"", (out, err)
+        assert len(err.splitlines()) == 1 and b"GET /scheduler/jobs" in err, err
     finally:
         assert await server.stop() == 0
     assert list(expected) == [f"workflow-{ids['每日']}"]

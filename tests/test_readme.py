@@ -80,3 +80,11 @@ async def test_metrics_section_names_every_metric(server: RunningServer) -> None
     assert len(exposed) >= 14
     assert exposed <= named, sorted(exposed - named)
     assert named - exposed == {"tsched_cluster_step_reports_dropped_total"}, named - exposed  # cluster only
+
+
+def test_sdk_file_list_is_what_sdk_ships() -> None:
+    section = _section("Module SDK")
+    listed = re.search(r"copy the files of `sdk/src/tornado_sched/`\s*\(([^)]*)\)", section)
+    assert listed, "the SDK's file list is gone from the README"
+    shipped = {p.name for p in (ROOT / "sdk" / "src" / "tornado_sched").iterdir() if p.suffix == ".py"}
+    assert set(re.findall(r"`([\w.]+\.py)`", listed.group(1))) == shipped

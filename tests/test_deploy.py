@@ -4,6 +4,7 @@ check point at real routes, and the Grafana dashboard uses only real metrics."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 from dataclasses import fields
@@ -82,6 +83,35 @@ def test_dockerfile_runs_unprivileged_with_a_ready_health_check() -> None:
     services = compose["services"]
     assert services["mongodb"]["image"].startswith("mongo:") and services["mariadb"]["image"].startswith("mariadb:")
     assert services["tornado-sched"]["build"]["dockerfile"] == "deploy/Dockerfile"
+
+
+def test_docker_context_leaves_out_local_secrets_and_keeps_the_package() -> None:
+    """`COPY . /tmp/src` in the Dockerfile keeps that layer in the image even after
+    the rm: a checkout's data/ (secret key, SQLite with password digests, module
+    hashes), logs and .env must never be in the build context."""
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+
+    def matches(pattern: list[str], parts: list[str]) -> bool:
+        # Docker's rules: segment by segment, `**` any number of directories, and a
+        # matched directory takes everything under it.
+        if not pattern:
+            return True
+        if pattern[0] == "**":
+            return any(matches(pattern[1:], parts[i:]) for i in range(len(parts) + 1))
+        return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and matches(pattern[1:], parts[1:])
+
+    def ignored(path: str) -> bool:
+        return any(matches(p.split("/"), path.split("/")) for p in patterns)
+
+    for path in ("data/secret_key", "data/system.sqlite3", "logs/tornado_sched.log", ".env", "deploy/.env",
+                 ".venv/bin/python", ".git/config", "tornado_sched/__pycache__/x.pyc"):
+        assert ignored(path), path
+    # Everything `pip install /tmp/src` reads (pyproject.toml's files and data-files).
+    for path in ("pyproject.toml", "requirements.txt", "README.md", "run.py", "tornado_sched/client.py",
+                 "handlers/app.py", "templates/base.html", "static/css/app.css", "locale/zh_CN.csv"):
+        assert (ROOT / path).exists(), path
+        assert not ignored(path), path
 
 
 def test_nginx_upgrades_both_websockets() -> None:

@@ -65,7 +65,9 @@ class Accounts:
     sql: SqlStore
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, command: str = "python run.py") -> None:
+    """`command`: how the operator started us, for the hint printed with a generated
+    password (`tornado-sched` after `pip install .`)."""
     from handlers.app import make_app
 
     # Bind first: a port in use must stop start-up before anything is created (the
@@ -100,7 +102,7 @@ async def serve(settings: Settings) -> None:
             print(
                 f"Created operator {settings.admin_username!r} with generated password: "
                 f"{ctx.generated_admin_password}\n(set ADMIN_PASSWORD to choose one; "
-                "change it with `python run.py set-password`)",
+                f"change it with `{command} set-password`)",
                 flush=True,
             )
         # Once on the console (the line scripts wait for), once in the log file.
@@ -225,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command == "serve":
             try:
-                asyncio.run(serve(settings))
+                asyncio.run(serve(settings, "python run.py" if parser.prog == "run.py" else parser.prog))
             except StartError as exc:
                 print(exc, file=sys.stderr)
                 return 2

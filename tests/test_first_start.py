@@ -55,6 +55,7 @@ async def test_port_in_use_is_one_line_exit_2_and_the_admin_password_is_not_lost
         )
         assert response.code == 200, response.body
         assert sum("listening on" in line for line in again.output) == 1, again.output
+        assert any("change it with `python run.py set-password`" in line for line in again.output)
     finally:
         assert await again.stop() == 0
 

@@ -57,24 +57,29 @@ async def test_pip_install_gives_a_working_tornado_sched_command(tmp_path: Path)
     site = tmp_path / "site"
     site.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MYSQL_", "MONGODB_", "ADMIN_", "DATA_DIR", "LOG_DIR"))}
-    env.update(SERVER_PORT="0", SERVER_HOST="127.0.0.1", ADMIN_PASSWORD="installed-pw-1")
+    env.update(SERVER_PORT="0", SERVER_HOST="127.0.0.1")
     proc = await asyncio.create_subprocess_exec(
         str(bin_dir / "tornado-sched"), "serve", cwd=site, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
     try:
         port = 0
+        output = ""
         assert proc.stdout
         while not port:
             line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-            assert line, "installed server exited"
+            assert line, "installed server exited:\n" + output
+            output += line
             if m := re.match(r"listening on port (\d+)", line):
                 port = int(m.group(1))
+        # The first start's hint names the command the operator has.
+        password = re.search(r"generated password: (\S+)", output).group(1)
+        assert "change it with `tornado-sched set-password`" in output, output
         http = AsyncHTTPClient()
         css = await http.fetch(f"http://127.0.0.1:{port}/static/css/app.css")
         assert css.code == 200 and css.body
         page = await http.fetch(f"http://127.0.0.1:{port}/", auth_username="admin",
-                                auth_password="installed-pw-1", raise_error=False)
+                                auth_password=password, raise_error=False)
         assert page.code == 200 and b"<html" in page.body.lower(), page.body[:300]
     finally:
         proc.send_signal(signal.SIGTERM)

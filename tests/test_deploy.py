@@ -31,19 +31,30 @@ def _dockerfile_env() -> dict[str, str]:
     return env
 
 
+# ${NAME:?msg} / ${NAME:-default}: what an operator's deploy/.env would supply.
+SUPPLIED = {"SECRET_KEY": "s" * 48, "MYSQL_PASSWORD": "pw", "NOTIFICATION_EMAIL": "ops@example.com",
+            "EMAIL_API_URL": "https://mail.example.com/send", "ADMIN_PASSWORD": "admin-pw-1",
+            "METRICS_TOKEN": "m" * 20}
+
+
+def _substitute(raw: dict[str, object]) -> dict[str, str]:
+    def one(value: str) -> str:
+        return re.sub(r"\$\{(\w+):[?-]([^}]*)\}",
+                      lambda m: SUPPLIED.get(m.group(1), m.group(2) if ":-" in m.group(0) else ""), value)
+
+    return {k: one(str(v)) for k, v in raw.items()}
+
+
 def _compose_env() -> dict[str, str]:
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
-    raw = compose["services"]["tornado-sched"]["environment"]
-    # ${NAME:?msg} / ${NAME:-default}: what an operator's deploy/.env would supply.
-    supplied = {"SECRET_KEY": "s" * 48, "MYSQL_PASSWORD": "pw", "NOTIFICATION_EMAIL": "ops@example.com",
-                "EMAIL_API_URL": "https://mail.example.com/send", "ADMIN_PASSWORD": "admin-pw-1",
-                "METRICS_TOKEN": "m" * 20}
+    return _substitute(compose["services"]["tornado-sched"]["environment"])
 
-    def substitute(value: str) -> str:
-        return re.sub(r"\$\{(\w+):[?-]([^}]*)\}",
-                      lambda m: supplied.get(m.group(1), m.group(2) if ":-" in m.group(0) else ""), value)
 
-    return {k: substitute(str(v)) for k, v in raw.items()}
+def _cluster_envs() -> dict[str, dict[str, str]]:
+    """deploy/cluster/compose.yml: each service built from our Dockerfile."""
+    compose = yaml.safe_load((DEPLOY / "cluster" / "compose.yml").read_text())
+    return {name: _substitute(service["environment"]) for name, service in compose["services"].items()
+            if service.get("build", {}).get("dockerfile") == "deploy/Dockerfile"}
 
 
 def _systemd_env() -> dict[str, str]:
@@ -71,6 +82,16 @@ def test_every_variable_the_deploy_files_set_is_a_setting_and_parses() -> None:
     compose = Settings.from_env(_compose_env(), dotenv_path=None)
     assert compose.mysql_host == "mariadb" and compose.mongodb_host.startswith("mongodb://mongodb")
     assert not compose.debug and "127.0.0.1" in compose.allowed_hosts  # the health check's Host
+    instances = _cluster_envs()
+    assert len(instances) == 3, instances
+    names = set()
+    for label, env in instances.items():
+        unknown = set(env) - SETTING_NAMES
+        assert not unknown, f"cluster/compose.yml {label} sets variables Settings does not read: {sorted(unknown)}"
+        settings = Settings.from_env(env, dotenv_path=None)
+        assert settings.clustered and "127.0.0.1" in settings.allowed_hosts, label
+        names.add(settings.instance)
+    assert len(names) == 3  # INSTANCE_NAME unique per cluster
 
 
 def test_dockerfile_runs_unprivileged_with_a_ready_health_check() -> None:
@@ -115,15 +136,16 @@ def test_docker_context_leaves_out_local_secrets_and_keeps_the_package() -> None
 
 
 def test_nginx_upgrades_both_websockets() -> None:
-    text = (DEPLOY / "nginx.conf").read_text()
-    for path in ("/websocket", "/dashboard/live"):
-        block = re.search(r"location = " + re.escape(path) + r" \{(.*?)\}", text, re.S)
-        assert block, path
-        body = block.group(1)
-        assert "proxy_http_version 1.1" in body and "Upgrade    $http_upgrade" in body
-        assert "Connection $connection_upgrade" in body
-        timeout = int(re.search(r"proxy_read_timeout (\d+)s", body).group(1))
-        assert timeout > Settings().websocket_ping_interval + Settings().websocket_ping_timeout
+    for conf in (DEPLOY / "nginx.conf", DEPLOY / "cluster" / "nginx.conf"):
+        text = conf.read_text()
+        for path in ("/websocket", "/dashboard/live"):
+            block = re.search(r"location (?:= )?" + re.escape(path) + r" \{(.*?)\}", text, re.S)
+            assert block, (conf, path)
+            body = block.group(1)
+            assert "proxy_http_version 1.1" in body and re.search(r"Upgrade +\$http_upgrade", body), (conf, path)
+            assert "Connection $connection_upgrade" in body, (conf, path)
+            timeout = int(re.search(r"proxy_read_timeout (\d+)s", body).group(1))
+            assert timeout > Settings().websocket_ping_interval + Settings().websocket_ping_timeout
     unit = (DEPLOY / "tornado-sched.service").read_text()
     assert "TRUSTED_PROXIES=127.0.0.1" in unit and "RestartPreventExitStatus=2" in unit
 

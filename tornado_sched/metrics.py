@@ -67,12 +67,21 @@ class _StateCollector(Collector):
         yield waiting
         opened = CounterMetricFamily(
             "tsched_store_connections_opened",
-            "Connections opened to each store; growth after start-up means reconnects",
+            "Connections opened to each store (load, MySQL's hourly recycling and reconnects open them)",
             labels=["store"],
         )
         opened.add_metric(["mongodb"], ctx.docs.connections_opened)
         opened.add_metric(["sql"], ctx.sql.connections_opened)
         yield opened
+        lost = CounterMetricFamily(
+            "tsched_store_connection_losses",
+            "Store connections lost to an error (SQL: a pooled connection found broken; MongoDB: the "
+            "driver dropped its pool after a network error); each is followed by a reconnect",
+            labels=["store"],
+        )
+        lost.add_metric(["mongodb"], ctx.docs.connections_lost)
+        lost.add_metric(["sql"], ctx.sql.connections_lost)
+        yield lost
         if ctx.cluster is not None:
             yield CounterMetricFamily(
                 "tsched_cluster_step_reports_dropped",

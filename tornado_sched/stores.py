@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 
 
 class _ConnectionCounter(ConnectionPoolListener):
-    """Counts the driver's new connections; every other pool event is ignored."""
+    """Counts the driver's new connections and its pool clears (the driver drops
+    every connection to a server after a network error with it, then reconnects);
+    every other pool event is ignored."""
 
     def __init__(self, store: DocumentStore) -> None:
         self._store = store
@@ -33,9 +35,11 @@ class _ConnectionCounter(ConnectionPoolListener):
     def connection_created(self, event: Any) -> None:
         self._store.connections_opened += 1
 
+    def pool_cleared(self, event: Any) -> None:
+        self._store.connections_lost += 1
+
     def pool_created(self, event: Any) -> None: ...
     def pool_ready(self, event: Any) -> None: ...
-    def pool_cleared(self, event: Any) -> None: ...
     def pool_closed(self, event: Any) -> None: ...
     def connection_ready(self, event: Any) -> None: ...
     def connection_closed(self, event: Any) -> None: ...
@@ -53,8 +57,9 @@ class DocumentStore:
     """
 
     def __init__(self, uri: str, db_name: str, *, timeout_ms: int = 5000) -> None:
-        # Connections the driver opened (for /metrics: growth after start = reconnects).
+        # For /metrics: connections the driver opened, and losses (pool clears).
         self.connections_opened = 0
+        self.connections_lost = 0
         self.client: AsyncMongoClient = AsyncMongoClient(
             uri,
             tz_aware=True,
@@ -101,12 +106,19 @@ class SqlStore:
             kwargs["pool_recycle"] = 3600
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         self.dialect = self.engine.dialect.name
-        # DBAPI connections opened (for /metrics: growth after start = reconnects).
+        # For /metrics: DBAPI connections opened (load and MySQL's hourly recycling
+        # open some too), and connections found broken (a lost server), each of
+        # which the pool replaces with a new one.
         self.connections_opened = 0
+        self.connections_lost = 0
         event.listen(self.engine.sync_engine, "connect", self._count_connect)
+        event.listen(self.engine.sync_engine, "invalidate", self._count_lost)
 
     def _count_connect(self, dbapi_connection: Any, record: Any) -> None:
         self.connections_opened += 1
+
+    def _count_lost(self, dbapi_connection: Any, record: Any, exception: BaseException | None) -> None:
+        self.connections_lost += 1
 
     async def create_schema(self) -> None:
         for attempt in range(3):

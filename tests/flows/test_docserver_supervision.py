@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -77,6 +78,7 @@ async def test_a_killed_document_server_is_restarted_and_the_run_completes(
         workflow_id = await create_workflow(running, workflow_body(modules=[module.hash]))
         run_id = await execute(running, workflow_id)
         command = await module.recv_execute()
+        assert running.ctx.docs.connections_lost == 0
 
         old_pid = _kill_child(running)
         await wait_until(lambda: not docserver.running or docserver.pid != old_pid, 5)
@@ -102,6 +104,10 @@ async def test_a_killed_document_server_is_restarted_and_the_run_completes(
         run = await wait_run(running, run_id, within=15)
         assert run["status"] == "success", run
         assert (await running.api("/workflow/list"))[0] == 200
+        # /metrics shows the loss (and the driver's reconnect behind it).
+        metrics = (await running.fetch("/metrics")).body.decode()
+        lost = re.search(r'^tsched_store_connection_losses_total\{store="mongodb"\} (\S+)$', metrics, re.M)
+        assert lost and float(lost.group(1)) >= 1, metrics
 
 
 async def test_ready_is_503_while_it_is_down_and_health_fails_only_past_the_bound(

@@ -69,6 +69,8 @@ async def test_metrics_follow_modules_runs_and_scheduling(metered: RunningServer
     assert sample(before, "tsched_store_write_failures_total", 'writer="run_state_flush"') == 0
     assert sample(before, "tsched_store_connections_opened_total", 'store="sql"') >= 1
     assert sample(before, "tsched_store_connections_opened_total", 'store="mongodb"') >= 1
+    assert sample(before, "tsched_store_connection_losses_total", 'store="sql"') == 0
+    assert sample(before, "tsched_store_connection_losses_total", 'store="mongodb"') == 0
 
     module = await Module.online(metered, "metered")
     wid = await create_workflow(metered, workflow_body("计量", [module.hash]))
@@ -152,7 +154,8 @@ async def test_store_failures_and_reconnects_show_while_sql_is_cut(
     tmp_path: Path, docserver_uri: str, proxied_mariadb: tuple[str, TcpProxy],  # noqa: F811 - the fixture
 ) -> None:
     """SQL cut under a running server: failed writes and waiting rows count up, the
-    outbox read reports its failure, and the reconnect shows as new SQL connections."""
+    outbox read reports its failure, and the reconnect shows as lost and new SQL
+    connections."""
     url, proxy = proxied_mariadb
     settings = make_settings(tmp_path, docserver_uri, sql_url_override=url, metrics_token=METRICS_TOKEN)
     server, http_server = await start_server(settings)
@@ -163,6 +166,7 @@ async def test_store_failures_and_reconnects_show_while_sql_is_cut(
         before = await scrape(server)
         opened = sample(before, "tsched_store_connections_opened_total", 'store="sql"')
         assert sample(before, "tsched_store_write_failures_total", 'writer="audit_log"') == 0
+        assert sample(before, "tsched_store_connection_losses_total", 'store="sql"') == 0
 
         await proxy.cut()
         # An audited change while SQL is away (the operator is in the auth cache).
@@ -179,6 +183,8 @@ async def test_store_failures_and_reconnects_show_while_sql_is_cut(
         assert sample(after, "tsched_sql_rows_waiting", 'table="audit_log"') == 0
         assert sample(after, "tsched_outbox_read_ok") == 1
         assert sample(after, "tsched_store_connections_opened_total", 'store="sql"') > opened
+        assert sample(after, "tsched_store_connection_losses_total", 'store="sql"') >= 1
+        assert sample(after, "tsched_store_connection_losses_total", 'store="mongodb"') == 0
         module.close()
     finally:
         await stop_server(server, http_server)

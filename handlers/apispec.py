@@ -1,4 +1,5 @@
-"""The OpenAPI 3.1 description of the REST API, served at /openapi.json.
+"""The OpenAPI 3.1 description of the REST API, served at /openapi.json: its paths
+and operations here, the component schemas they refer to in apischemas.py.
 
 Written by hand next to the handlers (not generated from them) so it can say what
 the code cannot: units, defaults, which error a client gets and why. Each path item
@@ -15,19 +16,8 @@ from tornado_sched.history import MODULE_STEP_STATUSES
 from tornado_sched.run_state import RUN_STATUSES
 from tornado_sched.workflows import ORDER
 
-JSON = "application/json"
+from .apischemas import JSON, TIMESTAMP, component_schemas, page_of, ref
 
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"anyOf": [schema, {"type": "null"}]}
-
-
-TIMESTAMP = {"type": "string", "format": "date-time", "description": "ISO 8601, UTC, with its offset (+00:00)"}
-MAYBE_TIMESTAMP = {"type": ["string", "null"], "format": "date-time", "description": TIMESTAMP["description"]}
 PAGE_PARAMS = [
     {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1_000_000, "default": 1}},
     {"name": "page_size", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 20}},
@@ -61,7 +51,7 @@ ERRORS = {
 
 def _ok(result: dict[str, Any], description: str = "Success (code 2000)") -> dict[str, Any]:
     schema = {
-        "allOf": [_ref("Envelope")],
+        "allOf": [ref("Envelope")],
         "properties": {"code": {"const": "2000"}, "result": result},
     }
     return {"description": description, "content": {JSON: {"schema": schema}}}
@@ -69,7 +59,7 @@ def _ok(result: dict[str, Any], description: str = "Success (code 2000)") -> dic
 
 def _errors(*statuses: str) -> dict[str, Any]:
     return {
-        status: {"description": ERRORS[status], "content": {JSON: {"schema": _ref("ErrorEnvelope")}}}
+        status: {"description": ERRORS[status], "content": {JSON: {"schema": ref("ErrorEnvelope")}}}
         for status in statuses
     }
 
@@ -107,209 +97,6 @@ TOKEN_ID = _path_param("token_id", {"type": "integer", "minimum": 0, "maximum": 
 PUBLIC: list[dict[str, list[str]]] = []
 OBJECT_ID_ROUTE = r"/workflow/([0-9a-fA-F]{24})(/enable|/disable|/execute|/runs|/plan)?"
 ADMIN_NOTE = "Admin role only."
-
-
-def _schemas() -> dict[str, Any]:
-    module_step = {
-        "type": "object", "required": ["module_hash"],
-        "properties": {"module_hash": {"type": "string", "minLength": 1, "maxLength": 128},
-                       "args": {"type": "object", "description": "This module's args; no key may start with `$`"}},
-    }
-    workflow_fields = {
-        "name": {"type": "string", "minLength": 1, "maxLength": 100},
-        "description": {"type": "string", "maxLength": 2000},
-        "enable": {"type": "boolean", "default": True},
-        "execute_cron_list": {"type": "array", "maxItems": 20, "items": {"type": "string"},
-                              "description": "5-field crontab lines (or @daily-style macros); required when enabled"},
-        "execute_shift_time": {"type": "integer", "default": 0, "description": "Negative = earlier"},
-        "execute_shift_unit": {"enum": ["s", "m", "h"], "default": "s"},
-        "execute_modules": {"type": "array", "minItems": 1, "items": module_step},
-        "timezone": {"type": "string", "description": "IANA zone the crontab lines are read in (default TIME_ZONE)"},
-        "timeout_seconds": {"type": "integer", "minimum": 1, "maximum": 604800, "default": 600},
-        "overlap": {"enum": ["forbid", "allow"], "default": "forbid"},
-        "misfire": {"enum": ["skip", "run_once"], "default": "skip"},
-        "misfire_grace_seconds": {"type": "integer", "minimum": 1, "maximum": 604800, "default": 300},
-        "retries": {"type": "integer", "minimum": 0, "maximum": 10, "default": 0},
-        "retry_delay_seconds": {"type": "integer", "minimum": 0, "maximum": 86400, "default": 10},
-        "order": {"enum": list(ORDER), "default": ORDER[0],
-                  "description": "`data`: steps wait for the steps whose outputs feed their inputs"},
-    }
-    step = {
-        "type": "object",
-        "required": ["index", "module_hash", "module_name", "status"],
-        "properties": {
-            "index": {"type": "integer"}, "module_hash": {"type": "string"}, "module_name": {"type": "string"},
-            "args": {"type": "object"},
-            "status": {"enum": ["pending", "sent", "success", "failure", "offline", "timeout", "interrupted",
-                                "skipped", "upstream_failed", "cancelled"],
-                       "description": "`upstream_failed` (data-ordered runs): never sent, because a producer "
-                                      "of a required input did not succeed"},
-            "attempts": {"type": "integer"}, "sent_at": MAYBE_TIMESTAMP, "ended_at": MAYBE_TIMESTAMP,
-            "message": {"type": ["string", "null"]}, "error": {"type": ["string", "null"]},
-            "output": {"description": "The module's `output` from its result (JSON, at most 64 KiB encoded); "
-                                      "null when it sent none"},
-            "progress": {
-                "type": ["object", "null"], "description": "The module's last `progress` frame for this step",
-                "properties": {"percent": {"type": ["number", "null"], "minimum": 0, "maximum": 100},
-                               "message": {"type": ["string", "null"]}}},
-            "log": {"type": "array", "items": {"type": "string"}, "maxItems": 200,
-                    "description": "The last lines of the module's `log` frames (each cut at 1,000 characters)"},
-        },
-    }
-    return {
-        "Envelope": {
-            "type": "object", "required": ["code", "message", "result"],
-            "properties": {"code": {"type": "string", "pattern": "^[0-9]{4}$"}, "message": {"type": "string"},
-                           "result": {}},
-        },
-        "ErrorEnvelope": {
-            "type": "object", "required": ["code", "message", "result"],
-            "description": "The seed's envelope with an error code: HTTP status x 10 (4000, 4010, ... 5030)",
-            "properties": {
-                "code": {"type": "string", "pattern": "^[45][0-9]{3}$"},
-                "message": {"type": "string", "description": "Readable; names the field for bad input"},
-                "result": _nullable({"type": "object", "required": ["field"],
-                                     "properties": {"field": {"type": "string"}}}),
-            },
-        },
-        "Module": {
-            "type": "object", "required": ["module_id", "name", "hash", "online"],
-            "properties": {
-                "module_id": {"type": "integer"}, "name": {"type": "string"},
-                "hash": {"type": "string", "description": "The WebSocket credential; viewers see a prefix"},
-                "description": {"type": "string"},
-                "input_data": {"type": "array", "items": {"type": "object"}},
-                "output_data": {"type": "array", "items": {"type": "object"}},
-                "modelHash": {"type": ["string", "null"]}, "online": {"type": "boolean"},
-                "last_heartbeat": MAYBE_TIMESTAMP, "connected_at": MAYBE_TIMESTAMP,
-                "remote_address": {"type": ["string", "null"]},
-                "created_at": MAYBE_TIMESTAMP, "updated_at": MAYBE_TIMESTAMP,
-            },
-        },
-        "OnlineModule": {
-            "type": "object", "required": ["module_id", "name", "hash", "connected_at"],
-            "properties": {
-                "module_id": {"type": "integer"}, "name": {"type": "string"}, "hash": {"type": "string"},
-                "description": {"type": "string"}, "connected_at": TIMESTAMP, "last_heartbeat": TIMESTAMP,
-                "remote_address": {"type": ["string", "null"]},
-            },
-        },
-        "WorkflowCreate": {"type": "object", "required": ["name", "execute_modules"], "properties": workflow_fields},
-        "WorkflowUpdate": {"type": "object", "properties": workflow_fields,
-                           "description": "Any subset of the create body"},
-        "Workflow": {
-            "type": "object", "required": ["id", "workflow_id", "name", "enable", "execute_cron_list",
-                                           "execute_modules"],
-            "properties": {
-                **workflow_fields,
-                "execute_modules": {"type": "array", "items": module_step},
-                "id": {"type": "string", "description": "Document id (ObjectId); paths take workflow_id"},
-                "workflow_id": {"type": "integer"},
-                "created_at": MAYBE_TIMESTAMP, "updated_at": MAYBE_TIMESTAMP,
-                "last_run": _nullable({"type": "object"}),
-                "next_run_time": MAYBE_TIMESTAMP,
-            },
-        },
-        "Run": {
-            "type": "object", "required": ["run_id", "workflow_id", "status", "steps"],
-            "properties": {
-                "run_id": {"type": "string"}, "workflow_id": {"type": "integer"},
-                "workflow_name": {"type": "string"}, "trigger": {"type": "string"},
-                "nominal_time": TIMESTAMP,
-                "execution_time": {"type": "string", "pattern": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d$",
-                                   "description": "The seed's nominal tick, local to `timezone`, no offset"},
-                "timezone": {"type": "string"}, "fired_at": TIMESTAMP, "started_at": TIMESTAMP,
-                "ended_at": MAYBE_TIMESTAMP,
-                "status": {"enum": ["running", "success", "failure", "partial", "skipped", "interrupted",
-                                    "cancelled"]},
-                "rerun_of": {"type": ["string", "null"], "description": "The run this one re-runs"},
-                "reason": {"type": ["string", "null"]}, "timeout_seconds": {"type": "integer"},
-                "retries": {"type": "integer"}, "retry_delay_seconds": {"type": "integer"},
-                "steps": {"type": "array", "items": step},
-            },
-        },
-        "RunPage": {
-            "type": "object", "required": ["total", "page", "page_size", "runs", "has_more", "next_before"],
-            "properties": {
-                "total": {"type": ["integer", "null"],
-                          "description": "Exact up to 1,000; then 1,000 with total_exact false; null with `before`"},
-                "total_exact": {"type": "boolean"},
-                "page": {"type": ["integer", "null"], "description": "null when paging with `before`"},
-                "page_size": {"type": "integer"}, "runs": {"type": "array", "items": _ref("Run")},
-                "has_more": {"type": "boolean"},
-                "next_before": {"type": ["string", "null"], "description": "Cursor for the next (older) page"},
-            },
-        },
-        "ModuleStep": {
-            "type": "object",
-            "required": ["run_id", "workflow_id", "workflow_name", "run_status", "step_index", "status",
-                         "attempts", "sent_at", "ended_at", "message", "error"],
-            "properties": {
-                "run_id": {"type": "string"}, "workflow_id": {"type": "integer"},
-                "workflow_name": {"type": "string"}, "run_status": {"type": "string"},
-                "step_index": {"type": "integer"},
-                "status": {"enum": [s for s in MODULE_STEP_STATUSES if s != "failed"]},
-                "attempts": {"type": "integer"}, "sent_at": TIMESTAMP, "ended_at": MAYBE_TIMESTAMP,
-                "message": {"type": ["string", "null"]}, "error": {"type": ["string", "null"]},
-            },
-        },
-        "ModuleStepPage": {
-            "type": "object", "required": ["page_size", "steps", "has_more", "next_before"],
-            "properties": {
-                "page_size": {"type": "integer"}, "steps": {"type": "array", "items": _ref("ModuleStep")},
-                "has_more": {"type": "boolean"},
-                "next_before": {"type": ["string", "null"], "description": "Cursor for the next (older) page"},
-            },
-        },
-        "Job": {
-            "type": "object", "required": ["id", "name", "trigger", "next_run_time"],
-            "properties": {"id": {"type": "string"}, "name": {"type": "string"},
-                           "workflow_id": {"type": ["integer", "null"]}, "trigger": {"type": "string"},
-                           "next_run_time": MAYBE_TIMESTAMP},
-        },
-        "Notification": {
-            "type": "object", "required": ["id", "channel", "kind", "status"],
-            "properties": {
-                "id": {"type": "integer"}, "channel": {"type": "string"}, "kind": {"type": "string"},
-                "workflow_id": {"type": ["integer", "null"]}, "subject": {"type": "string"},
-                "status": {"enum": ["pending", "retrying", "sent", "not_configured"]},
-                "attempts": {"type": "integer"}, "last_error": {"type": ["string", "null"]},
-                "failures": {"type": "integer"}, "created_at": TIMESTAMP,
-                "next_attempt_at": MAYBE_TIMESTAMP, "sent_at": MAYBE_TIMESTAMP,
-            },
-        },
-        "Token": {
-            "type": "object", "required": ["id", "name", "username", "prefix", "revoked"],
-            "properties": {
-                "id": {"type": "integer"}, "name": {"type": "string"}, "username": {"type": "string"},
-                "prefix": {"type": "string"}, "created_at": TIMESTAMP, "last_used_at": MAYBE_TIMESTAMP,
-                "revoked": {"type": "boolean"}, "revoked_at": MAYBE_TIMESTAMP,
-            },
-        },
-        "Session": {
-            "type": "object", "required": ["id", "username", "active"],
-            "properties": {
-                "id": {"type": "integer"}, "username": {"type": "string"}, "created_at": TIMESTAMP,
-                "last_seen_at": MAYBE_TIMESTAMP, "ended_at": MAYBE_TIMESTAMP,
-                "end_reason": {"type": ["string", "null"]}, "remote_ip": {"type": ["string", "null"]},
-                "user_agent": {"type": ["string", "null"]}, "active": {"type": "boolean"},
-            },
-        },
-        "AuditEntry": {
-            "type": "object", "required": ["id", "at", "actor", "action", "target"],
-            "properties": {
-                "id": {"type": "integer"}, "at": TIMESTAMP, "actor": {"type": "string"},
-                "action": {"type": "string"}, "target": {"type": "string"},
-                "detail": _nullable({"type": "object"}), "remote_ip": {"type": ["string", "null"]},
-            },
-        },
-    }
-
-
-def _page_of(key: str, item: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "object", "required": ["total", "page", "page_size", key],
-            "properties": {"total": {"type": "integer"}, "page": {"type": "integer"},
-                           "page_size": {"type": "integer"}, key: {"type": "array", "items": item}}}
 
 
 def _paths() -> dict[str, Any]:
@@ -373,7 +160,7 @@ def _paths() -> dict[str, Any]:
                         security=register_security, tag="modules"),
         },
         "/module/online": {"x-tornado-route": r"/module/online", "get": _op(
-            "Modules with an open WebSocket", {"type": "array", "items": _ref("OnlineModule")}, *auth, tag="modules")},
+            "Modules with an open WebSocket", {"type": "array", "items": ref("OnlineModule")}, *auth, tag="modules")},
         "/module/send_message": {"x-tornado-route": r"/module/send_message", "post": _op(
             "Send a message to a module's socket; 409 when offline, 404 unknown",
             {"type": "object", "required": ["message"], "properties": {"message": {"type": "string"}}},
@@ -383,10 +170,10 @@ def _paths() -> dict[str, Any]:
                 "message": {"description": "Text (not empty), or JSON sent as text; no object key may start "
                                            "with `$`", "not": {"anyOf": [{"const": ""}, {"type": "null"}]}}}})},
         "/module/list": {"x-tornado-route": r"/module/list", "get": _op(
-            "Every module with its online flag", {"type": "array", "items": _ref("Module")}, *auth, tag="modules")},
+            "Every module with its online flag", {"type": "array", "items": ref("Module")}, *auth, tag="modules")},
         "/module/{module_hash}": {
             "x-tornado-route": r"/module/([^/]+)", "parameters": [MODULE_HASH],
-            "get": _op("One module", _ref("Module"), "400", "404", *auth, tag="modules"),
+            "get": _op("One module", ref("Module"), "400", "404", *auth, tag="modules"),
             "delete": _op("Delete a module (409 while a workflow uses it); its socket is closed with 4404",
                           {**deleted, "properties": {**deleted["properties"], "module_id": {"type": "integer"}}},
                           "400", "404", "409", *auth, tag="modules"),
@@ -403,7 +190,7 @@ def _paths() -> dict[str, Any]:
         "/module/{module_hash}/runs": {
             "x-tornado-route": r"/module/([^/]+)/runs", "parameters": [MODULE_HASH],
             "get": _op("The steps this module was sent, newest first (sent time), with their run and "
-                       "workflow; steps never sent are not listed", _ref("ModuleStepPage"), "400", "404",
+                       "workflow; steps never sent are not listed", ref("ModuleStepPage"), "400", "404",
                        *auth, tag="modules", params=[
                            {"name": "page_size", "in": "query",
                             "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 20}},
@@ -415,22 +202,22 @@ def _paths() -> dict[str, Any]:
                        ]),
         },
         "/sessions": {"x-tornado-route": r"/sessions", "get": _op(
-            "Live browser sessions, newest first. " + ADMIN_NOTE, {"type": "array", "items": _ref("Session")},
+            "Live browser sessions, newest first. " + ADMIN_NOTE, {"type": "array", "items": ref("Session")},
             *auth, tag="admin")},
         "/sessions/{session_id}": {
             "x-tornado-route": r"/sessions/(\d{1,18})",
             "parameters": [_path_param("session_id", {"type": "integer", "minimum": 0,
                                                       "maximum": 999_999_999_999_999_999}, "Session id")],
-            "delete": _op("End a browser session at once. " + ADMIN_NOTE, _ref("Session"), "404", "409", *auth,
+            "delete": _op("End a browser session at once. " + ADMIN_NOTE, ref("Session"), "404", "409", *auth,
                           tag="admin"),
         },
         "/workflow/create": {"x-tornado-route": r"/workflow/create", "post": _op(
             "Create a workflow (the seed's body); 409 for a name in use",
             {"type": "object", "required": ["id", "workflow_id", "name"], "properties": {
                 "id": {"type": "string"}, "workflow_id": {"type": "integer"}, "name": {"type": "string"}}},
-            "400", "409", *auth, body=_ref("WorkflowCreate"), tag="workflows", form=False)},
+            "400", "409", *auth, body=ref("WorkflowCreate"), tag="workflows", form=False)},
         "/workflow/list": {"x-tornado-route": r"/workflow/list", "get": _op(
-            "Every workflow with its next run time", {"type": "array", "items": _ref("Workflow")}, *auth,
+            "Every workflow with its next run time", {"type": "array", "items": ref("Workflow")}, *auth,
             tag="workflows")},
         "/workflow/{workflow_id}": {
             # The second route: a document id (ObjectId) in this place, with or without
@@ -438,10 +225,10 @@ def _paths() -> dict[str, Any]:
             "x-tornado-route": [r"/workflow/(\d{1,18})", OBJECT_ID_ROUTE],
             "parameters": [WORKFLOW_ID],
             "get": _op("One workflow with its next five fire times", {
-                "allOf": [_ref("Workflow")],
+                "allOf": [ref("Workflow")],
                 "properties": {"upcoming": {"type": "array", "items": TIMESTAMP}}}, "404", *auth, tag="workflows"),
-            "put": _op("Update any subset of fields", _ref("Workflow"), "400", "404", "409", *auth,
-                       body=_ref("WorkflowUpdate"), tag="workflows", form=False),
+            "put": _op("Update any subset of fields", ref("Workflow"), "400", "404", "409", *auth,
+                       body=ref("WorkflowUpdate"), tag="workflows", form=False),
             "delete": _op("Delete", {**deleted, "properties": {**deleted["properties"],
                                                               "workflow_id": {"type": "integer"}}},
                           "404", *auth, tag="workflows"),
@@ -449,7 +236,7 @@ def _paths() -> dict[str, Any]:
         "/workflow/{workflow_id}/{action}": {
             "x-tornado-route": [r"/workflow/(\d{1,18})/(enable|disable)", OBJECT_ID_ROUTE],
             "parameters": [WORKFLOW_ID, _path_param("action", {"enum": ["enable", "disable"]}, "What to do")],
-            "post": _op("Enable or disable; reaches the scheduler at once", _ref("Workflow"), "400", "404", *auth,
+            "post": _op("Enable or disable; reaches the scheduler at once", ref("Workflow"), "400", "404", *auth,
                         tag="workflows"),
         },
         "/workflow/{workflow_id}/execute": {
@@ -471,35 +258,35 @@ def _paths() -> dict[str, Any]:
         },
         "/workflow/{workflow_id}/runs": {
             "x-tornado-route": [r"/workflow/(\d{1,18})/runs", OBJECT_ID_ROUTE], "parameters": [WORKFLOW_ID],
-            "get": _op("Run history of one workflow, newest first", _ref("RunPage"), "400", "404", *auth,
+            "get": _op("Run history of one workflow, newest first", ref("RunPage"), "400", "404", *auth,
                        params=RUN_PAGE_PARAMS, tag="runs"),
         },
         "/runs": {"x-tornado-route": r"/runs", "get": _op(
-            "Every run, newest first", _ref("RunPage"), "400", *auth, tag="runs", params=[
+            "Every run, newest first", ref("RunPage"), "400", *auth, tag="runs", params=[
                 {"name": "workflow_id", "in": "query",
                  "schema": {"type": "integer", "minimum": 0, "maximum": 999_999_999_999_999_999}},
                 *RUN_PAGE_PARAMS])},
         "/runs/{run_id}": {
             "x-tornado-route": r"/runs/([0-9a-f]{1,64})", "parameters": [RUN_ID],
-            "get": _op("One run with its steps", _ref("Run"), "404", *auth, tag="runs"),
+            "get": _op("One run with its steps", ref("Run"), "404", *auth, tag="runs"),
         },
         "/runs/{run_id}/cancel": {
             "x-tornado-route": r"/runs/([0-9a-f]{1,64})/cancel", "parameters": [RUN_ID],
             "post": _op("Cancel an open run: each running step's module gets a `cancel` frame; open steps and "
                         "the run end `cancelled` (409 when the run is closed)",
-                        _ref("Run"), "404", "409", *auth, tag="runs"),
+                        ref("Run"), "404", "409", *auth, tag="runs"),
         },
         "/runs/{run_id}/rerun": {
             "x-tornado-route": r"/runs/([0-9a-f]{1,64})/rerun", "parameters": [RUN_ID],
             "post": _op("Start a new run (trigger `rerun`, `rerun_of` this run) of the steps that did not "
                         "succeed, or of all steps; 409 when the run is open, its workflow is gone or nothing failed",
-                        _ref("Run"), "400", "404", "409", *auth, tag="runs", body={
+                        ref("Run"), "400", "404", "409", *auth, tag="runs", body={
                             "type": "object", "properties": {"steps": {"enum": ["failed", "all"],
                                                                        "default": "failed"}}}),
         },
         "/scheduler/jobs": {"x-tornado-route": r"/scheduler/jobs", "get": _op(
             "Scheduled jobs (one per enabled workflow, plus the system jobs)",
-            {"type": "array", "items": _ref("Job")}, *auth, tag="scheduler")},
+            {"type": "array", "items": ref("Job")}, *auth, tag="scheduler")},
         "/scheduler/reload": {"x-tornado-route": r"/scheduler/reload", "post": _op(
             "Rebuild the jobs from the store (the seed's reload)", {
                 "type": "object", "required": ["removed_count", "current_count", "enabled_workflows", "message"],
@@ -507,7 +294,7 @@ def _paths() -> dict[str, Any]:
                                "enabled_workflows": {"type": "array", "items": {"type": "object"}},
                                "message": {"type": "string"}}}, *auth, tag="scheduler")},
         "/notifications": {"x-tornado-route": r"/notifications", "get": _op(
-            "The notification outbox, newest first", _page_of("notifications", _ref("Notification")), "400", *auth,
+            "The notification outbox, newest first", page_of("notifications", ref("Notification")), "400", *auth,
             tag="notifications", params=[
                 {"name": "status", "in": "query", "schema": {"enum": ["pending", "retrying", "sent",
                                                                      "not_configured"]}},
@@ -515,9 +302,9 @@ def _paths() -> dict[str, Any]:
                   for p in PAGE_PARAMS]])},
         "/tokens": {
             "x-tornado-route": r"/tokens",
-            "get": _op("API tokens. " + ADMIN_NOTE, {"type": "array", "items": _ref("Token")}, *auth, tag="admin"),
+            "get": _op("API tokens. " + ADMIN_NOTE, {"type": "array", "items": ref("Token")}, *auth, tag="admin"),
             "post": _op("Create an API token; `token` is shown once. " + ADMIN_NOTE, {
-                "allOf": [_ref("Token")], "required": ["token"], "properties": {"token": {"type": "string"}}},
+                "allOf": [ref("Token")], "required": ["token"], "properties": {"token": {"type": "string"}}},
                 "400", "404", *auth, tag="admin", body={
                     "type": "object", "required": ["name"], "properties": {
                         "name": {"type": "string", "minLength": 1, "maxLength": 100},
@@ -526,12 +313,12 @@ def _paths() -> dict[str, Any]:
         },
         "/tokens/{token_id}": {
             "x-tornado-route": r"/tokens/(\d{1,18})", "parameters": [TOKEN_ID],
-            "delete": _op("Revoke (409 if already revoked). " + ADMIN_NOTE, _ref("Token"), "404", "409", *auth,
+            "delete": _op("Revoke (409 if already revoked). " + ADMIN_NOTE, ref("Token"), "404", "409", *auth,
                           tag="admin"),
         },
         "/audit": {"x-tornado-route": r"/audit", "get": _op(
             "Who changed what, when, from where, newest first. " + ADMIN_NOTE,
-            _page_of("entries", _ref("AuditEntry")), "400", *auth, tag="admin",
+            page_of("entries", ref("AuditEntry")), "400", *auth, tag="admin",
             params=[{**p, "schema": {**p["schema"], "maximum": 500 if p["name"] == "page_size" else 1_000_000}}
                     for p in PAGE_PARAMS])},
     }
@@ -567,7 +354,7 @@ def openapi_document() -> dict[str, Any]:
                                    "POST); only /module/register"},
                 "metricsToken": {"type": "http", "scheme": "bearer", "description": "METRICS_TOKEN; only /metrics"},
             },
-            "schemas": _schemas(),
+            "schemas": component_schemas(),
         },
         "paths": _paths(),
     }

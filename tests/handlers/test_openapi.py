@@ -11,10 +11,12 @@ from typing import Any
 import tornado.websocket
 from jsonschema import Draft202012Validator
 
+from handlers.apispec import openapi_document
 from handlers.app import collect_routes
 from handlers.dashboard.pages import PageHandler
 from tests.conftest import RunningServer
 from tests.flows.support import Module, create_workflow, execute, wait_run, workflow_body
+from tornado_sched.workflows import validate_workflow
 
 
 def _is_rest(handler: type) -> bool:
@@ -106,6 +108,20 @@ async def test_every_parameter_a_handler_reads_is_documented(server: RunningServ
         assert read <= by_route[pattern], (pattern, sorted(read - by_route[pattern]))
     # Guards the scan itself: it sees query, body and header reads.
     assert {"module_hash", "X-Module-Hash", "token", "before", "page_size", "steps", "username"} <= read_somewhere
+
+
+def test_documented_workflow_defaults_are_what_the_core_fills_in() -> None:
+    """Every `default` the document states for a workflow field is the value
+    validate_workflow stores when the field is left out (and every field the core
+    fills in has one), so the document cannot promise a default the server does
+    not apply."""
+    fields = openapi_document()["components"]["schemas"]["WorkflowCreate"]["properties"]
+    documented = {name: schema["default"] for name, schema in fields.items() if "default" in schema}
+    filled = validate_workflow({"name": "a", "execute_cron_list": ["0 9 * * *"],
+                                "execute_modules": [{"module_hash": "h", "args": {}}]}, "UTC")
+    assert documented == {name: filled[name] for name in documented}
+    given = {"name", "description", "execute_cron_list", "execute_modules", "module_hashes", "timezone"}
+    assert set(documented) == set(filled) - given
 
 
 class Conformance:

@@ -34,7 +34,7 @@ from . import (
 )
 from .auth import wrong_host
 from .base import AUTH_KINDS, NotFoundHandler
-from .dashboard import admin_pages, live, pages, workflow_pages
+from .dashboard import admin_pages, live, pages, ui_modules, workflow_pages
 
 
 def _asset_root() -> Path:
@@ -171,7 +171,7 @@ def make_app(ctx: AppContext) -> tornado.web.Application:
         static_handler_class=SafeStaticFileHandler,
         static_handler_args={"app_settings": settings},
         template_path=str(ROOT / "templates"),
-        ui_modules=pages.UI_MODULES,
+        ui_modules=ui_modules.UI_MODULES,
         static_path=static_path,
         cookie_secret=settings.secret_key,
         xsrf_cookies=True,

@@ -38,7 +38,8 @@ from tornado_sched.run_state import LOG_TAIL_LINES, Run, Step
 
 from ..auth import OperatorAuthMixin
 from ..base import SocketHandler
-from .views import chosen_locale, failing_view, module_event_view, run_view, step_report_view
+from .live_views import failing_view, module_event_view, run_view, step_report_view
+from .views import chosen_locale
 
 log = logging.getLogger(__name__)
 

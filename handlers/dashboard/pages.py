@@ -7,8 +7,8 @@ that calls the core and redirects back (post/redirect/get).
 
 Live updates (module online/offline, run progress) come over `/dashboard/live`
 (live.py); pages only mark the elements that can change with data attributes that
-static/js/live.js looks for. Labels and formatting are in views.py, the workflow form
-in forms.py.
+static/js/live.js looks for. Labels and formatting are in views.py, the templates' UI
+modules in ui_modules.py, the workflow form in forms.py.
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ from .views import (
     NAV,
     OUTBOX_KINDS,
     PAGE_SIZE,
-    UI_MODULES,
     ago_text,
     chosen_locale,
     format_time,
@@ -60,8 +59,6 @@ from .views import (
 )
 
 log = logging.getLogger(__name__)
-
-__all__ = ["UI_MODULES", "default_handlers"]
 
 
 # -- base ---------------------------------------------------------------------------

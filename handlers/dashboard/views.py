@@ -1,6 +1,7 @@
 """How the dashboard shows things: labels, badges, times in the configured zone,
-field messages, pagination, the UI modules, and the live socket's JSON views of a
-module and a run. Pure presentation: no core calls."""
+ages and durations, translated field messages, pagination. Pure presentation: no
+core calls. The template UI modules built on these are in ui_modules.py, the live
+socket's JSON views in live_views.py."""
 
 from __future__ import annotations
 
@@ -17,9 +18,6 @@ import tornado.web
 from tornado_sched.clock import read_datetime, utcnow
 from tornado_sched.errors import Invalid
 from tornado_sched.failing import FailingWorkflow
-from tornado_sched.hub import ModuleSession
-from tornado_sched.run_state import Run, Step
-from tornado_sched.strips import SPARK_HEIGHT, SPARK_WIDTH, RunStrip
 from tornado_sched.text import has_control_chars
 from tornado_sched.workflows import Workflow
 
@@ -256,7 +254,6 @@ def shift_text(workflow: Workflow) -> str:
     return f"{workflow.execute_shift_time:+d} {workflow.execute_shift_unit}"
 
 
-
 def page_number(raw: str) -> int:
     """A `page` query argument; anything odd is page 1."""
     return int(raw) if re.fullmatch(r"[0-9]{1,7}", raw) and 1 <= int(raw) <= 1_000_000 else 1
@@ -270,137 +267,11 @@ def pager(path: str, filters: dict[str, str], page: int, total: int) -> dict[str
     return {"total": total, "page": page, "pages": max(1, -(-total // PAGE_SIZE)), "page_url": page_url}
 
 
-def badge(locale: tornado.locale.Locale, status: str, *, step: bool = False) -> dict[str, str]:
-    """A status badge as JSON for the live socket."""
-    key, label, tone = status_view(locale, status, step=step)
-    return {"key": key, "label": label, "tone": tone}
-
-
-def failing_view(locale: tornado.locale.Locale, zone: ZoneInfo, failing: list[FailingWorkflow]) -> dict[str, Any]:
-    """The overview's failing-now block, as the live socket sends it."""
-    now = utcnow()
-    return {
-        "type": "failing",
-        "count": len(failing),
-        "items": [
-            {
-                "workflow_id": f.workflow_id,
-                "workflow_name": f.workflow_name,
-                "workflow_url": f"/history?workflow_id={f.workflow_id}",
-                "run_url": f"/history/{f.run_id}",
-                "run_label": locale.translate("Latest failed run of %(name)s") % {"name": f.workflow_name},
-                "status": badge(locale, f.status),
-                "since_iso": f.since.isoformat(),
-                "since": format_time(f.since, zone),
-                "since_ago": ago_text(locale, f.since, now),
-                "streak": streak_text(locale, f),
-                "modules": ", ".join(f.modules),
-                "error": f.error,
-            }
-            for f in failing
-        ],
-    }
-
-
 def streak_text(locale: tornado.locale.Locale, item: FailingWorkflow) -> str:
     """`3 failed runs in a row` (`at least 100` when history was cut short)."""
     if item.streak_capped:
         return locale.translate("at least %(n)d failed runs in a row") % {"n": item.streak}
     return locale.translate("%(n)d failed run in a row", "%(n)d failed runs in a row", item.streak) % {"n": item.streak}
-
-
-def module_event_view(
-    locale: tornado.locale.Locale, zone: ZoneInfo, data: dict[str, Any], online: bool,
-    session: ModuleSession | None, online_count: int,
-) -> dict[str, Any]:
-    """A module going online or offline, as the live socket sends it."""
-    return {
-        "type": "module",
-        "module_id": data["module_id"],
-        "name": data["name"],
-        "online": online,
-        "status": badge(locale, "online" if online else "offline"),
-        "connected_at": format_time(session.connected_at, zone) if session else "",
-        "since_label": locale.translate("Connected since") if online else locale.translate("Last seen"),
-        "since_iso": (session.connected_at if session else utcnow()).isoformat(),
-        "since": format_time(session.connected_at if session else utcnow(), zone),
-        "last_heartbeat": format_time(session.last_heartbeat, zone) if session else "",
-        # The address cell; in a cluster it names the instance holding the socket.
-        "remote_address": (
-            f"{session.remote_address or ''} @ {session.instance}" if session and session.instance
-            else (session.remote_address or "") if session else ""
-        ),
-        "online_count": online_count,
-    }
-
-
-def run_view(locale: tornado.locale.Locale, zone: ZoneInfo, run: Run) -> dict[str, Any]:
-    """A run and its steps, as the live socket sends it."""
-    return {
-        "run_id": run.run_id,
-        "url": f"/history/{run.run_id}",
-        "workflow_id": run.workflow_id,
-        "workflow_name": run.workflow_name,
-        "workflow_url": f"/history?workflow_id={run.workflow_id}",
-        "trigger": trigger_label(locale, run.trigger),
-        "execution_time": run.execution_time.replace("T", " "),
-        "nominal_iso": run.nominal_time.isoformat(),
-        "nominal": format_time(run.nominal_time, zone),
-        "status": badge(locale, run.status),
-        "started_at": format_time(run.started_at, zone),
-        "started_iso": run.started_at.isoformat(),
-        "ended_at": format_time(run.ended_at, zone),
-        "ended_iso": run.ended_at.isoformat() if run.ended_at else "",
-        "duration": run_duration(locale, run.started_at, run.ended_at),
-        "reason": run.reason or "",
-        "open": run.open,
-        "steps": [
-            {
-                "index": step.index,
-                "module_name": step.module_name,
-                "status": badge(locale, step.status, step=True),
-                "attempts": step.attempts,
-                "sent_at": format_time(step.sent_at, zone),
-                "sent_iso": step.sent_at.isoformat() if step.sent_at else "",
-                "ended_at": format_time(step.ended_at, zone),
-                "duration": run_duration(locale, step.sent_at, step.ended_at),
-                "message": step.message or "",
-                "error": step.error or "",
-                "output": "" if step.output is None else output_text(step.output),
-                "progress": step.progress,
-            }
-            for step in run.steps
-        ],
-    }
-
-
-def step_report_view(run: Run, step: Step, lines: list[str]) -> dict[str, Any]:
-    """A step's progress and new log lines, as the live socket sends them."""
-    return {"type": "step", "run_id": run.run_id, "index": step.index, "progress": step.progress, "lines": lines}
-
-
-# -- UI modules ---------------------------------------------------------------------
-class Status(tornado.web.UIModule):
-    """A status badge: `{% module Status(run.status) %}`; `step=True` for a step's."""
-
-    def render(self, status: str | None, step: bool = False) -> str:
-        key, label, tone = status_view(self.locale, status, step=step)
-        return self.render_string("modules/status.html", key=key, label=label, tone=tone)
-
-
-class Time(tornado.web.UIModule):
-    """A `<time>` element in the page's zone (static/js/time.js may rewrite it to the
-    browser's): `{% module Time(run.started_at) %}`; `ago=True` adds `3 min ago`."""
-
-    def render(self, value: Any, empty: str = "—", ago: bool = False) -> str:
-        instant = read_datetime(value)
-        zone = ZoneInfo(self.handler.ctx.settings.time_zone)
-        return self.render_string(
-            "modules/time.html",
-            iso=instant.isoformat() if instant else "",
-            text=format_time(instant, zone) if instant else empty,
-            ago=ago_text(self.locale, instant) if instant and ago else "",
-        )
 
 
 OUTPUT_PREVIEW_CHARS = 300
@@ -416,38 +287,3 @@ def status_tone(status: str | None) -> str:
     """The tone of a run step's status (its badge, and its node in the plan graph)."""
     key = status or "none"
     return STEP_TONES.get(key, STATUS.get(key, ("", "muted"))[1])
-
-
-class RunStripView(tornado.web.UIModule):
-    """A workflow's last runs as coloured squares (newest right, each a link to its
-    run, titled with status and start time), its success rate and an inline-SVG
-    duration sparkline: `{% module RunStrip(strip, name) %}`. No script needed."""
-
-    def render(self, strip: RunStrip, name: str) -> str:
-        zone = ZoneInfo(self.handler.ctx.settings.time_zone)
-        locale = self.locale
-        runs = []
-        for run in strip.runs:
-            _key, label, tone = status_view(locale, run.status)
-            title = f"{label} · {format_time(run.started_at, zone)}"
-            if run.duration_seconds is not None:
-                title += f" · {duration_text(locale, run.duration_seconds)}"
-            runs.append({"run_id": run.run_id, "tone": tone, "title": title})
-        rate = strip.success_rate
-        durations = strip.durations
-        return self.render_string(
-            "modules/run_strip.html",
-            runs=runs,
-            label=locale.translate("Last %(count)d runs of %(name)s, oldest first") % {"count": len(runs), "name": name},
-            rate=("—" if rate is None else locale.translate("%(rate)d%% succeeded") % {"rate": round(rate * 100)}),
-            points=strip.sparkline_points(),
-            width=SPARK_WIDTH,
-            height=SPARK_HEIGHT,
-            spark_label=locale.translate("Durations: shortest %(low)s, longest %(high)s") % {
-                "low": duration_text(locale, min(durations)) if durations else "",
-                "high": duration_text(locale, max(durations)) if durations else "",
-            },
-        )
-
-
-UI_MODULES = {"Status": Status, "Time": Time, "RunStrip": RunStripView}

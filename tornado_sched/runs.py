@@ -24,7 +24,15 @@ from .batching import GroupCommit
 from .clock import as_utc, utcnow
 from .dataorder import UPSTREAM_FAILED, DataOrder
 from .errors import Conflict, Invalid, NotFound
-from .events import STEP_PROGRESS, EventBus
+from .events import (
+    MODULE_OFFLINE,
+    RUN_FINISHED,
+    RUN_STARTED,
+    RUN_UPDATED,
+    STEP_FAILED,
+    STEP_PROGRESS,
+    EventBus,
+)
 from .graph import PlanGraph, layout
 from .hub import ConnectionHub, ModuleSession
 from .protocol import LogMessage, ProgressMessage, ResultMessage, cancel_frame, execute_frame
@@ -148,10 +156,10 @@ class RunTracker:
             await self._history.write([(run, range(len(run.steps))) for run in stale])
         for run in stale:
             await self._workflows.set_last_run(run.workflow_id, run.summary())
-            self._events.publish("run.finished", {"run": run})
+            self._events.publish(RUN_FINISHED, {"run": run})
             for step in run.steps:
                 if step.status == "interrupted":
-                    self._events.publish("step.failed", {"run": run, "step": step})
+                    self._events.publish(STEP_FAILED, {"run": run, "step": step})
         if stale:
             log.warning("marked %d run(s) interrupted after an unclean stop", len(stale))
         self._writer.start()
@@ -263,7 +271,7 @@ class RunTracker:
             for step in steps:
                 step.status = "skipped"
             await self._history.insert(run)
-            self._events.publish("run.finished", {"run": run})
+            self._events.publish(RUN_FINISHED, {"run": run})
             return run
         if workflow.order == "data":
             # Solved now, against the modules' current registrations: a module may have
@@ -296,7 +304,7 @@ class RunTracker:
             await self._workflows.set_last_run(run.workflow_id, run.summary())
         except Exception as exc:  # the run is live; its summary is rewritten when it ends
             log.warning("run %s: last-run summary not written: %s", run.run_id[:8], type(exc).__name__)
-        self._events.publish("run.started", {"run": run})
+        self._events.publish(RUN_STARTED, {"run": run})
         await self._writer.commit()
         return run
 
@@ -313,7 +321,7 @@ class RunTracker:
             await self._workflows.set_last_run(run.workflow_id, run.summary())
         except Exception as exc:  # the history row is the truth; the summary is a cache
             log.warning("run %s: last-run summary not written: %s", run.run_id[:8], type(exc).__name__)
-        self._events.publish("run.finished", {"run": run})
+        self._events.publish(RUN_FINISHED, {"run": run})
         return run
 
     def _execute_frame(self, run: Run, step: Step) -> str:
@@ -480,7 +488,7 @@ class RunTracker:
             self._retry_timers.add(handle)
             return
         step.status, step.ended_at = status, utcnow()
-        self._events.publish("step.failed", {"run": run, "step": step})
+        self._events.publish(STEP_FAILED, {"run": run, "step": step})
 
     def _retry(self, run_id: str, index: int) -> None:
         self._retry_timers = {h for h in self._retry_timers if not h.cancelled() and h.when() > asyncio.get_running_loop().time()}
@@ -492,7 +500,7 @@ class RunTracker:
 
     # -- disconnects and timeouts ----------------------------------------------------
     def _on_event(self, kind: str, data: dict[str, Any]) -> None:
-        if kind != "module.offline":
+        if kind != MODULE_OFFLINE:
             return
         module_hash = data["hash"]
         error = "module disconnected during the run" + (f" ({data['reason']})" if data.get("reason") else "")
@@ -522,7 +530,7 @@ class RunTracker:
                 step.status, step.ended_at = "timeout", now
                 step.error = f"no result within {run.timeout_seconds} s"
                 changed.append(step.index)
-                self._events.publish("step.failed", {"run": run, "step": step})
+                self._events.publish(STEP_FAILED, {"run": run, "step": step})
         self._after_change(run, changed)
 
     # -- state and persistence -------------------------------------------------------
@@ -534,7 +542,7 @@ class RunTracker:
             self._close_as(run, status, step_indexes)
         else:
             self._mark(run, step_indexes)
-            self._events.publish("run.updated", {"run": run})
+            self._events.publish(RUN_UPDATED, {"run": run})
 
     def _mark(self, run: Run, step_indexes: list[int]) -> None:
         for index in step_indexes:
@@ -631,7 +639,7 @@ class RunTracker:
         timer = self._timers.pop(run.run_id, None)
         if timer is not None:
             timer.cancel()
-        self._events.publish("run.finished", {"run": run})
+        self._events.publish(RUN_FINISHED, {"run": run})
 
     async def rerun(self, run_id: str, steps: str = "failed") -> Run:
         """Start a new run of a closed run's workflow, linked to it (`rerun_of`),

@@ -23,10 +23,11 @@ from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, true,
 
 from .clock import as_utc, naive_utc, utcnow
 from .errors import Invalid
-from .run_state import FAILED_RUN_STATUSES, RUN_STATUSES, Run, Step
+from .run_state import RUN_STATUSES, Run, Step
 from .stores import DocumentStore, SqlStore
 from .strips import StripRun
 from .tables import run_steps, runs
+from .workflows import FAILED_RUN_STATUSES
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,10 @@ from zoneinfo import ZoneInfo
 
 from .clock import read_datetime, utcnow
 from .dataorder import WAITING, DataOrder
+from .workflows import DEFAULT_RETRIES, DEFAULT_RETRY_DELAY_SECONDS, DEFAULT_TIMEOUT_SECONDS
 
 OPEN_STEP = ("pending", "sent")
 RUN_STATUSES = ("running", "success", "failure", "partial", "skipped", "interrupted", "cancelled")
-# The dashboard's "failed" filter: a run that did not fully succeed.
-FAILED_RUN_STATUSES = ("failure", "partial", "interrupted")
 # What a step keeps of its module's log frames while it runs: the last lines, each cut.
 LOG_TAIL_LINES = 200
 LOG_LINE_CHARS = 1000
@@ -128,9 +127,9 @@ class Run:
     status: str = "running"
     started_at: datetime = field(default_factory=utcnow)
     ended_at: datetime | None = None
-    timeout_seconds: int = 600
-    retries: int = 0
-    retry_delay_seconds: int = 10
+    timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS
+    retries: int = DEFAULT_RETRIES
+    retry_delay_seconds: int = DEFAULT_RETRY_DELAY_SECONDS
     reason: str | None = None
     # Cluster mode: the instance that started the run and holds it open.
     instance: str = ""
@@ -224,8 +223,8 @@ class Run:
             status=str(doc.get("status", "running")),
             started_at=read_datetime(doc.get("started_at")) or utcnow(),
             ended_at=read_datetime(doc.get("ended_at")),
-            timeout_seconds=int(doc.get("timeout_seconds") or 600),
-            retries=int(doc.get("retries") or 0),
+            timeout_seconds=int(doc.get("timeout_seconds") or DEFAULT_TIMEOUT_SECONDS),
+            retries=int(doc.get("retries") or DEFAULT_RETRIES),
             retry_delay_seconds=int(doc.get("retry_delay_seconds") or 0),
             reason=doc.get("reason"),
             instance=str(doc.get("instance") or ""),

@@ -44,7 +44,8 @@ DEFAULT_TIMEOUT_SECONDS = 600
 DEFAULT_MISFIRE_GRACE_SECONDS = 300
 DEFAULT_RETRIES = 0
 DEFAULT_RETRY_DELAY_SECONDS = 10
-# A run that ended in one of these counts as failed (notifications, the dashboard).
+# A run that ended in one of these counts as failed (notifications, failing now, the
+# history's "failed" filter and column).
 FAILED_RUN_STATUSES = ("failure", "partial", "interrupted")
 UPCOMING_COUNT = 5
 MAX_MODULES = 5000

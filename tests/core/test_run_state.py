@@ -1,6 +1,6 @@
-"""A run's per-result lookups (tornado_sched/runs.py `Run.steps_of`, `Run.any_open`,
-`Run.overall_status`) agree with walking every step, whatever order results and
-retries come in."""
+"""A run's per-result lookups (tornado_sched/run_state.py `Run.steps_of`,
+`Run.any_open`, `Run.overall_status`) agree with walking every step, whatever order
+results and retries come in; a run's timing fields default to the workflow's."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import random
 
 from tornado_sched.clock import utcnow
 from tornado_sched.run_state import Run, Step, overall_status
+from tornado_sched.workflows import validate_workflow
 
 STATUSES = ["pending", "sent", "success", "failure", "timeout", "offline", "cancelled", "interrupted"]
 
@@ -48,3 +49,14 @@ def test_overall_status_matches_the_full_walk_under_random_changes() -> None:
             step.status = rng.choice(STATUSES[2:] * 3 + STATUSES[:2])
             assert run.overall_status() == overall_status(run.steps)
             assert run.any_open() == any(s.open for s in run.steps)
+
+
+def test_a_run_without_timing_fields_takes_the_workflow_defaults() -> None:
+    """A run built in memory (tests, a cluster peer's stub) or read from an older
+    document that lacks them times out and retries as a workflow that left them out."""
+    workflow = validate_workflow({"name": "w", "enable": False}, "UTC")
+    expected = {k: workflow[k] for k in ("timeout_seconds", "retries", "retry_delay_seconds")}
+    built = make_run(["a"])
+    assert {k: getattr(built, k) for k in expected} == expected
+    read = Run.from_doc({"run_id": "r" * 32, "workflow_id": 1})
+    assert (read.timeout_seconds, read.retries) == (expected["timeout_seconds"], expected["retries"])

@@ -1,5 +1,6 @@
 """SQL unreachable mid-run: execution-log and audit rows are kept and written later;
-results of open runs are acknowledged once SQL has them.
+results of open runs are acknowledged once SQL has them; a WebSocket handshake that
+needs SQL is refused with 503 and the envelope.
 
 The server reaches the shared MariaDB through a TCP proxy that the test cuts and
 restores, so MariaDB itself is never stopped.
@@ -13,8 +14,17 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import make_url, select
+from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.websocket import websocket_connect
 
-from tests.conftest import _drop_mariadb, _fresh_mariadb, make_settings, start_server, stop_server
+from tests.conftest import (
+    ADMIN,
+    _drop_mariadb,
+    _fresh_mariadb,
+    make_settings,
+    start_server,
+    stop_server,
+)
 from tests.flows.support import (
     Module,
     create_workflow,
@@ -122,5 +132,34 @@ async def test_a_row_the_store_refuses_is_set_aside_and_the_rest_written(
         async with running.ctx.sql.engine.connect() as conn:
             actions = (await conn.execute(select(audit_log.c.action).order_by(audit_log.c.id))).scalars().all()
         assert [a for a in actions if a.startswith("a")][-2:] == ["a1", "a3"], actions
+    finally:
+        await stop_server(running, http_server)
+
+
+async def test_a_websocket_handshake_that_needs_sql_is_a_503_with_the_envelope(
+    tmp_path: Path, docserver_uri: str, proxied_mariadb: tuple[str, TcpProxy]
+) -> None:
+    """The WebSocket base (handlers/base.py SocketHandler) maps a store outage during
+    the handshake as the request handlers do: /dashboard/live checks a Bearer token in
+    SQL, so with SQL cut it answers 503 with code 5030, not a 500 or a hang."""
+    url, proxy = proxied_mariadb
+    running, http_server = await start_server(make_settings(tmp_path, docserver_uri, sql_url_override=url))
+    try:
+        _, token = await running.ctx.tokens.create(ADMIN[0], "live page")
+        bearer = {"Authorization": f"Bearer {token}"}
+        live = await websocket_connect(HTTPRequest(f"{running.ws_url}/dashboard/live", headers=bearer))
+        assert json.loads(await live.read_message())["type"] == "hello"
+        live.close()
+
+        await proxy.cut()
+        try:
+            with pytest.raises(HTTPClientError) as refused:
+                await websocket_connect(HTTPRequest(f"{running.ws_url}/dashboard/live", headers=bearer))
+            assert refused.value.code == 503
+            response = await running.fetch("/dashboard/live", auth=None, headers=bearer)
+            envelope = json.loads(response.body)
+            assert response.code == 503 and envelope["code"] == "5030" and "sql" in envelope["message"], envelope
+        finally:
+            await proxy.restore()
     finally:
         await stop_server(running, http_server)

@@ -1,6 +1,7 @@
 """The README tells the same story as the code: its settings table names exactly the
 settings, its command list every subcommand, its API table every REST route, and it
-never points outside the repository."""
+never points outside the repository. The code map (docs/architecture.md) names every
+module, and every path it sends a change to exists."""
 
 from __future__ import annotations
 
@@ -88,3 +89,36 @@ def test_sdk_file_list_is_what_sdk_ships() -> None:
     assert listed, "the SDK's file list is gone from the README"
     shipped = {p.name for p in (ROOT / "sdk" / "src" / "tornado_sched").iterdir() if p.suffix == ".py"}
     assert set(re.findall(r"`([\w.]+\.py)`", listed.group(1))) == shipped
+
+
+ARCHITECTURE = (ROOT / "docs" / "architecture.md").read_text()
+
+
+def test_architecture_map_names_every_module() -> None:
+    """The code map's layer block lists each module of handlers/ (and its dashboard/)
+    and tornado_sched/ under its package, and nothing that does not exist."""
+    block = ARCHITECTURE.split("```")[1]
+    named: set[str] = set()
+    root = None
+    for line in block.splitlines():
+        indent = len(line) - len(line.lstrip())
+        if indent == 0:
+            root = {"handlers/": "handlers", "tornado_sched/": "tornado_sched"}.get(line.split()[0] if line else "")
+            continue
+        if root is None or indent >= 20 or line.strip() == "dashboard/":
+            continue  # outside the two packages, a description's continuation, a sub-heading
+        where = "handlers/dashboard" if root == "handlers" and indent >= 4 else root
+        named |= {f"{where}/{name}" for name in re.findall(r"(?<![/\w])([a-z_0-9]+\.py)\b", line)}
+    modules = {p.relative_to(ROOT).as_posix() for package in ("handlers", "tornado_sched")
+               for p in (ROOT / package).rglob("*.py") if p.name != "__init__.py"}
+    assert named == modules, {"not in the map": sorted(modules - named), "no such module": sorted(named - modules)}
+
+
+def test_architecture_paths_exist() -> None:
+    """Every repository path the map names in backticks (where a change goes, which
+    test checks it) exists."""
+    paths = set(re.findall(r"`((?:handlers|tornado_sched|tests|templates|locale|docs|deploy|static)/[\w./-]*)`",
+                           ARCHITECTURE))
+    assert len(paths) > 15
+    missing = sorted(p for p in paths if not (ROOT / p).exists())
+    assert not missing, missing

@@ -23,6 +23,7 @@ from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, true,
 
 from .clock import as_utc, naive_utc, utcnow
 from .errors import Invalid
+from .protocol import TEXT_LIMIT_BYTES
 from .run_state import RUN_STATUSES, Run, Step
 from .stores import DocumentStore, SqlStore
 from .strips import StripRun
@@ -268,8 +269,22 @@ def _step_state(step: Step) -> dict[str, Any]:
         "output": None if step.output is None else json.dumps(step.output, ensure_ascii=False),
         "progress_percent": step.progress_percent,
         "progress_message": step.progress_message,
-        "log_tail": json.dumps(list(step.log), ensure_ascii=False) if step.log else None,
+        "log_tail": _log_tail(step.log),
     }
+
+
+def _log_tail(lines: Iterable[str]) -> str | None:
+    """The step's last log lines as JSON text, the newest that fit a TEXT column
+    (65,535 bytes on MySQL/MariaDB; 200 lines of 1,000 characters would not)."""
+    kept: list[str] = []
+    size = 2  # the brackets
+    for line in reversed(list(lines)):
+        # Its JSON form plus the ", " separator.
+        size += len(json.dumps(line, ensure_ascii=False).encode("utf-8", "surrogatepass")) + 2
+        if size > TEXT_LIMIT_BYTES:
+            break
+        kept.append(line)
+    return json.dumps(kept[::-1], ensure_ascii=False) if kept else None
 
 
 def _counters(run: Run) -> dict[str, Any]:

@@ -24,7 +24,10 @@ from .payload import PayloadError, read_json
 
 RESULT_ACK = "receive result"
 RESULT_STATUSES = ("success", "failure")
-_TEXT_LIMIT = 64 * 1024
+# A result's `message` and `error` are stored in TEXT columns, and MySQL/MariaDB's
+# TEXT holds 65,535 bytes: the cut is in UTF-8 bytes (a CJK character is three), or
+# a long result would be refused by the store instead of stored shortened.
+TEXT_LIMIT_BYTES = 65_535
 # A result's `output` is passed to downstream steps in their execute frame and stored
 # on the step row: bounded, so one module cannot bloat every consumer's frame.
 OUTPUT_LIMIT_BYTES = 64 * 1024
@@ -115,10 +118,7 @@ def _optional_text(data: dict[str, Any], name: str) -> str | None:
         return None
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise ProtocolError(f"{name}: expected a string")
-    text = str(value)
-    if len(text) > _TEXT_LIMIT:
-        text = text[:_TEXT_LIMIT] + "…"
-    return text
+    return cut_text(str(value))
 
 
 def _message_text(data: dict[str, Any]) -> str | None:
@@ -126,10 +126,22 @@ def _message_text(data: dict[str, Any]) -> str | None:
     # objects too, so keep structured values as JSON text instead of refusing them.
     value = data.get("message")
     if value is None or isinstance(value, str):
-        return value if value is None or len(value) <= _TEXT_LIMIT else value[:_TEXT_LIMIT] + "…"
+        return value if value is None else cut_text(value)
     if isinstance(value, dict | list | int | float | bool):
-        return json.dumps(value, ensure_ascii=False)[:_TEXT_LIMIT]
+        return cut_text(json.dumps(value, ensure_ascii=False))
     raise ProtocolError("message: unsupported type")
+
+
+def cut_text(text: str, limit: int = TEXT_LIMIT_BYTES) -> str:
+    """`text` if it encodes to at most `limit` UTF-8 bytes, else its longest prefix
+    that does with "…" (3 bytes) appended."""
+    if len(text) * 4 <= limit:  # no character takes more than 4 bytes
+        return text
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return text
+    # A character cut in half at the end is dropped, not turned into U+FFFD.
+    return data[:limit - 3].decode("utf-8", "ignore") + "…"
 
 
 def _output(data: dict[str, Any]) -> Any:

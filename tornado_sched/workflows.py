@@ -8,6 +8,7 @@ never do.
 
 from __future__ import annotations
 
+import json
 import re
 import zoneinfo
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from .clock import DEFAULT_TIME_ZONE, utcnow
 from .errors import Conflict, Invalid, InvalidFields, NotFound
 from .events import WORKFLOW_DELETED, WORKFLOW_SAVED, EventBus
 from .payload import PayloadError, check_value
+from .protocol import TEXT_LIMIT_BYTES
 from .registry import ModuleRegistry, ModuleRequirements
 from .solver import Plan, StepRequirements, solve
 from .stores import DocumentStore
@@ -51,6 +53,9 @@ UPCOMING_COUNT = 5
 MAX_MODULES = 5000
 MAX_CRON_LINES = 50
 MAX_TIMEZONE_CHARS = 64
+# Each run stores a step's args as JSON in a TEXT column (65,535 bytes on MySQL/MariaDB):
+# larger args could be saved but never run there.
+MAX_ARGS_BYTES = TEXT_LIMIT_BYTES
 
 
 @dataclass
@@ -380,6 +385,9 @@ def _steps(body: dict[str, Any], enable: bool) -> list[dict[str, Any]]:
         if not isinstance(args, dict):
             raise Invalid(f"{where}.args: expected an object", field="execute_modules")
         _check_keys(args, f"{where}.args")
+        size = len(json.dumps(args, ensure_ascii=False).encode("utf-8"))
+        if size > MAX_ARGS_BYTES:
+            raise Invalid(f"{where}.args: {size} bytes as JSON, more than {MAX_ARGS_BYTES}", field="execute_modules")
         steps.append({"module_hash": module_hash, "args": args})
     return steps
 

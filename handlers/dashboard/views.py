@@ -183,6 +183,7 @@ MESSAGE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
          "args is not valid JSON (%(detail)s, line %(line)s)"),
         (r"args must be a JSON object", "args must be a JSON object"),
         (r"expected an object", "expected a JSON object"),
+        (r"(?P<size>\d+) bytes as JSON, more than (?P<n>\d+)", "%(size)s bytes as JSON, more than %(n)s"),
         (r"a workflow named (?P<name>.*) already exists", "a workflow named %(name)s already exists"),
     )
 )

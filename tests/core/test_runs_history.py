@@ -432,3 +432,58 @@ def test_a_step_state_write_carries_exactly_the_state_columns() -> None:
     step = Step(index=3, module_hash="h", module_name="m", args={"a": 1}, status="sent", attempts=1)
     assert tuple(_step_state(step)) == _STEP_STATE
     assert {k: v for k, v in _step_row("r", step).items() if k in _STEP_STATE} == _step_state(step)
+
+
+async def test_long_results_and_full_log_tails_are_stored_cut_to_fit(core: Core) -> None:
+    """MySQL/MariaDB's TEXT holds 65,535 bytes: a message, an error or a log tail the
+    protocol accepts must fit it (cut), or the store refuses the step and the result
+    is never stored (it used to be quarantined on MariaDB)."""
+    import json
+
+    from tornado_sched.protocol import TEXT_LIMIT_BYTES, LogMessage, parse_module_message
+
+    sessions = await _online_modules(core, 3)
+    workflow = await _workflow(core, [s.module_hash for s in sessions])
+    run = await core.tracker.start_run(workflow, "manual", utcnow())
+    for _ in range(2):  # 200 lines of 1,000 three-byte characters: ~600 KB as JSON
+        core.tracker.report_step(sessions[2].module_hash, LogMessage(run.run_id, ["日" * 1000] * 100))
+    frames = [
+        {"message": "x" * 70_000},  # over 64 KiB of ASCII
+        {"status": "failure", "error": "错" * 30_000, "message": {"rows": ["数" * 30_000]}},
+        {"message": "done"},
+    ]
+    for session, fields in zip(sessions, frames, strict=True):
+        frame = {"type": "result", "status": "success", "run_id": run.run_id, **fields}
+        await core.tracker.record_result(session, parse_module_message(json.dumps(frame, ensure_ascii=False)))
+    assert core.tracker.quarantined == 0
+    rows = await _step_rows(core, run.run_id)
+    assert [r.status for r in rows] == ["success", "failure", "success"]
+    assert rows[0].message == "x" * (TEXT_LIMIT_BYTES - 3) + "…"
+    for text in (rows[1].error, rows[1].message):
+        assert len(text.encode()) <= TEXT_LIMIT_BYTES and text.endswith("…"), len(text.encode())
+    assert rows[1].error == "错" * ((TEXT_LIMIT_BYTES - 3) // 3) + "…"  # whole characters only
+    tail = json.loads(rows[2].log_tail)
+    assert len(rows[2].log_tail.encode()) <= TEXT_LIMIT_BYTES
+    assert 20 < len(tail) < 200 and set(tail) == {"日" * 1000}  # the newest lines that fit
+    stored = await core.history.get(run.run_id)
+    assert stored is not None and stored.status == "partial"
+
+
+async def test_args_are_bounded_to_what_a_run_can_store(core: Core) -> None:
+    """A step's args are stored as JSON in a TEXT column with every run: args at the
+    bound run on every backend, one byte more is refused when the workflow is saved
+    (on MariaDB such a workflow used to be saved and then never run: 503 at each firing)."""
+    from tornado_sched.workflows import MAX_ARGS_BYTES
+
+    sessions = await _online_modules(core, 1)
+    filler = MAX_ARGS_BYTES - len('{"s": ""}')
+    workflow = await _workflow(core, [sessions[0].module_hash])
+    fitting = {"execute_modules": [
+        {"module_hash": sessions[0].module_hash, "args": {"s": "数" * (filler // 3) + "x" * (filler % 3)}}]}
+    workflow = await core.workflows.update(workflow.workflow_id, fitting)
+    run = await core.tracker.start_run(workflow, "manual", utcnow())
+    assert [r.status for r in await _step_rows(core, run.run_id)] == ["sent"]
+    too_big = {"execute_modules": [{"module_hash": sessions[0].module_hash, "args": {"s": "x" * (filler + 1)}}]}
+    with pytest.raises(Invalid, match=r"execute_modules\[0\]\.args: 65536 bytes as JSON, more than 65535") as err:
+        await core.workflows.update(workflow.workflow_id, too_big)
+    assert err.value.field == "execute_modules"

@@ -161,6 +161,19 @@ async def test_form_row_errors_come_with_the_other_fields(server: RunningServer)
     assert 'id="err-execute_cron_list"' in body and 'id="err-name"' not in body
 
 
+async def test_form_refuses_args_too_large_to_store_translated(server: RunningServer) -> None:
+    module_hash = await register(server, "big-args")
+    module_id = (await server.ctx.registry.get(module_hash)).module_id
+    form = {**FORM, "name": "big", "execute_cron_list": "0 10 * * *", "timezone": "UTC",
+            "module": str(module_id), "args": json.dumps({"s": "x" * 70_000})}
+    response = await server.fetch("/workflows/new", "POST", body=urlencode(form))
+    assert response.code == 400
+    assert "Row 1: 70009 bytes as JSON, more than 65535" in text(response)
+    zh = html.unescape(text(await server.fetch("/workflows/new", "POST", body=urlencode(form),
+                                               headers={"Cookie": "lang=zh_CN"})))
+    assert "第 1 行：JSON 编码后 70009 字节，超过上限 65535" in zh
+
+
 async def test_fire_time_preview_server_rendered_and_json(server: RunningServer) -> None:
     form = {**FORM, "name": "p", "execute_cron_list": "0 9 * * *", "timezone": "Asia/Tokyo", "action": "preview"}
     page = text(await server.fetch("/workflows/new", "POST", body=urlencode(form)))

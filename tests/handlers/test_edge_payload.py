@@ -33,6 +33,7 @@ WORKFLOW_CASES = [
     ("lone surrogate in name", lambda h: _workflow(h, name='"x\\ud800"').replace(b'"name": "hostile", ', b""), "name"),
     ("lone surrogate in args", lambda h: _workflow(h, '{"s": "\\udfff"}'), "execute_modules"),
     ("lone surrogate in a key", lambda h: _workflow(h, '{"\\ud800": 1}'), "execute_modules"),
+    ("args over 65,535 bytes as JSON", lambda h: _workflow(h, '{"s": "' + "x" * 70_000 + '"}'), "execute_modules"),
     ("20,000-character timezone", lambda h: _workflow(h, timezone=json.dumps("A" * 20_000)), "timezone"),
     ("1e30-sized integer in args", lambda h: _workflow(h, '{"n": ' + "1" + "0" * 30 + "}"), "body"),
     ("negative huge integer", lambda h: _workflow(h, '{"n": -' + "9" * 25 + "}"), "body"),

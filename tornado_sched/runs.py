@@ -378,10 +378,11 @@ class RunTracker:
             # Another instance's run (or one it has just lost): its owner records it.
             if await self.forward_result(session, result):
                 return
-        run, step = await self._match(session.module_hash, result)
-        if run is None or step is None:
-            # A re-send of a stored result: acknowledged once what it matched is durable.
-            await self._writer.commit()
+        run, step, resent = await self._match(session.module_hash, result)
+        if step is None:
+            # A re-send: acknowledged once the step it matched is durable (Unstorable
+            # if the store refused that step's state: it was never stored).
+            await self._writer.commit(resent)
             return
         now = utcnow()
         step.message, step.error, step.output = result.message, result.error, result.output
@@ -432,9 +433,12 @@ class RunTracker:
             for step in run.steps
         )
 
-    async def _match(self, module_hash: str, result: ResultMessage) -> tuple[Run | None, Step | None]:
-        """(run, step) to apply the result to; (None, None) for a re-send of the stored
-        result; ResultNotMatched otherwise."""
+    async def _match(
+        self, module_hash: str, result: ResultMessage
+    ) -> tuple[Run, Step | None, list[tuple[str, int]] | None]:
+        """(run, step, None) to apply the result to; (run, None, keys) for a re-send of
+        the result those step keys hold (None: an answer to a cancel, nothing to wait
+        for but the next write); ResultNotMatched otherwise."""
         if result.run_id:
             run = self._open.get(result.run_id) or self._closing.get(result.run_id)
             if run is None:
@@ -448,11 +452,12 @@ class RunTracker:
             if run.open:
                 for step in mine:
                     if step.status == "sent":
-                        return run, step
-            if any(_same_result(step, result) for step in mine):
-                return None, None
+                        return run, step, None
+            same = [(run.run_id, step.index) for step in mine if _same_result(step, result)]
+            if same:
+                return run, None, same
             if any(step.status == "cancelled" for step in mine):
-                return None, None  # the module's answer to a cancel: nothing left to record
+                return run, None, None  # the module's answer to a cancel: nothing left to record
             if not run.open:
                 raise ResultNotMatched(f"run {run.run_id} is closed ({run.status})")
             status = ", ".join(sorted({s.status for s in mine}))
@@ -469,10 +474,11 @@ class RunTracker:
         for run in candidates:
             for step in run.steps_of(module_hash):
                 if step.status == "sent":
-                    return run, step
+                    return run, step, None
         for run in candidates:
-            if any(_same_result(s, result) for s in run.steps_of(module_hash)):
-                return None, None
+            same = [(run.run_id, s.index) for s in run.steps_of(module_hash) if _same_result(s, result)]
+            if same:
+                return run, None, same
         where = f"workflow {result.workflow_id}" if result.workflow_id is not None else "any workflow"
         raise ResultNotMatched(f"no open step for this module in {where} (send run_id for an exact match)")
 

@@ -92,3 +92,18 @@ async def test_a_wait_on_an_unreachable_store_is_bounded_and_the_change_lands_la
             await conn.run_sync(table.metadata.drop_all)
         await sql.close()
         await proxy.close()
+
+
+async def test_a_resent_result_whose_run_was_quarantined_is_not_acknowledged(core: Core) -> None:  # noqa: F811
+    """The re-send of a result the store refused matches the step's state in memory:
+    it must not be acknowledged as stored (it was not), only refused again."""
+    sessions = await _online_modules(core, 2)
+    workflow = await _workflow(core, [s.module_hash for s in sessions])  # open after one result
+    run = await core.tracker.start_run(workflow, "manual", utcnow())
+    poisoned = _result(run, message="bad \ud800")
+    with pytest.raises(Unstorable):
+        await core.tracker.record_result(sessions[0], poisoned)
+    with pytest.raises(Unstorable):
+        await core.tracker.record_result(sessions[0], poisoned)
+    stored = await core.history.get(run.run_id)
+    assert stored is not None and stored.steps[0].status == "sent"  # never written

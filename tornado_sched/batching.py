@@ -58,7 +58,7 @@ class GroupCommit(Generic[K]):
         self._group = group
         self._on_quarantine = on_quarantine
         self._write_timeout = write_timeout
-        self._commit_timeout = commit_timeout
+        self.commit_timeout = commit_timeout
         self._dirty: set[K] = set()
         # Quarantined keys and why, until they change again (their waiters fail).
         self._refused: dict[K, str] = {}
@@ -94,10 +94,10 @@ class GroupCommit(Generic[K]):
         self._waiters.append((future, frozenset(keys) if keys is not None else None))
         self._urgent.set()
         try:
-            async with asyncio.timeout(self._commit_timeout):
+            async with asyncio.timeout(self.commit_timeout):
                 await asyncio.shield(future)
         except TimeoutError:
-            raise Unavailable(f"{self.name}: not stored within {self._commit_timeout:g} s") from None
+            raise Unavailable(f"{self.name}: not stored within {self.commit_timeout:g} s") from None
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._loop())

@@ -9,6 +9,7 @@ restores, so MariaDB itself is never stopped.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from tests.flows.support import (
     wait_until,
     workflow_body,
 )
+from tests.support.history import stored_run
 from tests.support.tcpproxy import TcpProxy
 from tornado_sched.tables import audit_log
 
@@ -161,5 +163,81 @@ async def test_a_websocket_handshake_that_needs_sql_is_a_503_with_the_envelope(
             assert response.code == 503 and envelope["code"] == "5030" and "sql" in envelope["message"], envelope
         finally:
             await proxy.restore()
+    finally:
+        await stop_server(running, http_server)
+
+
+async def test_a_result_resent_during_an_outage_is_acknowledged_only_once_stored(
+    tmp_path: Path, docserver_uri: str, proxied_mariadb: tuple[str, TcpProxy]
+) -> None:
+    """The issue's case: a result sent while SQL is down, then re-sent (as the error
+    frame asks). Neither is acknowledged until SQL has it; the acknowledgement of the
+    re-send after SQL returns means the step row is stored, not just set in memory."""
+    url, proxy = proxied_mariadb
+    running, http_server = await start_server(make_settings(tmp_path, docserver_uri, sql_url_override=url))
+    running.ctx.runs._writer.commit_timeout = 3.0  # 30 s by default; the retry is every 1 s
+    try:
+        module = await Module.online(running)
+        workflow_id = await create_workflow(running, workflow_body(modules=[module.hash]))
+        run_id = await execute(running, workflow_id)
+        command = await module.recv_execute()
+
+        await proxy.cut()
+        unavailable = {"type": "error", "error": "result not stored (server unavailable); send it again later"}
+        assert await module.result(command, message="done") == unavailable
+        assert await module.result(command, message="done") == unavailable  # the re-send: still not stored
+        await proxy.restore()
+        assert await module.result(command, message="done") == "receive result"
+        # Acknowledged means stored: the row is there at once, with the result.
+        stored = await stored_run(running, run_id)
+        assert stored["status"] == "success" and stored["steps"][0]["message"] == "done", stored
+        assert running.ctx.runs.quarantined == 0
+    finally:
+        await stop_server(running, http_server)
+
+
+async def test_shutdown_with_sql_gone_is_bounded_and_what_waited_is_lost(
+    tmp_path: Path, docserver_uri: str, proxied_mariadb: tuple[str, TcpProxy]
+) -> None:
+    """SQL unreachable with rows kept, a result waiting and a run open: the process
+    stops within 5 s. What waited in memory is lost, as the README says: at the next
+    start the run is interrupted, the result sent again is refused saying so, and the
+    kept execution-log row is not there."""
+    url, proxy = proxied_mariadb
+    settings = make_settings(tmp_path, docserver_uri, sql_url_override=url)
+    running, http_server = await start_server(settings)
+    stopped = False
+    try:
+        module = await Module.online(running)
+        workflow_id = await create_workflow(running, workflow_body(modules=[module.hash], overlap="allow"))
+        run_id = await execute(running, workflow_id)
+        command = await module.recv_execute()
+        await proxy.cut()
+        assert (await running.api(f"/workflow/{workflow_id}/execute", "POST"))[0] == 503
+        assert (await running.api(f"/workflow/{workflow_id}/disable", "POST"))[0] == 200
+        assert running.ctx.scheduler.execution_log.kept == 1 and running.ctx.audit.pending.kept >= 1
+        assert module.ws is not None
+        await module.ws.write_message(json.dumps({
+            "type": "result", "status": "success", "run_id": run_id, "message": "done"}))
+        await module.no_message(0.3)
+        started = time.monotonic()
+        await stop_server(running, http_server)
+        stopped = True
+        took = time.monotonic() - started
+        assert took <= 5.0, f"shutdown took {took:.1f} s"
+    finally:
+        if not stopped:
+            await stop_server(running, http_server)
+
+    await proxy.restore()
+    running, http_server = await start_server(settings)
+    try:
+        stored = await stored_run(running, run_id)
+        assert stored is not None and stored["status"] == "interrupted", stored
+        module = Module(running, module.name, module.hash)
+        await module.connect()
+        assert await module.result(command, message="done") == {
+            "type": "error", "error": f"result not recorded: run {run_id} is closed (interrupted)"}
+        assert [r["outcome"] for r in await log_rows(running, workflow_id)] == ["started"]
     finally:
         await stop_server(running, http_server)

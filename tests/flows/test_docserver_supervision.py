@@ -89,7 +89,7 @@ async def test_a_killed_document_server_is_restarted_and_the_run_completes(
             "message": "done", "run_id": command["meta"]["run_id"],
         }))
         # The stale pid file was replaced and the child is back on the same socket.
-        seen_503 = await _ready(running) == 503 or not docserver.running
+        # (/ready's 503 meanwhile is the next test's: here the restart may win the race.)
 
         async def ready_again() -> bool:
             return await _ready(running) == 200
@@ -97,7 +97,6 @@ async def test_a_killed_document_server_is_restarted_and_the_run_completes(
         await wait_until(ready_again, 30, 0.2)
         assert docserver.restarts == 1 and docserver.pid != old_pid and _port(running) == port
         assert docserver.pid_file.read_text().strip() == str(docserver.pid)
-        assert seen_503 or docserver.restarts == 1
         assert (await running.api("/health", auth=None))[0] == 200
         # The result is acknowledged once it is stored, and the run closes in the store.
         assert await module.recv(within=30) == RESULT_ACK

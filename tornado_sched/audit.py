@@ -47,7 +47,7 @@ class AuditLog:
             where.append(audit_log.c.actor == actor)
         if action:
             where.append(audit_log.c.action == action)
-        async with self._sql.engine.connect() as conn:
+        async with self._sql.connect() as conn:
             total = (await conn.execute(select(func.count()).select_from(audit_log).where(*where))).scalar_one()
             rows = (await conn.execute(
                 select(audit_log).where(*where).order_by(audit_log.c.id.desc())

@@ -126,12 +126,12 @@ class OperatorAccounts:
         return None if row is None else _operator(row)
 
     async def _row(self, username: str):  # noqa: ANN202 - SQLAlchemy Row
-        async with self._sql.engine.connect() as conn:
+        async with self._sql.connect() as conn:
             result = await conn.execute(select(operators).where(operators.c.username == username))
             return result.first()
 
     async def list(self) -> list[Operator]:
-        async with self._sql.engine.connect() as conn:
+        async with self._sql.connect() as conn:
             rows = (await conn.execute(select(operators).order_by(operators.c.username))).all()
         return [_operator(r) for r in rows]
 
@@ -144,7 +144,7 @@ class OperatorAccounts:
             raise Conflict(f"operator {username!r} already exists", field="username")
         pw_hash = await asyncio.to_thread(hash_password, password)
         now = utcnow().replace(tzinfo=None)
-        async with self._sql.engine.begin() as conn:
+        async with self._sql.begin() as conn:
             await conn.execute(
                 insert(operators).values(
                     username=username,
@@ -160,7 +160,7 @@ class OperatorAccounts:
     async def set_password(self, username: str, password: str) -> None:
         validate_password(password)
         pw_hash = await asyncio.to_thread(hash_password, password)
-        async with self._sql.engine.begin() as conn:
+        async with self._sql.begin() as conn:
             result = await conn.execute(
                 update(operators)
                 .where(operators.c.username == username)
@@ -291,7 +291,7 @@ class ApiTokens:
             raise NotFound(f"operator {username!r} not found")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         now = utcnow().replace(tzinfo=None)
-        async with self._sql.engine.begin() as conn:
+        async with self._sql.begin() as conn:
             result = await conn.execute(
                 insert(api_tokens).values(
                     token_hash=_token_digest(token), prefix=token[:10], name=name.strip(),
@@ -302,7 +302,7 @@ class ApiTokens:
         return ApiToken(token_id, name.strip(), username, token[:10], as_utc(now), None, None), token
 
     async def list(self) -> list[ApiToken]:
-        async with self._sql.engine.connect() as conn:
+        async with self._sql.connect() as conn:
             rows = (await conn.execute(select(api_tokens).order_by(api_tokens.c.id))).all()
         return [self._from_row(r) for r in rows]
 
@@ -312,7 +312,7 @@ class ApiTokens:
                         as_utc(r.last_used_at), as_utc(r.revoked_at))
 
     async def revoke(self, token_id: int) -> ApiToken:
-        async with self._sql.engine.begin() as conn:
+        async with self._sql.begin() as conn:
             result = await conn.execute(
                 update(api_tokens).where(api_tokens.c.id == token_id, api_tokens.c.revoked_at.is_(None))
                 .values(revoked_at=utcnow().replace(tzinfo=None))
@@ -327,7 +327,7 @@ class ApiTokens:
     async def verify(self, token: str) -> Operator | None:
         if not token.startswith(TOKEN_PREFIX) or len(token) > 100:
             return None
-        async with self._sql.engine.connect() as conn:
+        async with self._sql.connect() as conn:
             row = (await conn.execute(
                 select(api_tokens).where(api_tokens.c.token_hash == _token_digest(token))
             )).first()
@@ -339,7 +339,7 @@ class ApiTokens:
         now = time.monotonic()
         if now - self._last_touch.get(row.id, -1e9) >= self._TOUCH_EVERY:
             self._last_touch[row.id] = now
-            async with self._sql.engine.begin() as conn:
+            async with self._sql.begin() as conn:
                 await conn.execute(
                     update(api_tokens).where(api_tokens.c.id == row.id)
                     .values(last_used_at=utcnow().replace(tzinfo=None))

@@ -42,7 +42,11 @@ log = logging.getLogger(__name__)
 DOCSERVER_DEAD_SECONDS = 60.0
 SHUTDOWN_PROBE_SECONDS = 1.0
 SHUTDOWN_STORE_OP_SECONDS = 0.5
-
+# With a store not answering, every shutdown step that may write gets this much in
+# all (the probes included); then the pool, the client and the document server are
+# still closed, so the whole stop stays within 5 s.
+SHUTDOWN_BUDGET_SECONDS = 4.0
+SHUTDOWN_RELEASE_SECONDS = 0.5
 
 @dataclass
 class AppContext:
@@ -116,23 +120,53 @@ class AppContext:
         self._closers.append(closer)
 
     async def close(self) -> None:
-        # With MongoDB gone, every final write would wait the driver's 5 s server
-        # selection timeout (four of them took 20 s): give each operation a short
-        # limit instead, so shutdown stays within a few seconds. What is not written
-        # is recovered at the next start (runs become interrupted, modules offline).
+        # With a store gone, every final write would wait its full bound (MongoDB's 5 s
+        # server selection, four of them took 20 s; SQL's SQL_WAIT_SECONDS, on a
+        # server that hangs): give each operation a short limit instead, and the
+        # writing steps a budget in all. What is not written is logged by its step and
+        # recovered at the next start (runs become interrupted, modules offline).
+        loop = asyncio.get_running_loop()
+        budget_end = loop.time() + SHUTDOWN_BUDGET_SECONDS
+        docs_answer, sql_answers = await asyncio.gather(
+            self._docs_answer(), self.sql.answers(SHUTDOWN_PROBE_SECONDS))
         limit = None
-        try:
-            await asyncio.wait_for(self.docs.ping(), SHUTDOWN_PROBE_SECONDS)
-        except Exception:  # noqa: BLE001 - any failure means "do not wait on it"
+        if not docs_answer:
             limit = SHUTDOWN_STORE_OP_SECONDS
             log.warning("document store unreachable at shutdown: final writes limited to %.1f s each", limit)
+        if not sql_answers:
+            self.sql.shorten_waits(SHUTDOWN_STORE_OP_SECONDS)
+            log.warning("SQL store unreachable at shutdown: final writes limited to %.1f s each",
+                        SHUTDOWN_STORE_OP_SECONDS)
+        degraded = not (docs_answer and sql_answers)
+        releases = {self.sql.close, self.docs.close}
+        # The document server's stop is never cut: its child must not outlive us.
+        uncut = {self.docserver.stop} if self.docserver is not None else set()
         while self._closers:
             closer = self._closers.pop()
+            name = getattr(closer, "__qualname__", closer)
+            end = None
+            if degraded and closer not in uncut:
+                end = budget_end
+                if closer in releases:
+                    end = max(budget_end, loop.time() + SHUTDOWN_RELEASE_SECONDS)
+            deadline = asyncio.timeout_at(end)
             try:
                 with pymongo.timeout(limit):
-                    await closer()
-            except Exception:
-                log.exception("error during shutdown step %s", getattr(closer, "__qualname__", closer))
+                    async with deadline:
+                        await closer()
+            except Exception as exc:
+                if isinstance(exc, TimeoutError) and deadline.expired():
+                    log.error("shutdown step %s cut at the %.0f s shutdown budget (a store does not answer): "
+                              "what it had not written is lost", name, SHUTDOWN_BUDGET_SECONDS)
+                else:
+                    log.exception("error during shutdown step %s", name)
+
+    async def _docs_answer(self) -> bool:
+        try:
+            await asyncio.wait_for(self.docs.ping(), SHUTDOWN_PROBE_SECONDS)
+            return True
+        except Exception:  # noqa: BLE001 - any failure means "do not wait on it"
+            return False
 
 
 async def open_context(settings: Settings) -> AppContext:

@@ -25,7 +25,7 @@ from .clock import as_utc, naive_utc, utcnow
 from .errors import Invalid
 from .protocol import TEXT_LIMIT_BYTES
 from .run_state import RUN_STATUSES, Run, Step
-from .stores import DocumentStore, SqlStore
+from .stores import SQL_HOUSEKEEPING_SECONDS, DocumentStore, SqlStore
 from .strips import StripRun
 from .tables import run_steps, runs
 from .workflows import FAILED_RUN_STATUSES
@@ -400,14 +400,10 @@ class RunHistory:
     def __init__(self, sql: SqlStore) -> None:
         self._sql = sql
 
-    @property
-    def _engine(self) -> Any:
-        return self._sql.engine
-
     # -- writes ----------------------------------------------------------------------
     async def insert(self, run: Run) -> None:
         """A new run and all its step rows, in one transaction."""
-        async with self._engine.begin() as conn:
+        async with self._sql.begin() as conn:
             await conn.execute(insert(runs), [_run_row(run)])
             for start in range(0, len(run.steps), ROWS_PER_STATEMENT):
                 chunk = run.steps[start:start + ROWS_PER_STATEMENT]
@@ -425,14 +421,14 @@ class RunHistory:
             run_rows.append({"k_run": run.run_id, **_counters(run)})
         if not run_rows:
             return
-        async with self._engine.begin() as conn:
+        async with self._sql.begin() as conn:
             for start in range(0, len(step_rows), ROWS_PER_STATEMENT):
                 await conn.execute(_UPDATE_STEP, step_rows[start:start + ROWS_PER_STATEMENT])
             await conn.execute(_UPDATE_RUN, run_rows)
 
     # -- reads -----------------------------------------------------------------------
     async def get(self, run_id: str) -> Run | None:
-        async with self._engine.connect() as conn:
+        async with self._sql.connect() as conn:
             row = (await conn.execute(select(runs).where(runs.c.run_id == run_id))).first()
             if row is None:
                 return None
@@ -458,7 +454,7 @@ class RunHistory:
     async def take_over(self, run_id: str, lost: str, instance: str, reason: str) -> bool:
         """Cluster mode: make `instance` the owner of an open run of the lost instance.
         A conditional update: of several instances trying at once, exactly one wins."""
-        async with self._engine.begin() as conn:
+        async with self._sql.begin() as conn:
             result = await conn.execute(
                 update(runs)
                 .where(runs.c.run_id == run_id, runs.c.status == "running", runs.c.instance == lost)
@@ -468,7 +464,7 @@ class RunHistory:
 
     async def open_runs(self) -> list[Run]:
         """Runs the store still has as running (left open by a crash, at start-up)."""
-        async with self._engine.connect() as conn:
+        async with self._sql.connect() as conn:
             rows = list(await conn.execute(select(runs).where(runs.c.status == "running")))
             return await self._runs(conn, rows)
 
@@ -500,7 +496,7 @@ class RunHistory:
                 parts.append([*clauses, *run_id_range(filters.run_id_prefix)])
         if not parts:
             return RunPage([], False, None)
-        async with self._engine.connect() as conn:
+        async with self._sql.connect() as conn:
             if len(parts) == 1:
                 rows = list(await conn.execute(
                     select(runs).where(*parts[0]).order_by(*order).limit(limit + 1)))
@@ -539,7 +535,7 @@ class RunHistory:
             .order_by(runs.c.started_at.desc(), runs.c.id.desc()).offset(offset).limit(page_size + 1)
         )
         capped = select(runs.c.id).where(*clauses).limit(TOTAL_CAP + 1).subquery()
-        async with self._engine.connect() as conn:
+        async with self._sql.connect() as conn:
             rows = list(await conn.execute(query))
             counted = (await conn.execute(select(func.count()).select_from(capped))).scalar_one()
             has_more = len(rows) > page_size
@@ -576,7 +572,7 @@ class RunHistory:
         ]
         # Each part a subquery: SQLite rejects ORDER BY/LIMIT on a bare UNION member.
         query = parts[0] if len(parts) == 1 else union_all(*(select(*p.subquery().c) for p in parts))
-        async with self._engine.connect() as conn:
+        async with self._sql.connect() as conn:
             rows = list(await conn.execute(query))
             rows.sort(key=lambda r: (r.sent_at, r.run_id, r.step_index), reverse=True)
             has_more = len(rows) > limit
@@ -623,7 +619,7 @@ class RunHistory:
             for wid in ids
         ]
         query = parts[0] if len(parts) == 1 else union_all(*parts)
-        async with self._engine.connect() as conn:
+        async with self._sql.connect() as conn:
             rows = list(await conn.execute(query))
         found = [
             StripRun(r.run_id, r.workflow_id, r.status, as_utc(r.started_at) or utcnow(), as_utc(r.ended_at))
@@ -635,7 +631,7 @@ class RunHistory:
 
     async def last_started(self, workflow_id: int) -> datetime | None:
         query = select(func.max(runs.c.started_at)).where(runs.c.workflow_id == workflow_id)
-        async with self._engine.connect() as conn:
+        async with self._sql.connect() as conn:
             return as_utc((await conn.execute(query)).scalar_one_or_none())
 
     # -- retention -------------------------------------------------------------------
@@ -644,7 +640,7 @@ class RunHistory:
         between batches so result writes (and the loop) are never held up for long."""
         deleted = 0
         while True:
-            async with self._engine.begin() as conn:
+            async with self._sql.begin(SQL_HOUSEKEEPING_SECONDS) as conn:
                 rows = list(await conn.execute(
                     select(runs.c.id, runs.c.run_id)
                     .where(runs.c.started_at < naive_utc(cutoff), runs.c.status != "running")
@@ -687,7 +683,7 @@ class RunHistory:
 
     async def _insert_missing(self, batch: list[Run]) -> int:
         unique = {r.run_id: r for r in batch}
-        async with self._engine.begin() as conn:
+        async with self._sql.begin(SQL_HOUSEKEEPING_SECONDS) as conn:
             existing = set((await conn.execute(
                 select(runs.c.run_id).where(runs.c.run_id.in_(list(unique)))
             )).scalars())

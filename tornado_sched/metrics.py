@@ -35,6 +35,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 # Seconds between the scheduled fire time and the firing (benchmarks: p99 ~20 ms).
 LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+OUTBOX_READ_SECONDS = 3.0
 
 
 class _StateCollector(Collector):
@@ -160,7 +161,8 @@ class ServerMetrics:
     async def _read_outbox(self) -> None:
         unsent = notification_outbox.c.status.in_(("pending", "retrying"))
         try:
-            async with self.ctx.sql.engine.connect() as conn:
+            # Bounded like /ready's probe: a scrape answers within its timeout.
+            async with self.ctx.sql.connect(OUTBOX_READ_SECONDS) as conn:
                 row = (await conn.execute(
                     select(func.count(), func.min(notification_outbox.c.created_at)).where(unsent)
                 )).one()

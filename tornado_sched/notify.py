@@ -181,7 +181,7 @@ class Notifier:
         key = (run.workflow_id, channel)
         held = self._open_rows.get(key)
         if held is not None and held[1] > now:
-            async with self._sql.engine.begin() as conn:
+            async with self._sql.begin() as conn:
                 row = (await conn.execute(
                     select(notification_outbox.c.payload, notification_outbox.c.status,
                            notification_outbox.c.next_attempt_at)
@@ -228,7 +228,7 @@ class Notifier:
 
     async def _insert(self, channel: str, kind: str, workflow_id: int, payload: dict[str, Any],
                       configured: bool, due: datetime) -> int:
-        async with self._sql.engine.begin() as conn:
+        async with self._sql.begin() as conn:
             result = await conn.execute(insert(notification_outbox).values(
                 channel=channel, kind=kind, workflow_id=workflow_id, subject=_subject(payload),
                 payload=json.dumps(payload, ensure_ascii=False),
@@ -269,7 +269,7 @@ class Notifier:
             earlier.c.workflow_id == outbox.c.workflow_id, earlier.c.channel == outbox.c.channel,
             earlier.c.kind == "failure", earlier.c.status.in_(UNSENT), earlier.c.id < outbox.c.id,
         )
-        async with self._lock, self._sql.engine.connect() as conn:
+        async with self._lock, self._sql.connect() as conn:
             now = utcnow()
             due = (
                 select(outbox)
@@ -277,7 +277,7 @@ class Notifier:
                        or_(outbox.c.kind != "recovery", ~overtakes))
                 .order_by(outbox.c.id).limit(100)
             )
-            if self._sql.engine.dialect.name == "mysql":
+            if self._sql.dialect == "mysql":
                 # Several instances share the outbox: each row is claimed by one of
                 # them (locked rows are skipped, not waited for) and marked `sending`
                 # until the claim ends, so no notification goes out twice.
@@ -336,7 +336,7 @@ class Notifier:
                           next_attempt_at=naive_utc(utcnow() + timedelta(seconds=wait)))
             log.warning("notification %d (%s) attempt %d failed: %s; retry in %.0fs",
                         row.id, row.channel, attempts, error, wait)
-        async with self._sql.engine.begin() as conn:
+        async with self._sql.begin() as conn:
             await conn.execute(update(notification_outbox).where(notification_outbox.c.id == row.id).values(**values))
         return error is None
 
@@ -357,7 +357,7 @@ class Notifier:
         if status:
             query = query.where(notification_outbox.c.status == status)
             count = count.where(notification_outbox.c.status == status)
-        async with self._sql.engine.connect() as conn:
+        async with self._sql.connect() as conn:
             total = (await conn.execute(count)).scalar_one()
             rows = (await conn.execute(
                 query.order_by(notification_outbox.c.id.desc()).offset((page - 1) * page_size).limit(page_size)

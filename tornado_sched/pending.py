@@ -27,11 +27,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LIMIT = 10_000
 RETRY_SECONDS = 2.0
-# One attempt never waits longer than this on a store that does not answer.
-WRITE_TIMEOUT = 10.0
 
 
-def _store_down(exc: BaseException) -> bool:
+def store_down(exc: BaseException) -> bool:
     """True when the failure says "the store is unreachable", not "this row is bad"."""
     if isinstance(exc, DBAPIError):
         return isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated
@@ -50,13 +48,14 @@ class PendingSqlRows:
 
     def __init__(
         self, sql: SqlStore, table: Table, *, limit: int = DEFAULT_LIMIT, retry_seconds: float = RETRY_SECONDS,
-        write_timeout: float = WRITE_TIMEOUT,
+        write_timeout: float | None = None,
     ) -> None:
         self._sql = sql
         self._table = table
         self._rows: collections.deque[dict[str, Any]] = collections.deque()
         self._limit = limit
         self.retry_seconds = retry_seconds
+        # One attempt's bound; None: the store's (SqlStore.wait_seconds).
         self.write_timeout = write_timeout
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -81,7 +80,8 @@ class PendingSqlRows:
             self._task = asyncio.ensure_future(self._retry_loop())
 
     async def close(self, limit_seconds: float = 2.0) -> None:
-        """Stop retrying; one last bounded attempt to write what is kept."""
+        """Stop retrying; one last bounded attempt to write what is kept, unless the
+        store has just left a wait unanswered (another would only delay the stop)."""
         if self._inserting is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._inserting), limit_seconds)
@@ -92,7 +92,7 @@ class PendingSqlRows:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        if self._rows:
+        if self._rows and not self._sql.stalled:
             try:
                 await asyncio.wait_for(self.retry(), limit_seconds)
             except TimeoutError:
@@ -102,8 +102,9 @@ class PendingSqlRows:
 
     async def add(self, row: dict[str, Any]) -> bool:
         """Insert `row`, or keep it for later. True if it is stored now."""
-        if self._rows:
-            # Older rows wait: keep the order they happened in.
+        if self._rows or self._sql.stalled:
+            # Older rows wait (keep the order they happened in), or the store just
+            # left a wait unanswered: the retry loop finds out when it answers.
             self._keep(row)
             self._wake.set()
             return False
@@ -124,7 +125,7 @@ class PendingSqlRows:
                     await self._insert(rows)
                 except Exception as exc:
                     self.write_failures += 1
-                    if _store_down(exc):
+                    if store_down(exc):
                         log.error("%s write failed (kept, %d waiting; will retry): %s",
                                   self.name, len(self._rows) + len(rows), type(exc).__name__)
                         for row in rows:
@@ -143,9 +144,8 @@ class PendingSqlRows:
             self._inserting = None
 
     async def _insert(self, rows: list[dict[str, Any]]) -> None:
-        async with asyncio.timeout(self.write_timeout):
-            async with self._sql.engine.begin() as conn:
-                await conn.execute(insert(self._table), rows)
+        async with self._sql.begin(self.write_timeout) as conn:
+            await conn.execute(insert(self._table), rows)
 
     async def _insert_alone(self, row: dict[str, Any]) -> bool:
         """After a batch was refused for its content: this row by itself."""
@@ -154,7 +154,7 @@ class PendingSqlRows:
             return True
         except Exception as exc:
             self.write_failures += 1
-            if _store_down(exc):
+            if store_down(exc):
                 self._keep(row)
             else:
                 self._quarantine(row, exc)
@@ -183,12 +183,10 @@ class PendingSqlRows:
                 return True
             batch = list(self._rows)
             try:
-                async with asyncio.timeout(self.write_timeout):
-                    async with self._sql.engine.begin() as conn:
-                        await conn.execute(insert(self._table), batch)
+                await self._insert(batch)
             except Exception as exc:
                 self.write_failures += 1
-                if _store_down(exc):
+                if store_down(exc):
                     return False
             else:
                 for _ in batch:
@@ -199,12 +197,10 @@ class PendingSqlRows:
             while self._rows:
                 row = self._rows[0]
                 try:
-                    async with asyncio.timeout(self.write_timeout):
-                        async with self._sql.engine.begin() as conn:
-                            await conn.execute(insert(self._table), [row])
+                    await self._insert([row])
                 except Exception as exc:
                     self.write_failures += 1
-                    if _store_down(exc):
+                    if store_down(exc):
                         return False
                     self._quarantine(row, exc)
                 self._rows.popleft()

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+import pymongo
 from apscheduler.schedulers.tornado import TornadoScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -27,7 +28,7 @@ from .errors import Invalid, Unavailable
 from .events import MODULE_ONLINE, SCHEDULE_FIRED, WORKFLOW_DELETED, WORKFLOW_SAVED, EventBus
 from .pending import PendingSqlRows
 from .runs import RunTracker
-from .stores import DocumentStore, SqlStore
+from .stores import SQL_HOUSEKEEPING_SECONDS, DocumentStore, SqlStore
 from .tables import execution_log, tick_claims
 from .workflows import Workflow, WorkflowStore
 
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 JOB_PREFIX = "workflow-"
 ALIVE_SECONDS = 30
+ALIVE_MARK_SECONDS = 10.0
 # A tick is late, not missed, within this window (loop stalls, GC, a slow store).
 LATE_GRACE_SECONDS = 60
 # How long a stop waits for firings under way (each bounded by its stores' waits).
@@ -278,7 +280,7 @@ class WorkflowScheduler:
     async def _claim(self, workflow_id: int, nominal: datetime) -> bool:
         """Insert (workflow, nominal tick): True for the one instance whose insert wins."""
         try:
-            async with self._sql.engine.begin() as conn:
+            async with self._sql.begin() as conn:
                 await conn.execute(insert(tick_claims).values(
                     workflow_id=workflow_id, nominal_time=naive_utc(nominal).replace(microsecond=0),
                     instance=self._instance or "-", claimed_at=naive_utc(utcnow()),
@@ -313,6 +315,11 @@ class WorkflowScheduler:
         return value if isinstance(value, datetime) else None
 
     async def _mark_alive(self) -> None:
+        # Bounded: a document store that stops answering must not hold the job or the stop.
+        with pymongo.timeout(ALIVE_MARK_SECONDS):
+            await self._write_alive()
+
+    async def _write_alive(self) -> None:
         state = self._docs["scheduler_state"]
         now = utcnow()
         if await state.find_one({"_id": "alive"}) is None:
@@ -380,7 +387,7 @@ class WorkflowScheduler:
     async def _cleanup(self) -> None:
         cutoff = utcnow() - timedelta(days=self._retention_days)
         runs = await self._runs.delete_older_than(cutoff)
-        async with self._sql.engine.begin() as conn:
+        async with self._sql.begin(SQL_HOUSEKEEPING_SECONDS) as conn:
             rows = (await conn.execute(delete(execution_log).where(execution_log.c.fired_at < naive_utc(cutoff)))).rowcount
             await conn.execute(delete(tick_claims).where(tick_claims.c.nominal_time < naive_utc(cutoff)))
         log.info("retention: deleted %d run(s) and %d execution-log row(s) older than %s", runs, rows, cutoff)

@@ -79,7 +79,7 @@ class BrowserSessions:
         """A new session for `operator`; returns the session id for the cookie."""
         session_id = secrets.token_urlsafe(32)
         now = utcnow().replace(tzinfo=None)
-        async with self._sql.engine.begin() as conn:
+        async with self._sql.begin() as conn:
             await conn.execute(insert(browser_sessions).values(
                 token_hash=_digest(session_id), username=operator.username, version=operator.session_version,
                 created_at=now, last_seen_at=now, remote_ip=(remote_ip or "")[:64],
@@ -92,7 +92,7 @@ class BrowserSessions:
         password changed since login; the last three are ended in the store)."""
         if not isinstance(session_id, str) or not 20 <= len(session_id) <= 100:
             return None
-        async with self._sql.engine.connect() as conn:
+        async with self._sql.connect() as conn:
             row = (await conn.execute(
                 select(browser_sessions).where(browser_sessions.c.token_hash == _digest(session_id))
             )).first()
@@ -123,13 +123,13 @@ class BrowserSessions:
         self._seen[row_id] = (now, mono)
         if len(self._seen) > 100_000:
             self._seen.clear()
-        async with self._sql.engine.begin() as conn:
+        async with self._sql.begin() as conn:
             await conn.execute(update(browser_sessions).where(browser_sessions.c.id == row_id)
                                .values(last_seen_at=now.replace(tzinfo=None)))
 
     async def _end(self, row_id: int, reason: str) -> bool:
         self._seen.pop(row_id, None)
-        async with self._sql.engine.begin() as conn:
+        async with self._sql.begin() as conn:
             result = await conn.execute(
                 update(browser_sessions)
                 .where(browser_sessions.c.id == row_id, browser_sessions.c.ended_at.is_(None))
@@ -139,7 +139,7 @@ class BrowserSessions:
 
     async def end(self, session_id: str, reason: str = "logout") -> None:
         """Logout: end the session with this id (unknown ids are ignored)."""
-        async with self._sql.engine.connect() as conn:
+        async with self._sql.connect() as conn:
             row = (await conn.execute(
                 select(browser_sessions.c.id).where(browser_sessions.c.token_hash == _digest(session_id))
             )).first()
@@ -155,7 +155,7 @@ class BrowserSessions:
 
     async def end_user(self, username: str, reason: str = "password") -> int:
         """End every live session of an operator; returns how many."""
-        async with self._sql.engine.begin() as conn:
+        async with self._sql.begin() as conn:
             result = await conn.execute(
                 update(browser_sessions)
                 .where(browser_sessions.c.username == username, browser_sessions.c.ended_at.is_(None))
@@ -164,7 +164,7 @@ class BrowserSessions:
         return result.rowcount
 
     async def get(self, row_id: int) -> SessionInfo:
-        async with self._sql.engine.connect() as conn:
+        async with self._sql.connect() as conn:
             row = (await conn.execute(select(browser_sessions).where(browser_sessions.c.id == row_id))).first()
         if row is None:
             raise NotFound(f"session {row_id} not found")
@@ -174,7 +174,7 @@ class BrowserSessions:
         """Sessions not ended yet and within both lifetimes, newest first."""
         now = utcnow()
         oldest_created = (now - timedelta(seconds=self.max_seconds)).replace(tzinfo=None)
-        async with self._sql.engine.connect() as conn:
+        async with self._sql.connect() as conn:
             rows = (await conn.execute(
                 select(browser_sessions)
                 .where(browser_sessions.c.ended_at.is_(None), browser_sessions.c.created_at >= oldest_created)

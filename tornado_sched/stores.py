@@ -7,7 +7,9 @@ outside the core touches them directly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from pymongo import AsyncMongoClient, ReturnDocument
@@ -16,12 +18,26 @@ from pymongo.errors import ConnectionFailure
 from pymongo.monitoring import ConnectionPoolListener
 from sqlalchemy import event, inspect, text
 from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from .errors import Unavailable
 from .tables import ADDED_COLUMNS, ADDED_INDEXES, metadata
 
 log = logging.getLogger(__name__)
+
+# aiomysql has a connect timeout but no read timeout, so an SQL server that stops
+# answering without closing (stopped, blackholed) would hold its callers forever:
+# every SQL operation goes through SqlStore.begin()/connect(), bounded by this
+# (tests/core/test_sql_waits.py checks that nothing else opens the engine).
+SQL_WAIT_SECONDS = 10.0
+# Housekeeping that may touch many rows (retention, the one-time migration).
+SQL_HOUSEKEEPING_SECONDS = 300.0
+
+
+class StoreTimeout(Unavailable):
+    """An SQL operation got no answer within its bound: the server hangs rather than
+    refusing. An outage like any other (a 503 naming the store, kept and retried by
+    the writers)."""
 
 
 class _ConnectionCounter(ConnectionPoolListener):
@@ -98,9 +114,10 @@ class DocumentStore:
 
 
 class SqlStore:
-    """System data through SQLAlchemy Core's async engine (MySQL/aiomysql or SQLite)."""
+    """System data through SQLAlchemy Core's async engine (MySQL/aiomysql or SQLite).
+    Callers use `begin()` and `connect()`, never the engine: every wait is bounded."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, wait_seconds: float = SQL_WAIT_SECONDS) -> None:
         kwargs: dict[str, Any] = {"pool_pre_ping": True}
         if url.startswith("mysql"):
             kwargs["pool_recycle"] = 3600
@@ -113,6 +130,15 @@ class SqlStore:
         self.connections_lost = 0
         event.listen(self.engine.sync_engine, "connect", self._count_connect)
         event.listen(self.engine.sync_engine, "invalidate", self._count_lost)
+        # Every wait on the server ends after this many seconds (StoreTimeout).
+        self.wait_seconds = wait_seconds
+        # Set by shorten_waits (a shutdown with the server not answering).
+        self._cap: float | None = None
+        self._waits: set[asyncio.Timeout] = set()
+        self.timeouts = 0
+        # True from a wait that got no answer until one that completes: writers that
+        # can keep a row keep it at once instead of waiting out the bound again.
+        self.stalled = False
 
     def _count_connect(self, dbapi_connection: Any, record: Any) -> None:
         self.connections_opened += 1
@@ -120,7 +146,68 @@ class SqlStore:
     def _count_lost(self, dbapi_connection: Any, record: Any, exception: BaseException | None) -> None:
         self.connections_lost += 1
 
+    @contextlib.asynccontextmanager
+    async def begin(self, seconds: float | None = None) -> AsyncIterator[AsyncConnection]:
+        """A transaction, committed on a clean exit; every wait in it bounded."""
+        async with self.bounded(seconds), self.engine.begin() as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def connect(self, seconds: float | None = None) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads; every wait in it bounded."""
+        async with self.bounded(seconds), self.engine.connect() as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def bounded(self, seconds: float | None = None) -> AsyncIterator[None]:
+        """Raise StoreTimeout if the block is not done within `seconds` (default
+        `wait_seconds`). The cancellation lands in the driver's await, and SQLAlchemy
+        then drops that connection instead of returning it to the pool."""
+        limit = self.wait_seconds if seconds is None else seconds
+        if self._cap is not None:
+            limit = min(limit, self._cap)
+        deadline = asyncio.timeout(limit)
+        started = asyncio.get_running_loop().time()
+        try:
+            async with deadline:
+                self._waits.add(deadline)
+                try:
+                    yield
+                finally:
+                    self._waits.discard(deadline)
+        except Exception as exc:
+            if not deadline.expired():
+                raise
+            self.timeouts += 1
+            self.stalled = True
+            log.warning("sql: no answer within %.1f s (%d time(s) so far)",
+                        asyncio.get_running_loop().time() - started, self.timeouts)
+            raise StoreTimeout("store unavailable: sql") from exc
+        self.stalled = False
+
+    def shorten_waits(self, seconds: float) -> None:
+        """From now on no SQL wait lasts longer than `seconds`, those already under
+        way included (a shutdown while the server does not answer)."""
+        self._cap = seconds
+        when = asyncio.get_running_loop().time() + seconds
+        for deadline in list(self._waits):
+            current = deadline.when()
+            if not deadline.expired() and (current is None or current > when):
+                deadline.reschedule(when)
+
+    async def answers(self, seconds: float) -> bool:
+        """Whether the server answers a ping within `seconds`."""
+        try:
+            async with self.bounded(seconds):
+                await self.ping()
+            return True
+        except Exception:  # noqa: BLE001 - refused, gone or silent: it does not answer
+            return False
+
     async def create_schema(self) -> None:
+        # Bounded first: a server that hangs fails the start instead of freezing it.
+        # The schema work itself is not (an index build on a long history takes time).
+        await self.ping()
         for attempt in range(3):
             try:
                 async with self.engine.begin() as conn:
@@ -142,11 +229,15 @@ class SqlStore:
                 await asyncio.sleep(0.2 * (attempt + 1))
 
     async def ping(self) -> None:
-        async with self.engine.connect() as conn:
+        async with self.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        try:
+            async with self.bounded():
+                await self.engine.dispose()
+        except StoreTimeout:
+            log.error("sql: connection pool not closed in time (server not answering); connections dropped")
 
 
 def _add_missing_columns(conn: Any) -> None:

@@ -94,7 +94,7 @@ class AppContext:
             "audit_log": self.audit.write_failures,
             # Rows waiting in memory for SQL, and rows lost (memory bound, or refused).
             **{f"{keeper.name}_{what}": getattr(keeper, what)
-               for keeper in (self.scheduler.execution_log, self.audit.pending)
+               for keeper in (self.scheduler.execution_log, self.audit.pending, self.notifier)
                for what in ("kept", "dropped", "quarantined")},
         }
 

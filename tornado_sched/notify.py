@@ -1,11 +1,15 @@
 """Failure notifications through an outbox that never loses a row.
 
 A failed step becomes an outbox row *before* anything is sent, one per channel
-(email, webhook). The first failure of a workflow after a success (or after
+(email, webhook). While SQL cannot take it, the row waits in memory like the
+execution log's (bounded, oldest dropped and counted; a row the store refuses for
+itself is set aside with a logged reason) and is written, in order, when SQL
+answers. The first failure of a workflow after a success (or after
 NOTIFY_AGGREGATE_SECONDS without failures) is due at once; failures that follow it
 within the window are gathered into one follow-up row, held open for the window, so
-a burst goes out as the first notice plus one more message. A background sender delivers due rows
-over HTTP, marks them sent only on a 2xx, and otherwise retries with exponential
+a burst goes out as the first notice plus one more message (more when the failures
+outgrow one row: a notice fits its TEXT column). A background sender delivers due
+rows over HTTP, marks them sent only on a 2xx, and otherwise retries with exponential
 backoff, across restarts. Rows are rendered when sent, so one that waited through a
 restart still carries every failure it collected.
 """
@@ -13,6 +17,7 @@ restart still carries every failure it collected.
 from __future__ import annotations
 
 import asyncio
+import collections
 import html
 import json
 import logging
@@ -25,6 +30,8 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from .clock import as_utc, naive_utc, utcnow
 from .config import Settings
 from .events import RUN_FINISHED, STEP_FAILED, EventBus
+from .pending import DEFAULT_LIMIT, store_down
+from .protocol import TEXT_LIMIT_BYTES, cut_text
 from .run_state import Run, Step
 from .stores import SqlStore
 from .tables import notification_outbox
@@ -41,6 +48,10 @@ CLAIM_GRACE_SECONDS = 60.0
 MAX_BACKOFF = 3600.0
 BASE_BACKOFF = 5.0
 POLL_SECONDS = 5.0
+# One failure in a notice: its error and message are cut to fit this (the run's page
+# has them whole), so a combined notice holds at least a few failures, and a notice
+# never outgrows its payload column (MySQL/MariaDB TEXT: TEXT_LIMIT_BYTES).
+FACT_LIMIT_BYTES = 16 * 1024
 
 
 def backoff_seconds(attempts: int, base: float = BASE_BACKOFF) -> float:
@@ -65,12 +76,24 @@ class Notifier:
         self._sender: asyncio.Task[None] | None = None
         self._http = AsyncHTTPClient()
         self._unsubscribe = events.subscribe(self._on_event)
+        # Outbox items SQL could not take yet, oldest first; counted like PendingSqlRows.
+        self._backlog: collections.deque[tuple[Any, ...]] = collections.deque()
+        self.backlog_limit = DEFAULT_LIMIT
         self.write_failures = 0
-        self._backlog: list[tuple[Any, ...]] = []
+        self.dropped = 0
+        self.quarantined = 0
         self._closing = False
         # Retry and poll intervals; tests shorten them on a running notifier.
         self.base_backoff = BASE_BACKOFF
         self.poll_seconds = POLL_SECONDS
+
+    @property
+    def name(self) -> str:
+        return notification_outbox.name
+
+    @property
+    def kept(self) -> int:
+        return len(self._backlog)
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -87,11 +110,10 @@ class Notifier:
 
     async def close(self) -> None:
         self._unsubscribe()
-        await self._retry_backlog()
-        if self._backlog:
-            log.error("%d notification(s) could not be written to the outbox before shutdown", len(self._backlog))
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if not self._sql.stalled:  # one that just left a wait unanswered would only delay the stop
+            await self._retry_backlog()
         if self._sender is not None:
             # Let a send in flight finish and be marked (bounded by the HTTP timeout):
             # cancelling it after delivery would send the same message again after
@@ -106,6 +128,9 @@ class Notifier:
                     await self._sender
                 except asyncio.CancelledError:
                     pass
+        if self._backlog:
+            log.error("%d notification(s) not written to the outbox at shutdown (SQL unavailable): lost",
+                      len(self._backlog))
 
     def _channels(self) -> list[tuple[str, bool]]:
         """(channel, configured) for every channel that should get a row."""
@@ -145,14 +170,27 @@ class Notifier:
             "message": step.message,
             "at": utcnow().isoformat(),
         }
+        fact = fit_fact(fact)
         async with self._lock:
             for channel, configured in self._channels():
                 await self._write_or_keep(("fact", run, channel, configured, fact))
         self._wake.set()
 
     async def _write_or_keep(self, item: tuple[Any, ...]) -> bool:
-        """Write one outbox item; if the store refuses, keep it in memory and retry it
-        from the send loop, so a notification outlives a store outage (not a crash)."""
+        """Write one outbox item (under `_lock`), or keep it in memory for the send loop
+        to retry, so a notification outlives a store outage (not a crash). It waits
+        behind older kept items, and is kept at once while the store leaves waits
+        unanswered. True when written."""
+        if self._backlog or self._sql.stalled:
+            self._keep(item)
+            return False
+        outcome = await self._attempt(item)
+        if outcome == "down":
+            self._keep(item)
+        return outcome == "written"
+
+    async def _attempt(self, item: tuple[Any, ...]) -> str:
+        """One try: "written", "down" (SQL out of reach: keep it) or "refused" (set aside)."""
         try:
             if item[0] == "fact":
                 await self._add_fact(*item[1:])
@@ -160,21 +198,40 @@ class Notifier:
                 await self._insert_recovery(*item[1:])
         except Exception as exc:
             self.write_failures += 1
-            log.error("could not write a %s notification for workflow %d (kept, will retry): %s",
-                      item[2], item[1].workflow_id, type(exc).__name__)
-            self._backlog.append(item)
-            return False
-        return True
+            if store_down(exc):
+                log.error("could not write a %s notification for workflow %d (kept, will retry): %s",
+                          item[2], item[1].workflow_id, type(exc).__name__)
+                return "down"
+            self.quarantined += 1
+            # The item holds module output: name the failure, not the data.
+            log.error("a %s %s notification for workflow %d was refused by the store and dropped (%s: %s)",
+                      item[2], item[0], item[1].workflow_id, type(exc).__name__,
+                      (str(exc).splitlines() or [""])[0][:200])
+            return "refused"
+        return "written"
+
+    def _keep(self, item: tuple[Any, ...]) -> None:
+        if len(self._backlog) >= self.backlog_limit:
+            self._backlog.popleft()
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.error("%s: more than %d notifications waiting for SQL; dropped the oldest (%d so far)",
+                          self.name, self.backlog_limit, self.dropped)
+        self._backlog.append(item)
 
     async def _retry_backlog(self) -> None:
+        """Write the kept items in order; stop at the first that meets an outage."""
         if not self._backlog:
             return
         async with self._lock:
-            pending, self._backlog = self._backlog, []
-            for index, item in enumerate(pending):
-                if not await self._write_or_keep(item):
-                    self._backlog.extend(pending[index + 1:])  # still down: keep the order
-                    return
+            written = 0
+            while self._backlog:
+                if await self._attempt(self._backlog[0]) == "down":
+                    break
+                self._backlog.popleft()  # written, or refused and set aside
+                written += 1
+            if written:
+                log.info("%s: wrote %d kept notification(s) after an outage", self.name, written)
 
     async def _add_fact(self, run: Run, channel: str, configured: bool, fact: dict[str, Any]) -> None:
         now = utcnow()
@@ -193,12 +250,15 @@ class Notifier:
                         and (as_utc(row.next_attempt_at) or now) > now):
                     payload = json.loads(row.payload)
                     payload["failures"].append(fact)
-                    await conn.execute(
-                        update(notification_outbox).where(notification_outbox.c.id == held[0])
-                        .values(payload=json.dumps(payload, ensure_ascii=False),
-                                subject=_subject(payload))
-                    )
-                    return
+                    text = json.dumps(payload, ensure_ascii=False)
+                    # A notice that would outgrow its column is closed: this failure
+                    # starts the next follow-up row.
+                    if _encoded_size(text) <= TEXT_LIMIT_BYTES:
+                        await conn.execute(
+                            update(notification_outbox).where(notification_outbox.c.id == held[0])
+                            .values(payload=text, subject=_subject(payload))
+                        )
+                        return
         payload = {"kind": "failure", "workflow_id": run.workflow_id, "workflow_name": run.workflow_name,
                    "failures": [fact]}
         window = timedelta(seconds=self._settings.notify_aggregate_seconds)
@@ -368,6 +428,26 @@ class Notifier:
     def alerting_on(self) -> bool:
         """Whether any channel can deliver (email settings or a webhook)."""
         return bool(self._settings.email_configured or self._settings.webhook_url)
+
+
+def _encoded_size(text: str) -> int:
+    # surrogatepass: a lone surrogate is measured here and refused by the store.
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def fit_fact(fact: dict[str, Any], limit: int = FACT_LIMIT_BYTES) -> dict[str, Any]:
+    """`fact` with its error and message cut, the longer first, until its JSON
+    encodes to at most `limit` bytes (escapes count: a control character is six)."""
+    fact = dict(fact)
+    while (excess := _encoded_size(json.dumps(fact, ensure_ascii=False)) - limit) > 0:
+        field = max(("error", "message"), key=lambda name: _encoded_size(fact.get(name) or ""))
+        text = fact.get(field) or ""
+        if not text:
+            break  # every other field is bounded at the edge; nothing left to cut
+        # Strictly shorter each pass (cut_text appends "…", 3 bytes), so this ends.
+        budget = _encoded_size(text) - excess - 3
+        fact[field] = cut_text(text, budget) if budget > 3 else ""
+    return fact
 
 
 def _listed(r: Any) -> dict[str, Any]:

@@ -509,3 +509,29 @@ async def count_rows(settings: Settings) -> int:
             return int((await conn.execute(select(func.count()).select_from(notification_outbox))).scalar_one())
     finally:
         await engine.dispose()
+
+
+async def test_failures_as_long_as_a_result_may_carry_go_out_in_notices_that_fit_their_column(
+    tmp_path: Path, docserver_uri: str, sink: Sink, sql_url: str
+) -> None:
+    """Results whose error and message are as long as the edge lets through (65,535
+    bytes each) fail within one window: every failure reaches the sink in exactly one
+    email, every stored notice fits MariaDB's TEXT column (65,535 bytes) and none is
+    refused. On SQLite and MariaDB; MariaDB used to refuse such a notice, which was
+    then retried forever and never sent."""
+    settings = notify_settings(tmp_path, docserver_uri, sink, notify_aggregate_seconds=1.0, sql_url_override=sql_url)
+    async with running(settings) as server:
+        module = await Module.online(server)
+        wid = await create_workflow(server, on_demand([module.hash]))
+        run_ids = [(await fail_run(server, module, wid, error="e" * 65_535, message="消" * 21_845))[0]
+                   for _ in range(5)]
+        rows = await wait_rows(server, lambda rows: len(rows) >= 2 and all(r["status"] == "sent" for r in rows),
+                               within=8)
+        module.close()
+        assert all(len(r["payload"].encode("utf-8")) <= 65_535 for r in rows), [len(r["payload"]) for r in rows]
+        delivered = Counter(r for email in sink.bodies() for r in run_ids if f"/runs/{r}" in email["content"])
+        assert delivered == Counter(run_ids)
+        assert all("消消消" in email["content"] and "…" in email["content"] for email in sink.bodies())
+        status, env = await server.api("/ready", auth=None)
+        failed = env["result"]["failed_writes"]
+        assert (failed["notification_outbox"], failed["notification_outbox_quarantined"]) == (0, 0), failed

@@ -1,13 +1,15 @@
 """SQL unreachable mid-run: execution-log and audit rows are kept and written later;
 results of open runs are acknowledged once SQL has them; a WebSocket handshake that
-needs SQL is refused with 503 and the envelope.
+needs SQL is refused with 503 and the envelope; SQL that hangs is a bounded 503 and
+a bounded stop.
 
-The server reaches the shared MariaDB through a TCP proxy that the test cuts and
-restores, so MariaDB itself is never stopped.
+The server reaches the shared MariaDB through a TCP proxy that the test cuts (or
+hangs) and restores, so MariaDB itself is never stopped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -37,6 +39,7 @@ from tests.flows.support import (
 )
 from tests.support.history import stored_run
 from tests.support.tcpproxy import TcpProxy
+from tornado_sched.stores import SQL_WAIT_SECONDS
 from tornado_sched.tables import audit_log
 
 pytestmark = pytest.mark.mariadb
@@ -239,5 +242,70 @@ async def test_shutdown_with_sql_gone_is_bounded_and_what_waited_is_lost(
         assert await module.result(command, message="done") == {
             "type": "error", "error": f"result not recorded: run {run_id} is closed (interrupted)"}
         assert [r["outcome"] for r in await log_rows(running, workflow_id)] == ["started"]
+    finally:
+        await stop_server(running, http_server)
+
+
+async def test_with_sql_hung_calls_answer_503_in_bounded_time_and_the_stop_stays_within_5_s(
+    tmp_path: Path, docserver_uri: str, proxied_mariadb: tuple[str, TcpProxy], caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQL that stops answering without closing anything (a stopped or blackholed
+    server: the proxy holds every byte, sockets stay open). An execute and a REST read
+    answer 503 within the SQL wait bound, a failure notice waits in memory (counted on
+    /ready), and the stop, with a run open, the notice kept and an execute still
+    waiting on SQL, takes under 5 s. At the next start the open run is interrupted."""
+    url, proxy = proxied_mariadb
+    settings = make_settings(tmp_path, docserver_uri, sql_url_override=url)
+    running, http_server = await start_server(settings)
+    ctx = running.ctx
+    ctx.sql.wait_seconds = 2.0  # SQL_WAIT_SECONDS by default; restored before the stop
+    bound = ctx.sql.wait_seconds + 3.0  # margin for a loaded machine
+    stopped = False
+    try:
+        holder, failing = await Module.online(running), await Module.online(running)
+        on_demand = {"enable": False, "execute_cron_list": [], "overlap": "allow"}
+        open_wid = await create_workflow(running, workflow_body(modules=[holder.hash], **on_demand))
+        failing_wid = await create_workflow(running, workflow_body(modules=[failing.hash], **on_demand))
+        open_run = await execute(running, open_wid)
+        await holder.recv_execute()
+        failing_run = await execute(running, failing_wid)
+        await failing.recv_execute()
+
+        await proxy.hang()
+        assert failing.ws is not None
+        await failing.ws.write_message(json.dumps({
+            "type": "result", "status": "failure", "run_id": failing_run, "error": "boom", "message": "it broke"}))
+        for path, method in ((f"/workflow/{open_wid}/execute", "POST"), ("/runs", "GET")):
+            started = time.monotonic()
+            status, env = await running.api(path, method)
+            took = time.monotonic() - started
+            assert status == 503 and env["code"] == "5030", (path, env)
+            assert took < bound, f"{method} {path} answered after {took:.1f} s"
+        await wait_until(lambda: ctx.notifier.kept == 1, bound)
+        status, env = await running.api("/ready", auth=None)
+        assert status == 503 and "sql" in env["message"], env
+        assert env["result"]["failed_writes"]["notification_outbox_kept"] == 1, env
+
+        # The stop with waits under way that have the default bound: cut, not waited out.
+        ctx.sql.wait_seconds = SQL_WAIT_SECONDS
+        waiting = asyncio.ensure_future(running.api(f"/workflow/{open_wid}/execute", "POST"))
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        await stop_server(running, http_server)
+        stopped = True
+        took = time.monotonic() - started
+        assert took < 8.0, f"shutdown took {took:.1f} s"  # 5 s by design
+        status, env = await asyncio.wait_for(waiting, 1.0)
+        assert status == 503 and env["code"] == "5030", env
+        assert "1 notification(s) not written to the outbox at shutdown" in caplog.text
+    finally:
+        if not stopped:
+            await stop_server(running, http_server)
+
+    await proxy.restore()
+    running, http_server = await start_server(settings)
+    try:
+        stored = await stored_run(running, open_run)
+        assert stored is not None and stored["status"] == "interrupted", stored
     finally:
         await stop_server(running, http_server)

@@ -19,6 +19,7 @@ async def test_ready_names_failed_writes_and_the_overview_shows_them(server: Run
         "module_state_flush", "run_state_flush", "run_state_quarantined", "execution_log", "tick_claim", "notification_outbox", "audit_log",
         "execution_log_kept", "execution_log_dropped", "execution_log_quarantined",
         "audit_log_kept", "audit_log_dropped", "audit_log_quarantined",
+        "notification_outbox_kept", "notification_outbox_dropped", "notification_outbox_quarantined",
     }
     assert not any(env["result"]["failed_writes"].values())
     page = await server.fetch("/")

@@ -12,7 +12,9 @@ import json
 import sys
 import time
 from collections import Counter
+from http.cookies import SimpleCookie
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from sqlalchemy import select
@@ -20,10 +22,11 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import websocket_connect
 
+from handlers.auth import SESSION_COOKIE
 from tests.conftest import ADMIN, basic_auth
 from tests.support.httpauth import digest_header
 from tornado_sched.client import ModuleClient, ModuleReplaced
-from tornado_sched.tables import execution_log, notification_outbox
+from tornado_sched.tables import execution_log, notification_outbox, runs
 
 from .conftest import BLOCK_AFTER, BLOCK_SECONDS, ROOT, TOKEN, ClusterHarness
 
@@ -147,6 +150,27 @@ async def test_presence_commands_and_results_across_instances(cluster: ClusterHa
     await asyncio.wait_for(seen_on_i3(), 10)
     live.close()
 
+    # Each manual execute ran once, on the instance that received it (no claim, and
+    # no other instance's scheduler saw it).
+    await cluster.wait_for(lambda: _finished(cluster, "i1", other_run), what="the second run", timeout=15)
+    engine = create_async_engine(cluster.sql_url)
+    try:
+        async with engine.connect() as conn:
+            started = (await conn.execute(
+                select(runs.c.run_id, runs.c.instance, runs.c.trigger).where(runs.c.workflow_id == workflow_id)
+            )).all()
+    finally:
+        await engine.dispose()
+    assert sorted((r.run_id, r.instance, r.trigger) for r in started) == sorted(
+        [(run_id, "i3", "manual"), (other_run, "i1", "manual")]
+    ), started
+
+    # A module online nowhere in the cluster: its step is `offline`, as in one process.
+    nowhere = await create_workflow(cluster, "i2", "nowhere", [(gamma.module_hash, {})])
+    _code, data = await cluster.call("i2", "POST", f"/workflow/{nowhere}/execute")
+    run = await cluster.wait_for(lambda: _finished(cluster, "i3", data["result"]["run_id"]), what="offline run")
+    assert [s["status"] for s in run["steps"]] == ["offline"], run
+
 
 async def test_hot_switch_across_instances(cluster: ClusterHarness) -> None:
     alpha: ModuleClient = state["alpha"]
@@ -164,8 +188,8 @@ async def test_kill_an_instance_mid_run(cluster: ClusterHarness) -> None:
     """kill -9 of i1 while it owns open runs and holds modules that are busy on them
     and on a run of i2: the modules fail over to i2 (their next URL); i2's run gets
     its result; i1's runs are taken over by a live instance, one finishing with the
-    result its module sends after moving, the other ending by its timeout although
-    the instance that started it is dead."""
+    result its module sends after moving, one ending by its timeout and one retrying
+    its failed step although the instance that started them is dead."""
     slow = await start(module(cluster.urls("i1", "i2", "i3"), "slow"))
     owned_by_i1 = await create_workflow(cluster, "i1", "owned-by-i1", [(slow.module_hash, {"sleep": 12})])
     mute = await start(module(cluster.urls("i1", "i2", "i3"), "mute"))
@@ -184,6 +208,28 @@ async def test_kill_an_instance_mid_run(cluster: ClusterHarness) -> None:
     run_timeout = data["result"]["run_id"]
     _c, data = await cluster.call("i2", "POST", f"/workflow/{owned_by_i2}/execute")
     run_i2 = data["result"]["run_id"]
+
+    # A run of i1 whose step failed and waits for its retry (in 120 s, on a timer in
+    # i1's memory) when i1 dies: the instance that takes the run over re-sends it.
+    calls: list[dict[str, Any]] = []
+
+    async def fails_once(args: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+        calls.append(meta)
+        if len(calls) == 1:
+            raise RuntimeError("first attempt fails")
+        return {"attempt": len(calls)}
+
+    flaky = await start(module(cluster.urls("i2", "i3"), "flaky", fails_once))
+    retried = await create_workflow(cluster, "i1", "retried", [(flaky.module_hash, {})],
+                                    retries=1, retry_delay_seconds=120)
+    _c, data = await cluster.call("i1", "POST", f"/workflow/{retried}/execute")
+    run_retry = data["result"]["run_id"]
+
+    async def waiting_for_retry() -> bool:
+        step = (await run_status(cluster, "i2", run_retry))["steps"][0]
+        return step["status"] == "pending" and step["attempts"] == 1 and "first attempt fails" in (step["error"] or "")
+
+    await cluster.wait_for(waiting_for_retry, what="the step waiting for its retry", timeout=10)
     await asyncio.sleep(0.5)  # every step dispatched
 
     killed_at = time.monotonic()
@@ -206,6 +252,10 @@ async def test_kill_an_instance_mid_run(cluster: ClusterHarness) -> None:
     # The other one times out: the new owner re-armed its timeout.
     run = await cluster.wait_for(lambda: _finished(cluster, "i3", run_timeout), what="timeout", timeout=40)
     assert run["status"] == "failure" and run["steps"][0]["status"] == "timeout", run
+    # The retry happened although the instance whose timer held it is dead.
+    run = await cluster.wait_for(lambda: _finished(cluster, "i3", run_retry), what="the retried run", timeout=40)
+    assert run["status"] == "success" and run["steps"][0]["attempts"] == 2, run
+    assert "after instance i1 was lost" in (run["reason"] or "") and len(calls) == 2, (run, calls)
     assert time.monotonic() - killed_at < 40
 
     # i1 comes back under the same name and rejoins; it interrupts nothing it does not own.
@@ -215,7 +265,7 @@ async def test_kill_an_instance_mid_run(cluster: ClusterHarness) -> None:
     await cluster.wait_for(lambda: _sees(cluster, "i1", {"i1", "i2", "i3"}), what="i1 rejoined")
     run = await cluster.wait_for(lambda: _finished(cluster, "i2", open_run), what="the run across the restart", timeout=20)
     assert run["status"] == "success", run
-    state["slow"], state["busy"], state["mute"] = slow, busy, mute
+    state["slow"], state["busy"], state["mute"], state["flaky"] = slow, busy, mute, flaky
 
 
 async def test_notifications_are_sent_once(cluster: ClusterHarness) -> None:
@@ -284,6 +334,54 @@ async def test_security_state_is_shared(cluster: ClusterHarness) -> None:
         assert await get(name, {"Authorization": basic_auth("viewer1", "viewer-password-2")}) == 200, name
 
 
+async def test_ended_sessions_are_refused_everywhere(cluster: ClusterHarness) -> None:
+    """A browser session started on one instance works on every other (sessions live
+    in MySQL, read on each request); ended by an admin on another instance, or by a
+    password change from the CLI, it is refused by all of them at the next request."""
+    http = AsyncHTTPClient()
+
+    async def get(on: str, cookie: dict[str, str]) -> int:
+        response = await http.fetch(cluster[on].url + "/module/list", headers=cookie, raise_error=False)
+        return response.code
+
+    admin = await login(cluster, "i1", *ADMIN)
+    for name in ("i1", "i2", "i3"):
+        assert await get(name, admin) == 200, name
+    _c, data = await cluster.call("i2", "GET", "/sessions")
+    session_id = max(s["id"] for s in data["result"] if s["username"] == ADMIN[0])
+    await cluster.call("i3", "DELETE", f"/sessions/{session_id}")
+    for name in ("i1", "i2", "i3"):
+        assert await get(name, admin) == 401, name
+
+    env = cluster["i1"].env
+    await cli(env, "create-user", "viewer2", "--role", "viewer", stdin="viewer2-password-1\n")
+    viewer = await login(cluster, "i2", "viewer2", "viewer2-password-1")
+    for name in ("i1", "i2", "i3"):
+        assert await get(name, viewer) == 200, name
+    await cli(env, "set-password", "viewer2", stdin="viewer2-password-2\n")
+    for name in ("i1", "i2", "i3"):
+        assert await get(name, viewer) == 401, name
+
+
+async def login(cluster: ClusterHarness, on: str, username: str, password: str) -> dict[str, str]:
+    """The login form on instance `on`; returns the session cookie header."""
+    http = AsyncHTTPClient()
+    page = await http.fetch(cluster[on].url + "/login")
+    jar: SimpleCookie = SimpleCookie()
+    for header in page.headers.get_list("Set-Cookie"):
+        jar.load(header)
+    xsrf = jar["_xsrf"].value
+    done = await http.fetch(
+        cluster[on].url + "/login", method="POST", follow_redirects=False, raise_error=False,
+        headers={"Content-Type": "application/x-www-form-urlencoded", "Cookie": f"_xsrf={xsrf}"},
+        body=urlencode({"username": username, "password": password, "_xsrf": xsrf, "next": "/"}),
+    )
+    assert done.code == 303, (done.code, done.body)
+    for header in done.headers.get_list("Set-Cookie"):
+        jar.load(header)
+    return {"Cookie": f"{SESSION_COOKIE}={jar[SESSION_COOKIE].value}"}
+
+
 async def cli(env: dict[str, str], *args: str, stdin: str) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(ROOT / "run.py"), *args, cwd=ROOT, env=env,
@@ -314,7 +412,7 @@ async def test_each_tick_fired_exactly_once(cluster: ClusterHarness) -> None:
     per_tick = Counter(r.nominal_time for r in rows if r.trigger in ("schedule", "misfire"))
     assert len(per_tick) >= 2, rows
     assert all(count == 1 for count in per_tick.values()), per_tick
-    for client in ("ticker", "alpha", "beta", "slow", "busy", "mute"):
+    for client in ("ticker", "alpha", "beta", "slow", "busy", "mute", "flaky"):
         if client in state:
             await state[client].stop(grace=1)
 

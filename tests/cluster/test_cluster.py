@@ -337,7 +337,8 @@ async def test_security_state_is_shared(cluster: ClusterHarness) -> None:
 async def test_ended_sessions_are_refused_everywhere(cluster: ClusterHarness) -> None:
     """A browser session started on one instance works on every other (sessions live
     in MySQL, read on each request); ended by an admin on another instance, or by a
-    password change from the CLI, it is refused by all of them at the next request."""
+    password change from the CLI, it is refused by all of them at the next request.
+    The same holds for a revoked API token."""
     http = AsyncHTTPClient()
 
     async def get(on: str, cookie: dict[str, str]) -> int:
@@ -361,6 +362,15 @@ async def test_ended_sessions_are_refused_everywhere(cluster: ClusterHarness) ->
     await cli(env, "set-password", "viewer2", stdin="viewer2-password-2\n")
     for name in ("i1", "i2", "i3"):
         assert await get(name, viewer) == 401, name
+
+    # So is an API token revoked on another instance.
+    _c, data = await cluster.call("i1", "POST", "/tokens", {"name": "script"})
+    bearer = {"Authorization": f"Bearer {data['result']['token']}"}
+    for name in ("i1", "i2", "i3"):
+        assert await get(name, bearer) == 200, name
+    await cluster.call("i2", "DELETE", f"/tokens/{data['result']['id']}")
+    for name in ("i1", "i2", "i3"):
+        assert await get(name, bearer) == 401, name
 
 
 async def login(cluster: ClusterHarness, on: str, username: str, password: str) -> dict[str, str]:

@@ -8,11 +8,17 @@ import contextlib
 import socket
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from tornado_sched.tables import execution_log
 
 from .conftest import ClusterHarness, running_cluster
 from .test_cluster import create_workflow, module, run_status, start
@@ -70,7 +76,7 @@ async def _ready(cluster: ClusterHarness, on: str) -> dict[str, Any]:
     return data["result"]
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(200)
 async def test_redis_down_then_back(tmp_path: Path, mariadb_admin_url: str, private_redis: PrivateRedis) -> None:
     async with running_cluster(tmp_path / "c", mariadb_admin_url, ("r1", "r2"), private_redis.url) as cluster:
         received: list[str] = []
@@ -81,6 +87,15 @@ async def test_redis_down_then_back(tmp_path: Path, mariadb_admin_url: str, priv
         long_id = await create_workflow(cluster, "r1", "long", [(local.module_hash, {"sleep": 60})])
         _c, data = await cluster.call("r1", "POST", f"/workflow/{long_id}/execute")
         held_by_r1 = data["result"]["run_id"]
+        # Both instances schedule an every-minute workflow; the outage will span one of
+        # its ticks, which must still fire exactly once (the claim is in MySQL).
+        ticking = await create_workflow(cluster, "r1", "every-minute", [(other.module_hash, {})],
+                                        enable=True, execute_cron_list=["* * * * *"])
+        await cluster.wait_for(lambda: _scheduled(cluster, "r2", ticking), what="r2 schedules it", timeout=10)
+        boundary = (int(time.time()) // 60 + 1) * 60
+        if boundary - time.time() < 6:
+            boundary += 60
+        await asyncio.sleep(boundary - 4 - time.time())
 
         private_redis.kill()
         status = await cluster.wait_for(lambda: _degraded(cluster, "r1"), what="r1 degraded", timeout=15)
@@ -111,6 +126,13 @@ async def test_redis_down_then_back(tmp_path: Path, mariadb_admin_url: str, priv
         )
         assert code in (200, 409)
 
+        # The tick at the boundary (Redis down on both sides of it) fired once.
+        await asyncio.sleep(max(0.0, boundary + 3 - time.time()))
+        ticks = await _ticks(cluster, ticking)
+        tick = datetime.fromtimestamp(boundary, UTC).replace(tzinfo=None)
+        assert ticks.get(tick) == 1 and all(count == 1 for count in ticks.values()), (tick, ticks)
+        assert (await _ready(cluster, "r1"))["stores"]["redis"] != "ok"  # still down
+
         # Redis returns, empty: presence is rewritten and cross-instance delivery works.
         await asyncio.to_thread(private_redis.start)
         for name in ("r1", "r2"):
@@ -122,6 +144,25 @@ async def test_redis_down_then_back(tmp_path: Path, mariadb_admin_url: str, priv
         await cluster.wait_for(lambda: _true("via r2" in received), what="routed message after recovery", timeout=10)
         await local.stop(grace=1)
         await other.stop(grace=1)
+
+
+async def _scheduled(cluster: ClusterHarness, on: str, workflow_id: int) -> bool:
+    _c, data = await cluster.call(on, "GET", "/scheduler/jobs")
+    return any(job.get("workflow_id") == workflow_id for job in data["result"])
+
+
+async def _ticks(cluster: ClusterHarness, workflow_id: int) -> Counter[datetime]:
+    """Execution-log rows of scheduled firings, per nominal tick."""
+    engine = create_async_engine(cluster.sql_url)
+    try:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(
+                select(execution_log.c.nominal_time, execution_log.c.trigger)
+                .where(execution_log.c.workflow_id == workflow_id)
+            )).all()
+    finally:
+        await engine.dispose()
+    return Counter(r.nominal_time for r in rows if r.trigger in ("schedule", "misfire"))
 
 
 async def _holds(cluster: ClusterHarness, on: str, expected: dict[str, str]) -> bool:

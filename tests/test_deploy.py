@@ -150,6 +150,32 @@ def test_nginx_upgrades_both_websockets() -> None:
     assert "TRUSTED_PROXIES=127.0.0.1" in unit and "RestartPreventExitStatus=2" in unit
 
 
+def test_cluster_compose_shares_the_stores_and_nginx_balances_without_affinity() -> None:
+    """deploy/cluster: MongoDB, MariaDB and Redis for three instances that all point at
+    them with one SECRET_KEY; nginx sends to every instance with no sticky sessions."""
+    compose = yaml.safe_load((DEPLOY / "cluster" / "compose.yml").read_text())
+    services = compose["services"]
+    assert services["mongodb"]["image"].startswith("mongo:") and services["mariadb"]["image"].startswith("mariadb:")
+    assert services["redis"]["image"].startswith("redis:")
+    instances = _cluster_envs()
+    for name, env in instances.items():
+        settings = Settings.from_env(env, dotenv_path=None)
+        assert settings.redis_url == "redis://redis:6379/0", name
+        assert settings.mongodb_host == "mongodb://mongodb:27017" and settings.mysql_host == "mariadb", name
+        assert settings.server_port == 10080 and not settings.debug, name
+        assert str(services[name]["environment"]["SECRET_KEY"]).startswith("${SECRET_KEY"), name
+        assert set(services[name]["depends_on"]) == {"mongodb", "mariadb", "redis"}, name
+    text = (DEPLOY / "cluster" / "nginx.conf").read_text()
+    upstream = re.search(r"upstream tornado_sched \{(.*?)\}", text, re.S)
+    assert upstream
+    servers = re.findall(r"^\s*server (\w+):(\d+)", upstream.group(1), re.M)
+    assert {host for host, _port in servers} == set(instances) and {port for _host, port in servers} == {"10080"}
+    # No affinity of any kind: every instance serves any request and any module socket.
+    assert not re.search(r"\b(ip_hash|hash|sticky)\b", upstream.group(1))
+    assert all(block == "http://tornado_sched" for block in re.findall(r"proxy_pass (\S+);", text))
+    assert "8080:80" in services["nginx"]["ports"]
+
+
 async def test_grafana_dashboard_uses_only_real_metrics(server: RunningServer) -> None:
     response = await server.fetch("/metrics")
     assert response.code == 200

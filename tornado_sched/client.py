@@ -430,7 +430,13 @@ class ModuleClient:
             request_timeout=self.connect_timeout,
             **auth,
         )
-        response = await AsyncHTTPClient().fetch(request, raise_error=False)
+        try:
+            response = await AsyncHTTPClient().fetch(request, raise_error=False)
+        except (OSError, StreamClosedError) as exc:
+            # raise_error=False only turns HTTP statuses into responses: a connection
+            # that cannot be made (refused, no route, DNS) is raised. That is the
+            # transient failure that moves to the next URL, not the end of the module.
+            raise RegistrationError(f"cannot reach {self.server_url}: {type(exc).__name__}: {exc}") from None
         if response.code == 599:
             raise RegistrationError(f"cannot reach {self.server_url}: {response.error}")
         try:

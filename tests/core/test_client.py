@@ -14,6 +14,7 @@ import logging
 import random
 import re
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -321,6 +322,52 @@ async def test_reconnects_after_the_server_closes_the_socket(server: RunningServ
         await client.stop()
     await task
     await eventually(lambda: not server.ctx.hub.is_online(h))
+
+
+async def test_several_urls_fail_over_in_order_one_backoff_step_per_round(
+    server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The URLs of a cluster's instances, two of them dead: registration and every
+    reconnect move to the next URL, and the backoff grows once per round of the list,
+    so a live instance after dead ones is reached within about `backoff_base`."""
+    dead = []
+    for _ in range(2):
+        with socket.socket() as probe:  # a port nothing listens on: refused at once
+            probe.bind(("127.0.0.1", 0))
+            dead.append(f"http://127.0.0.1:{probe.getsockname()[1]}")
+    ran = asyncio.Event()
+
+    async def handler(args: dict[str, Any], meta: dict[str, Any]) -> str:
+        ran.set()
+        return "ok"
+
+    client = ModuleClient([*dead, server.base_url], "sdk-failover", handler, token=REGISTRATION_TOKEN,
+                          backoff_base=0.2, backoff_max=5.0)
+    with caplog.at_level(logging.WARNING, logger="tornado_sched.client"):
+        task = client.start()
+        try:
+            async with asyncio.timeout(5):
+                await client.wait_connected()
+            assert client.server_url == server.base_url
+            retries = re.findall(r"cannot reach (\S+): .*; retrying in", caplog.text)
+            assert retries == dead, caplog.text
+            h = client.module_hash
+            assert h is not None
+            old = server.ctx.hub.session(h)
+            assert old is not None
+            caplog.clear()
+            old.connection.close(1011, "instance going away")
+            await eventually(lambda: client.connections == 2 and server.ctx.hub.session(h) not in (None, old))
+            await execute_real_run(server, h, "sdk-failover")
+            await asyncio.wait_for(ran.wait(), 5)
+        finally:
+            await client.stop()
+        await task
+    # The round after the close: the two dead URLs, then the live one again, each
+    # after the first backoff step (0.1-0.2 s), not 0.2, 0.4, 0.8 s.
+    hops = re.findall(r"reconnecting in ([0-9.]+)s to (\S+)", caplog.text)
+    assert [url for _delay, url in hops] == [*dead, server.base_url], caplog.text
+    assert all(float(delay) <= 0.2 for delay, _url in hops), hops
 
 
 async def test_replaced_client_stops(server: RunningServer) -> None:

@@ -582,10 +582,17 @@ async def test_stop_cancels_handlers_that_overrun_the_grace_period(peer: Peer) -
 
 # -- the example module, as a real process ----------------------------------------------------
 async def test_example_module_runs_answers_and_stops_on_sigterm(server: RunningServer) -> None:
+    # Given a cluster's URLs (`--server` repeated) whose first instance is down, the
+    # example fails over to the next one.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "examples.echo_module",
+        "--server",
+        dead,
         "--server",
         server.base_url,
         "--name",
@@ -611,6 +618,7 @@ async def test_example_module_runs_answers_and_stops_on_sigterm(server: RunningS
 
         await eventually(online, within=10)
         [h] = online()
+        assert any(f"cannot reach {dead}" in line for line in lines), "".join(lines)
         server.ctx.hub.send(h, execute("run-example", hello="world"))
         await eventually(lambda: any("run run-example" in line for line in lines))
         proc.send_signal(signal.SIGTERM)

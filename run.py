@@ -213,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = load_or_create_secret(Settings.from_env())
-        configure_logging(settings.log_level, settings.log_dir, settings.log_format)
+        configure_logging(settings.log_level, settings.log_dir, settings.log_format,
+                          settings.instance if settings.clustered else "")
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

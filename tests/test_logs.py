@@ -1,4 +1,5 @@
-"""LOG_FORMAT=json and the absence of periodic INFO noise, on a real `run.py`."""
+"""LOG_FORMAT=json and the absence of periodic INFO noise, on a real `run.py`; the
+instance name on every line in cluster mode."""
 
 from __future__ import annotations
 
@@ -50,6 +51,37 @@ def test_apscheduler_job_lines_are_debug_only(tmp_path: Path) -> None:
             handler.flush()
         text = (tmp_path / "tornado_sched.log").read_text()
         assert "liveness" not in text and "was missed" in text
+    finally:
+        for handler in root.handlers[:]:
+            root.removeHandler(handler)
+            handler.close()
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
+        logging.getLogger("apscheduler.executors").setLevel(logging.NOTSET)
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_every_line_names_the_instance_in_a_cluster(tmp_path: Path, log_format: str) -> None:
+    """Merged logs of several instances (compose, a shipper) say which wrote each line;
+    one process keeps the seed's format."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        lines: dict[str, list[str]] = {}
+        for instance in ("api-1%s", ""):
+            directory = tmp_path / (instance or "single")
+            configure_logging("INFO", directory, log_format, instance)
+            logging.getLogger("tornado_sched.test").warning("hello %s", "there")
+            for handler in root.handlers:
+                handler.flush()
+            lines[instance] = (directory / "tornado_sched.log").read_text().splitlines()
+        if log_format == "json":
+            assert json.loads(lines["api-1%s"][0])["instance"] == "api-1%s"
+            assert "instance" not in json.loads(lines[""][0])
+        else:
+            assert lines["api-1%s"][0].endswith(" WARNING api-1%s [tornado_sched.test] hello there")
+            assert lines[""][0].endswith(" WARNING [tornado_sched.test] hello there")
     finally:
         for handler in root.handlers[:]:
             root.removeHandler(handler)

@@ -59,7 +59,12 @@ class SafeFormatter(logging.Formatter):
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line (LOG_FORMAT=json); json.dumps escapes control characters, so no value can forge a line either for log shippers: time (ISO 8601,
-    UTC), level, logger, message, and the traceback when there is one."""
+    UTC), level, logger, message, the instance in a cluster, and the traceback when
+    there is one."""
+
+    def __init__(self, instance: str = "") -> None:
+        super().__init__()
+        self._instance = instance
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -68,22 +73,33 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self._instance:
+            entry["instance"] = self._instance
         if record.exc_info:
             entry["exc_info"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure_logging(level: str, log_dir: Path, log_format: str = "text") -> None:
+def configure_logging(level: str, log_dir: Path, log_format: str = "text", instance: str = "") -> None:
     """Console + `LOG_DIR/tornado_sched.log` (10 MB x 5), as the seed did; plain text
     or, with `log_format="json"`, one JSON object per line in both. The directory is
-    private (0700) and the files 0600."""
+    private (0700) and the files 0600. `instance` (cluster mode: INSTANCE_NAME) is
+    on every line, after the level (a field in JSON): the logs of several instances
+    are often read merged."""
     log_dir.mkdir(parents=True, exist_ok=True)
     make_private(log_dir)
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
-    formatter = JsonFormatter() if log_format == "json" else SafeFormatter(_FORMAT)
+    if log_format == "json":
+        formatter: logging.Formatter = JsonFormatter(instance)
+    elif instance:
+        # A literal in the format string: '%' would start a placeholder.
+        named = escape_controls(instance).replace("%", "%%")
+        formatter = SafeFormatter(_FORMAT.replace("[%(name)s]", f"{named} [%(name)s]"))
+    else:
+        formatter = SafeFormatter(_FORMAT)
     console = logging.StreamHandler()
     console.setFormatter(formatter)
     console.addFilter(_ConsoleFilter())

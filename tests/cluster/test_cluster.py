@@ -112,6 +112,8 @@ async def test_presence_commands_and_results_across_instances(cluster: ClusterHa
     await gamma.register()
     await cluster.call("i2", "POST", "/module/send_message", {"module_hash": gamma.module_hash, "message": "x"}, expect=409)
 
+    # Each instance's log lines carry its name (logs are often read merged).
+    assert "INFO i1 [tornado_sched.cluster] instance 'i1' joined the cluster" in cluster["i1"].log_text()
     # The dashboard of an instance that holds neither shows where each one is.
     page = await AsyncHTTPClient().fetch(cluster["i3"].url + "/modules", headers={"Authorization": basic_auth(*ADMIN)})
     assert "@ i1" in page.body.decode() and "@ i2" in page.body.decode()

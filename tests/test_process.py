@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient
+from tornado.websocket import websocket_connect
 
 from tests.conftest import basic_auth
 
@@ -154,3 +155,54 @@ async def test_bad_configuration_stops_with_one_line(tmp_path: Path) -> None:
     out, err = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 2
     assert err.decode().strip().splitlines() == ["configuration error: SERVER_PORT: expected an integer, got 'not-a-port'"]
+
+
+async def test_cluster_mode_without_a_shared_store_stops_with_one_line(tmp_path: Path) -> None:
+    """REDIS_URL asks for a cluster, which shares MongoDB and MySQL: without either
+    the process refuses to start, with one line (exit 2, as for any bad setting)."""
+    for missing, env in (("MONGODB_HOST", {"MYSQL_HOST": "127.0.0.1"}),
+                         ("MYSQL_HOST", {"MONGODB_HOST": "mongodb://127.0.0.1:1"})):
+        server = ServerProcess(tmp_path / missing, {"REDIS_URL": "redis://127.0.0.1:1/0", **env})
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(ROOT / "run.py"), cwd=server.workdir, env=server.env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        _out, err = await asyncio.wait_for(proc.communicate(), 20)
+        assert proc.returncode == 2, err
+        assert err.decode().strip().splitlines() == [
+            f"configuration error: {missing}: required when REDIS_URL is set (cluster mode shares MongoDB and MySQL)"
+        ]
+
+
+async def test_without_redis_url_nothing_imports_redis(tmp_path: Path) -> None:
+    """A `redis` package that records any import and cannot be imported: a server
+    without REDIS_URL starts, serves the API, the dashboard and a module socket, and
+    stops, and nothing ever tried to import it."""
+    marker = tmp_path / "redis-imported"
+    shadow = tmp_path / "shadow" / "redis"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(
+        f"open({str(marker)!r}, 'a').write('imported\\n')\n"
+        "raise ImportError('redis is not installed')\n"
+    )
+    server = ServerProcess(tmp_path / "data", {"PYTHONPATH": str(shadow.parent)})
+    server.env.pop("REDIS_URL", None)
+    await server.start()
+    try:
+        password = server.generated_password()
+        assert password, server.output
+        auth = {"Authorization": basic_auth("admin", password)}
+        http = AsyncHTTPClient()
+        base = f"http://127.0.0.1:{server.port}"
+        ready = json.loads((await http.fetch(base + "/ready")).body)["result"]
+        assert "instances" not in ready and set(ready["stores"]) == {"mongodb", "sql"}
+        registered = await http.fetch(base + "/module/register?name=plain&input_data=[]", headers=auth)
+        module_hash = json.loads(registered.body)["result"]["hash"]
+        socket = await websocket_connect(f"ws://127.0.0.1:{server.port}/websocket?hash={module_hash}")
+        online = json.loads((await http.fetch(base + "/module/online", headers=auth)).body)["result"]
+        assert [m["name"] for m in online] == ["plain"]
+        assert (await http.fetch(base + "/modules", headers=auth)).code == 200
+        socket.close()
+    finally:
+        assert await server.stop() == 0
+    assert not marker.exists(), "something imported redis without REDIS_URL"

@@ -85,6 +85,7 @@ async def test_redis_down_then_back(tmp_path: Path, mariadb_admin_url: str, priv
         assert await cluster.wait_for(lambda: _holds(cluster, "r2", {"local": "r1"}), what="presence")
         workflow_id = await create_workflow(cluster, "r1", "local-only", [(local.module_hash, {})])
         long_id = await create_workflow(cluster, "r1", "long", [(local.module_hash, {"sleep": 60})])
+        elsewhere_id = await create_workflow(cluster, "r1", "on-r2", [(other.module_hash, {})])
         _c, data = await cluster.call("r1", "POST", f"/workflow/{long_id}/execute")
         held_by_r1 = data["result"]["run_id"]
         # Both instances schedule an every-minute workflow; the outage will span one of
@@ -120,11 +121,14 @@ async def test_redis_down_then_back(tmp_path: Path, mariadb_admin_url: str, priv
         run_id = data["result"]["run_id"]
         run = await cluster.wait_for(lambda: _finished(cluster, "r1", run_id), what="local run", timeout=15)
         assert run["status"] == "success", run
-        # A module held by the other instance cannot be reached meanwhile: 409, not a 500.
-        code, _data = await cluster.call(
-            "r1", "POST", "/module/send_message", {"module_hash": other.module_hash, "message": "x"}, expect=None,
+        # A module held by the other instance cannot be reached meanwhile: 409 (not a
+        # 200 for a message that would be dropped), and a run's step for it is offline.
+        await cluster.call(
+            "r1", "POST", "/module/send_message", {"module_hash": other.module_hash, "message": "x"}, expect=409,
         )
-        assert code in (200, 409)
+        _c, data = await cluster.call("r1", "POST", f"/workflow/{elsewhere_id}/execute")
+        run = await cluster.wait_for(lambda: _finished(cluster, "r1", data["result"]["run_id"]), what="offline run")
+        assert [s["status"] for s in run["steps"]] == ["offline"], run
 
         # The tick at the boundary (Redis down on both sides of it) fired once.
         await asyncio.sleep(max(0.0, boundary + 3 - time.time()))

@@ -4,16 +4,21 @@ SQLite and MariaDB): a workflow change reaches the schedule with no handler invo
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import make_url, select
 
+from tests.conftest import _drop_mariadb, _fresh_mariadb
+from tests.support.tcpproxy import TcpProxy
+from tornado_sched.clock import utcnow
 from tornado_sched.history import RunHistory
 from tornado_sched.runs import RunTracker
 from tornado_sched.scheduler import WorkflowScheduler, job_id
 from tornado_sched.stores import SqlStore
-from tornado_sched.tables import execution_log
+from tornado_sched.tables import execution_log, tick_claims
 
 from .conftest import Core
 
@@ -97,3 +102,42 @@ async def test_close_lets_a_firing_under_way_finish(scheduled) -> None:
     async with sql.engine.connect() as conn:
         rows = (await conn.execute(select(execution_log))).all()
     assert [(r.workflow_id, r.trigger, r.outcome) for r in rows] == [(workflow.workflow_id, "schedule", "started")]
+
+
+@pytest.mark.mariadb
+async def test_in_a_cluster_a_tick_that_cannot_be_claimed_is_not_fired(
+    core: Core, mariadb_admin_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Cluster mode (an instance name): with MySQL unreachable the claim cannot be
+    written, and the tick is not fired, since another instance may have fired it;
+    it is logged. Nothing was written, so once MySQL is back the claim can be won."""
+    name, url = await _fresh_mariadb(mariadb_admin_url)
+    target = make_url(url)
+    proxy = TcpProxy(target.host or "127.0.0.1", target.port or 3306)
+    await proxy.start()
+    sql = SqlStore(target.set(port=proxy.port).render_as_string(hide_password=False))
+    try:
+        await sql.create_schema()
+        runs = RunTracker(RunHistory(sql), core.registry, core.workflows, core.hub, core.events, "i1")
+        await runs.start()
+        scheduler = WorkflowScheduler(core.docs, sql, core.workflows, runs, "UTC", 90, events=core.events,
+                                      instance="i1")
+        workflow = await core.workflows.create({"name": "cluster-tick", "enable": False,
+                                                "execute_modules": await core.steps()})
+        tick = utcnow().replace(second=0, microsecond=0) + timedelta(minutes=5)
+        await proxy.cut()
+        with caplog.at_level(logging.ERROR, logger="tornado_sched.scheduler"):
+            assert await scheduler.fire(workflow, "schedule", tick) is None
+        assert scheduler.claim_failures == 1 and runs.open_runs(workflow.workflow_id) == []
+        assert f"workflow {workflow.workflow_id} tick" in caplog.text and "not fired: claim failed" in caplog.text
+        await proxy.restore()
+        run_id = await scheduler.fire(workflow, "schedule", tick)
+        assert run_id is not None
+        async with sql.engine.connect() as conn:
+            claims = (await conn.execute(select(tick_claims.c.instance))).all()
+        assert [c.instance for c in claims] == ["i1"]
+        await runs.close()
+    finally:
+        await sql.close()
+        await proxy.close()
+        await _drop_mariadb(mariadb_admin_url, name)

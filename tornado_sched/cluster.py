@@ -48,6 +48,8 @@ INSTANCES_KEY = PREFIX + "instances"
 BROADCAST = PREFIX + "broadcast"
 # How long a run's owner is remembered: longer than any run stays open.
 RUN_OWNER_SECONDS = 2 * 86400
+# How long close() waits for its loops to end before it goes on without them.
+CLOSE_LOOPS_SECONDS = 5.0
 # Domain errors an instance's answer may carry back to the one that asked.
 REMOTE_ERRORS: dict[str, type[DomainError]] = {
     cls.__name__: cls for cls in (Invalid, NotFound, Conflict, Unstorable, Unavailable)
@@ -97,6 +99,7 @@ class Cluster:
         self._routed: list[tuple[str, dict[str, Any]]] = []
         self._owned: dict[str, str] = {}
         self._wake = asyncio.Event()
+        self._closing = False
         self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
         # The other instances' presence: module hash -> entry (with "instance").
         self.remote: dict[str, dict[str, Any]] = {}
@@ -133,11 +136,21 @@ class Cluster:
         log.info("instance %r joined the cluster (redis %s)", self.instance, "up" if self.connected else "DOWN")
 
     async def close(self) -> None:
+        # A cancel alone may be lost: on Python 3.11 asyncio.wait_for returns the result
+        # of an inner call that finished as the cancel arrived (redis-py sends through
+        # it), and the loop then runs on, so awaiting it hung the shutdown. The loops
+        # also stop on `_closing`, and the wait for them is bounded.
+        self._closing = True
+        self._wake.set()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            _done, late = await asyncio.wait(self._tasks, timeout=CLOSE_LOOPS_SECONDS)
+            if late:
+                log.warning("cluster: %d loop(s) still running at close; not waited for", len(late))
+            for task in self._tasks:
+                if task.done() and not task.cancelled():
+                    task.exception()  # retrieved: a loop that failed was logged already
         self._tasks = []
         if self._redis is not None:
             with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
@@ -205,7 +218,7 @@ class Cluster:
 
     async def _alive_loop(self) -> None:
         next_refresh = time.monotonic() + self._presence_refresh
-        while True:
+        while not self._closing:
             await asyncio.sleep(self._alive_seconds)
             try:
                 await self._beat()
@@ -422,7 +435,7 @@ class Cluster:
                 log.warning("redis down: %d cluster message(s) dropped", len(outgoing) + len(routed))
 
     async def _flush_loop(self) -> None:
-        while True:
+        while not self._closing:
             await self._wake.wait()
             # No fixed delay (it would be added to every routed command): what is
             # queued in this loop iteration goes now, and whatever arrives while
@@ -432,13 +445,13 @@ class Cluster:
             await self._flush()
 
     async def _listen_loop(self) -> None:
-        while True:
+        while not self._closing:
             pubsub = None
             try:
                 assert self._redis is not None
                 pubsub = self._redis.pubsub()
                 await pubsub.subscribe(channel(self.instance), BROADCAST)
-                while True:
+                while not self._closing:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         self._dispatch(message["channel"], message["data"])
@@ -452,7 +465,8 @@ class Cluster:
                 if pubsub is not None:
                     with contextlib.suppress(Exception):
                         await pubsub.aclose()
-            await asyncio.sleep(1.0)
+            if not self._closing:
+                await asyncio.sleep(1.0)
 
     def _dispatch(self, source: str, data: str) -> None:
         try:

@@ -90,12 +90,20 @@ class Instance:
             self.output.append(line.decode())
 
     async def stop(self) -> None:
+        """SIGTERM; an instance still running 20 s later is killed (never left behind)
+        and that is an error: a clean stop is part of what is tested."""
         if self.proc is None or self.proc.returncode is not None:
             return
         self.proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(self.proc.wait(), 20)
-        if self._drain:
-            await self._drain
+        try:
+            await asyncio.wait_for(self.proc.wait(), 20)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+            raise AssertionError(f"{self.name} did not stop within 20 s of SIGTERM:\n" + self.log_text()[-3000:]) from None
+        finally:
+            if self._drain:
+                await self._drain
 
     async def kill(self) -> None:
         """kill -9: no shutdown step runs."""
@@ -202,12 +210,15 @@ async def running_cluster(
         await harness.wait_for(lambda: _all_see_all(harness), what="every instance sees the others", timeout=20)
         yield harness
     finally:
-        await asyncio.gather(*(i.stop() for i in instances.values()), return_exceptions=True)
+        stopped = await asyncio.gather(*(i.stop() for i in instances.values()), return_exceptions=True)
         receiver.stop()
         await docserver.stop()
         await _drop_mariadb(mariadb_admin_url, db_name)
         with contextlib.suppress(Exception):
             await clear_redis(redis_url)
+        for outcome in stopped:
+            if isinstance(outcome, AssertionError):
+                raise outcome
 
 
 @pytest.fixture(scope="module")

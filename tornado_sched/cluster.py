@@ -48,6 +48,11 @@ INSTANCES_KEY = PREFIX + "instances"
 BROADCAST = PREFIX + "broadcast"
 # How long a run's owner is remembered: longer than any run stays open.
 RUN_OWNER_SECONDS = 2 * 86400
+# A command published while its instance is not subscribed (reached by nobody: its
+# listener is reconnecting, e.g. just after a Redis outage) is published again, every
+# ROUTE_RETRY_SECONDS, for at most ROUTE_WAIT_SECONDS while that instance is live.
+ROUTE_WAIT_SECONDS = 10.0
+ROUTE_RETRY_SECONDS = 0.2
 # How long close() waits for its loops to end before it goes on without them.
 CLOSE_LOOPS_SECONDS = 5.0
 # Domain errors an instance's answer may carry back to the one that asked.
@@ -96,7 +101,7 @@ class Cluster:
         self._announce: dict[str, dict[str, Any]] = {}
         self._withdraw: set[str] = set()
         self._outgoing: list[dict[str, Any]] = []
-        self._routed: list[tuple[str, dict[str, Any]]] = []
+        self._routed: list[tuple[str, dict[str, Any], float]] = []  # (instance, message, give up at)
         self._owned: dict[str, str] = {}
         self._wake = asyncio.Event()
         self._closing = False
@@ -333,8 +338,9 @@ class Cluster:
 
     # -- routing and broadcast -------------------------------------------------------
     def route(self, instance: str, message: dict[str, Any]) -> None:
-        """Send a command to another instance (fire and forget, batched)."""
-        self._routed.append((instance, message))
+        """Send a command to another instance (fire and forget, batched; published
+        again while nobody receives it, see ROUTE_WAIT_SECONDS)."""
+        self._routed.append((instance, message, time.monotonic() + ROUTE_WAIT_SECONDS))
         self._wake.set()
 
     def broadcast(self, message: dict[str, Any]) -> None:
@@ -420,19 +426,35 @@ class Cluster:
             if outgoing:
                 stamped = [{**m, "from": self.instance} for m in outgoing]
                 pipe.publish(BROADCAST, json.dumps(stamped, default=str))
-            by_instance: dict[str, list[dict[str, Any]]] = {}
-            for instance, message in routed:
-                by_instance.setdefault(instance, []).append(message)
-            for instance, messages in by_instance.items():
-                pipe.publish(channel(instance), json.dumps(messages, default=str))
-            await pipe.execute()
+            by_instance: dict[str, list[tuple[str, dict[str, Any], float]]] = {}
+            for item in routed:
+                by_instance.setdefault(item[0], []).append(item)
+            for instance, items in by_instance.items():
+                pipe.publish(channel(instance), json.dumps([m for _i, m, _t in items], default=str))
+            results = await pipe.execute()
             self._up()
+            receivers = results[len(results) - len(by_instance):]
+            self._keep_unreceived([items for items, count in zip(by_instance.values(), receivers, strict=True)
+                                   if not count])
         except (RedisError, OSError) as exc:
             self._down(exc)
             # Presence is rewritten in full on reconnect; commands and events are
             # dropped (their modules' state is re-read, dashboards resync).
             if outgoing or routed:
                 log.warning("redis down: %d cluster message(s) dropped", len(outgoing) + len(routed))
+
+    def _keep_unreceived(self, batches: list[list[tuple[str, dict[str, Any], float]]]) -> None:
+        """Commands that reached nobody: their instance is live but not subscribed yet
+        (its listener reconnects after a Redis outage), so they go again shortly,
+        ahead of newer ones; past their time, or with their instance gone, dropped."""
+        now = time.monotonic()
+        kept = [item for items in batches for item in items if item[2] > now and item[0] in self.live]
+        dropped = sum(len(items) for items in batches) - len(kept)
+        if dropped:
+            log.warning("cluster: %d command(s) reached no instance in time; dropped", dropped)
+        if kept:
+            self._routed[:0] = kept
+            asyncio.get_running_loop().call_later(ROUTE_RETRY_SECONDS, self._wake.set)
 
     async def _flush_loop(self) -> None:
         while not self._closing:

@@ -144,10 +144,10 @@ async def test_redis_down_then_back(tmp_path: Path, mariadb_admin_url: str, priv
         assert await cluster.wait_for(
             lambda: _holds(cluster, "r2", {"local": "r1", "other": "r2"}), what="presence back", timeout=20,
         )
-        # Within a second of Redis returning, an instance's first write to it has been
-        # seen to fail once (ConnectionError: that batch of cluster messages dropped,
-        # Redis "down" until the next beat), so the message is retried for a few
-        # seconds: delivery must recover, not necessarily on the first try.
+        # Within seconds of Redis returning, an instance has been seen to fail one
+        # write to it (ConnectionError: Redis "down" again until the next beat, 409),
+        # so a 409 is retried for a few seconds; a 200 must be delivered (a command
+        # that reached nobody while r1 re-subscribed is published again).
         async def routed() -> bool:
             code, _data = await cluster.call("r2", "POST", "/module/send_message",
                                              {"module_hash": local.module_hash, "message": "via r2"}, expect=None)

@@ -144,18 +144,21 @@ async def test_redis_down_then_back(tmp_path: Path, mariadb_admin_url: str, priv
         assert await cluster.wait_for(
             lambda: _holds(cluster, "r2", {"local": "r1", "other": "r2"}), what="presence back", timeout=20,
         )
-        # Within seconds of Redis returning, an instance has been seen to fail one
-        # write to it (ConnectionError: Redis "down" again until the next beat, 409),
-        # so a 409 is retried for a few seconds; a 200 must be delivered (a command
-        # that reached nobody while r1 re-subscribed is published again).
-        async def routed() -> bool:
+        # Delivery recovers. Within about two seconds of Redis returning an instance
+        # has been seen (under load) to fail one write to it: a 409 then, or a command
+        # already accepted dropped (README, Cluster). So a message is sent until one
+        # arrives; a command that merely reached nobody while r1 re-subscribed is
+        # published again by r2 and needs no resend (tests/cluster/test_routing.py).
+        async def delivered() -> bool:
+            if "via r2" in received:
+                return True
             code, _data = await cluster.call("r2", "POST", "/module/send_message",
                                              {"module_hash": local.module_hash, "message": "via r2"}, expect=None)
             assert code in (200, 409), code
-            return code == 200
+            await asyncio.sleep(1.0)
+            return "via r2" in received
 
-        await cluster.wait_for(routed, what="send_message accepted after recovery", timeout=5, interval=0.5)
-        await cluster.wait_for(lambda: _true("via r2" in received), what="routed message after recovery", timeout=10)
+        await cluster.wait_for(delivered, what="a routed message after recovery", timeout=15, interval=0.5)
         await local.stop(grace=1)
         await other.stop(grace=1)
 

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import tornado.web
 
 from tornado_sched.context import AppContext
-from tornado_sched.errors import Unstorable
+from tornado_sched.errors import Unavailable, Unstorable
 from tornado_sched.hub import ModuleSession
 from tornado_sched.logs import short_secret
 from tornado_sched.protocol import (
@@ -113,28 +113,45 @@ class ModuleSocketHandler(SocketHandler):
             return
         # Tornado reads no further frame (pongs included) until on_message returns;
         # waiting here for a slow store could get a healthy module closed as dead.
-        task = asyncio.ensure_future(self._record(self.session, parsed))
+        # The common case (the run is open here) needs no task: the acknowledgement
+        # is sent from the durability future's callback.
+        session = self.session
+        try:
+            durable = self.ctx.runs.record_result_now(session, parsed)
+        except ResultNotMatched as exc:
+            self._answer(session, exc)
+            return
+        if durable is not None:
+            durable.add_done_callback(
+                lambda f: self._answer(session, Unavailable("cancelled") if f.cancelled() else f.exception()))
+            return
+        task = asyncio.ensure_future(self._record(session, parsed))
         if self._recording is None:
             self._recording = set()
         self._recording.add(task)
         task.add_done_callback(self._recording.discard)
 
     async def _record(self, session: ModuleSession, result: ResultMessage) -> None:
-        """Acknowledge a result once it is durable (the seed's `receive result`)."""
         try:
             await self.ctx.runs.record_result(session, result)
-        except ResultNotMatched as exc:
-            self.reply(error_reply(f"result not recorded: {exc}"))
-            return
-        except Unstorable as exc:
-            # Not an outage: sending the same result again cannot help.
-            self.reply(error_reply(f"result not stored: {exc.message}"))
-            return
         except Exception as exc:
-            log.error("result from %r not stored: %s", session.name, type(exc).__name__)
-            self.reply(error_reply("result not stored (server unavailable); send it again later"))
+            self._answer(session, exc)
             return
-        self.reply(RESULT_ACK)
+        self._answer(session, None)
+
+    def _answer(self, session: ModuleSession, failure: BaseException | None) -> None:
+        """Acknowledge a result once it is durable (the seed's `receive result`), or
+        say why it was not recorded."""
+        if failure is None:
+            self.reply(RESULT_ACK)
+        elif isinstance(failure, ResultNotMatched):
+            self.reply(error_reply(f"result not recorded: {failure}"))
+        elif isinstance(failure, Unstorable):
+            # Not an outage: sending the same result again cannot help.
+            self.reply(error_reply(f"result not stored: {failure.message}"))
+        else:
+            log.error("result from %r not stored: %s", session.name, type(failure).__name__)
+            self.reply(error_reply("result not stored (server unavailable); send it again later"))
 
     def reply(self, text: str) -> None:
         self.ctx.hub.frames_out += 1  # for /metrics: frames to modules, acks and errors too

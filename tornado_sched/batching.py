@@ -16,12 +16,17 @@ for any other reason is a bad record: the batch is written again group by group
 `on_quarantine`) and every other change is written, so one record never blocks the
 rest. Waiters give up after `commit_timeout` (Unavailable) and those waiting for a
 quarantined key get Unstorable.
+
+A wait is a bare future: one timer for all of them enforces `commit_timeout` (the
+oldest wait's deadline), so a burst of 1,000 results is 1,000 futures, not 1,000
+timers, shields and tasks on the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Hashable
 from typing import Generic, TypeVar
 
@@ -64,6 +69,10 @@ class GroupCommit(Generic[K]):
         self._refused: dict[K, str] = {}
         # Each waiter with the keys it needs (None: everything marked before it).
         self._waiters: list[tuple[asyncio.Future[None], frozenset[K] | None]] = []
+        # Every wait's deadline, oldest first (one timeout for all, so they are in
+        # order); `_expiry` is the one timer, armed for the oldest.
+        self._deadlines: deque[tuple[float, asyncio.Future[None]]] = deque()
+        self._expiry: asyncio.TimerHandle | None = None
         self._urgent = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -90,14 +99,34 @@ class GroupCommit(Generic[K]):
         Bounded: Unavailable after `commit_timeout` (the change stays marked and is
         written when the store answers). With `keys`, Unstorable if one of them was
         quarantined instead of written."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self.commit_future(keys)
+
+    def commit_future(self, keys: Collection[K] | None = None) -> asyncio.Future[None]:
+        """`commit` as a future, for a caller that must not wait in a task (a result
+        frame is acknowledged from the future's callback). Same outcomes."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
         self._waiters.append((future, frozenset(keys) if keys is not None else None))
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][1].done():
+            deadlines.popleft()
+        deadlines.append((loop.time() + self.commit_timeout, future))
+        if self._expiry is None:
+            self._expiry = loop.call_at(deadlines[0][0], self._expire)
         self._urgent.set()
-        try:
-            async with asyncio.timeout(self.commit_timeout):
-                await asyncio.shield(future)
-        except TimeoutError:
-            raise Unavailable(f"{self.name}: not stored within {self.commit_timeout:g} s") from None
+        return future
+
+    def _expire(self) -> None:
+        """Fail the waits past their deadline (their changes stay marked)."""
+        self._expiry = None
+        loop = asyncio.get_running_loop()
+        now, deadlines = loop.time(), self._deadlines
+        while deadlines and (deadlines[0][1].done() or deadlines[0][0] <= now):
+            _deadline, future = deadlines.popleft()
+            if not future.done():
+                future.set_exception(Unavailable(f"{self.name}: not stored within {self.commit_timeout:g} s"))
+        if deadlines:
+            self._expiry = loop.call_at(deadlines[0][0], self._expire)
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._loop())
@@ -119,6 +148,10 @@ class GroupCommit(Generic[K]):
             if not future.done():
                 future.set_exception(Unavailable("shutting down before the change was stored"))
         self._waiters.clear()
+        self._deadlines.clear()
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         return written
 
     async def flush(self) -> bool:

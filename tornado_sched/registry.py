@@ -242,9 +242,23 @@ class ModuleRegistry:
         return [ModuleRecord.from_doc(d) async for d in self._col.find({}).sort("module_id", 1)]
 
     async def names(self, hashes: list[str]) -> dict[str, str]:
-        """hash -> module name for the given hashes (unknown ones are absent)."""
-        cursor = self._col.find({"hash": {"$in": hashes}}, {"hash": 1, "name": 1})
-        return {d["hash"]: d["name"] async for d in cursor}
+        """hash -> module name for the given hashes (unknown ones are absent). From
+        memory: a hash's name never changes (a new name is a new hash), and a run
+        start must not pay a store query over every module of a 1,000-module
+        workflow (nx-27017 answers `$in` by a scan). Hashes not in memory (another
+        instance registered them) are read from the store."""
+        found: dict[str, str] = {}
+        missing: list[str] = []
+        for module_hash in hashes:
+            record = self._by_hash.get(module_hash)
+            if record is None:
+                missing.append(module_hash)
+            else:
+                found[module_hash] = record.name
+        if missing:
+            cursor = self._col.find({"hash": {"$in": missing}}, {"hash": 1, "name": 1})
+            found.update({d["hash"]: d["name"] async for d in cursor})
+        return found
 
     async def requirements(self, hashes: list[str]) -> dict[str, ModuleRequirements]:
         """hash -> name and typed input/output requirements (unknown hashes are absent)."""

@@ -57,8 +57,8 @@ log = logging.getLogger(__name__)
 STEP_UPSTREAM_FAILED = UPSTREAM_FAILED
 # A step key meaning "only the run row changed" (status, counters, reason).
 RUN_ROW = -1
-# Sends between two yields to the loop when a run starts (see _dispatch_all).
-DISPATCH_SLICE = 100
+# How long a run start sends before it yields to the loop (see _dispatch_all).
+DISPATCH_SLICE_SECONDS = 0.005
 RERUN_CHOICES = ("failed", "all")
 # A run search by workflow name walks the history once per matched workflow; past
 # this many matches the operator is asked to type more of the name.
@@ -284,6 +284,12 @@ class RunTracker:
                 step = steps[index]
                 step.status, step.output, step.ended_at = "success", done.output, now
                 step.message = f"carried over from run {rerun_of}"
+        first = steps if run.data_order is None else [steps[i] for i in run.data_order.first() if steps[i].waiting]
+        # The first wave is stored as sent: its rows are inserted the way the dispatch
+        # below leaves them, so a 1,000-step run does not write its 1,000 rows twice
+        # (insert, then "sent"). A send that fails (module offline) is written after.
+        for step in first:
+            step.status, step.attempts, step.sent_at = "sent", 1, now
         # Open before the first await: a second firing racing this one must see it.
         self._open[run.run_id] = run
         try:
@@ -293,13 +299,10 @@ class RunTracker:
             raise
         loop = asyncio.get_running_loop()
         self._timers[run.run_id] = loop.call_later(run.timeout_seconds, self._on_timeout, run.run_id)
-        if run.data_order is None:
-            await self._dispatch_all(run, steps)
-        else:
-            await self._dispatch_all(run, [steps[i] for i in run.data_order.first() if steps[i].waiting])
-            if run.open:
-                self._advance(run, [s.index for s in steps if not s.open])
-        self._after_change(run, [s.index for s in steps])
+        changed = await self._dispatch_all(run, first)
+        if run.data_order is not None and run.open:
+            changed += self._advance(run, [s.index for s in steps if not s.open])
+        self._after_change(run, changed)
         try:
             await self._workflows.set_last_run(run.workflow_id, run.summary())
         except Exception as exc:  # the run is live; its summary is rewritten when it ends
@@ -334,25 +337,33 @@ class RunTracker:
             inputs=inputs,
         ))
 
-    async def _dispatch_all(self, run: Run, steps: list[Step]) -> None:
-        """Send every step its command. Steps with the same args share one encoded
-        frame: a 1,000-module fan-out with common args encodes JSON once, not 1,000
-        times. (Only used where the steps' `meta.inputs` are equal too: all of a
-        parallel run, or a data-ordered run's first stage, whose inputs are {}.)
-        Yields to the loop every DISPATCH_SLICE sends: 1,000 socket writes in one go
-        held the loop (scheduled firings, other sockets) for 100 ms and more. A step
-        changed meanwhile (the run cancelled, its module gone) is not sent."""
+    async def _dispatch_all(self, run: Run, steps: list[Step]) -> list[int]:
+        """Send the first wave its commands (steps already marked sent, attempt 1).
+        Returns the steps whose send failed (their state differs from the stored
+        one). Steps with the same args share one encoded frame: a 1,000-module
+        fan-out with common args encodes JSON once, not 1,000 times. (Only used where
+        the steps' `meta.inputs` are equal too: all of a parallel run, or a
+        data-ordered run's first stage, whose inputs are {}.) Yields to the loop
+        every DISPATCH_SLICE_SECONDS: 1,000 socket writes in one go held the loop
+        (scheduled firings, other sockets) for 100 ms and more. A step changed
+        meanwhile (the run cancelled, its module gone) is not sent."""
         frames: dict[str, str] = {}
-        for count, step in enumerate(steps):
-            if count and count % DISPATCH_SLICE == 0:
+        failed: list[int] = []
+        loop = asyncio.get_running_loop()
+        slice_ends = loop.time() + DISPATCH_SLICE_SECONDS
+        for step in steps:
+            if loop.time() >= slice_ends:
                 await asyncio.sleep(0)
-            if not run.open or step.status != "pending" or step.attempts:
+                slice_ends = loop.time() + DISPATCH_SLICE_SECONDS
+            if not run.open or step.status != "sent" or step.attempts != 1:
                 continue
             key = encode_frame(step.args)
             frame = frames.get(key)
             if frame is None:
                 frame = frames[key] = self._execute_frame(run, step)
-            self._send(run, step, frame)
+            if not self._transmit(run, step, frame):
+                failed.append(step.index)
+        return failed
 
     def _dispatch(self, run: Run, step: Step) -> None:
         self._send(run, step, self._execute_frame(run, step))
@@ -360,14 +371,20 @@ class RunTracker:
     def _send(self, run: Run, step: Step, frame: str) -> None:
         step.attempts += 1
         step.sent_at = utcnow()
+        step.status = "sent"
+        self._transmit(run, step, frame)
+
+    def _transmit(self, run: Run, step: Step, frame: str) -> bool:
+        """Hand the frame to the module's socket; False (the step failed or waits
+        for a retry) when the module is offline."""
         try:
             self._hub.send(step.module_hash, frame)
         except Exception:  # offline (Conflict) or a socket that just closed
             # Said for the operator; the step status `offline` is the machine-readable fact.
             when = "when the run started" if step.attempts == 1 else f"at retry {step.attempts - 1}"
             self._fail_step(run, step, "offline", f"module was offline {when}")
-            return
-        step.status = "sent"
+            return False
+        return True
 
     # -- results ---------------------------------------------------------------------
     async def record_result(self, session: ModuleSession, result: ResultMessage) -> None:
@@ -379,11 +396,29 @@ class RunTracker:
             if await self.forward_result(session, result):
                 return
         run, step, resent = await self._match(session.module_hash, result)
+        await self._apply(run, step, resent, result)
+
+    def record_result_now(self, session: ModuleSession, result: ResultMessage) -> asyncio.Future[None] | None:
+        """`record_result` without a task, for the common case (the result's run is
+        open in this instance): the result is applied now and the returned future is
+        done once it is durable, with record_result's outcomes. ResultNotMatched is
+        raised at once. None: the result needs `record_result` (another instance's
+        run, or a run only the store knows)."""
+        if self.forward_result is not None and not self._held_here(session.module_hash, result):
+            return None
+        if not self._in_memory(result):
+            return None
+        run, step, resent = self._match_now(session.module_hash, result)
+        return self._apply(run, step, resent, result)
+
+    def _apply(
+        self, run: Run, step: Step | None, resent: list[tuple[str, int]] | None, result: ResultMessage
+    ) -> asyncio.Future[None]:
+        """Apply a matched result; the future of its durability."""
         if step is None:
             # A re-send: acknowledged once the step it matched is durable (Unstorable
             # if the store refused that step's state: it was never stored).
-            await self._writer.commit(resent)
-            return
+            return self._writer.commit_future(resent)
         now = utcnow()
         step.message, step.error, step.output = result.message, result.error, result.output
         if result.succeeded:
@@ -392,7 +427,7 @@ class RunTracker:
             self._fail_step(run, step, "failure", result.error or "module reported failure")
         changed = [step.index, *self._advance(run, [step.index])]
         self._after_change(run, changed)
-        await self._writer.commit([(run.run_id, step.index)])
+        return self._writer.commit_future([(run.run_id, step.index)])
 
     def _advance(self, run: Run, ended: list[int]) -> list[int]:
         """Data order: after `ended` steps changed, end the steps they block
@@ -433,19 +468,32 @@ class RunTracker:
             for step in run.steps
         )
 
+    def _in_memory(self, result: ResultMessage) -> bool:
+        """Whether the result can be matched without the store."""
+        return not result.run_id or result.run_id in self._open or result.run_id in self._closing
+
     async def _match(
         self, module_hash: str, result: ResultMessage
     ) -> tuple[Run, Step | None, list[tuple[str, int]] | None]:
         """(run, step, None) to apply the result to; (run, None, keys) for a re-send of
         the result those step keys hold (None: an answer to a cancel, nothing to wait
         for but the next write); ResultNotMatched otherwise."""
+        if self._in_memory(result):
+            return self._match_now(module_hash, result)
+        # Not open here: a late or re-sent result. One keyed read, off the hot path.
+        stored = await self._history.get(result.run_id) if len(result.run_id) <= 32 else None
+        if stored is None:
+            raise ResultNotMatched(f"unknown run_id {result.run_id[:32]}")
+        return self._match_now(module_hash, result, stored)
+
+    def _match_now(
+        self, module_hash: str, result: ResultMessage, stored: Run | None = None
+    ) -> tuple[Run, Step | None, list[tuple[str, int]] | None]:
+        """`_match` over what is in memory (`stored`: the result's run read from the store)."""
         if result.run_id:
-            run = self._open.get(result.run_id) or self._closing.get(result.run_id)
+            run = stored or self._open.get(result.run_id) or self._closing.get(result.run_id)
             if run is None:
-                # Not open here: a late or re-sent result. One keyed read, off the hot path.
-                run = await self._history.get(result.run_id) if len(result.run_id) <= 32 else None
-                if run is None:
-                    raise ResultNotMatched(f"unknown run_id {result.run_id[:32]}")
+                raise ResultNotMatched(f"unknown run_id {result.run_id[:32]}")
             mine = run.steps_of(module_hash)
             if not mine:
                 raise ResultNotMatched(f"run {run.run_id} has no step for this module")
@@ -822,5 +870,9 @@ def _same_result(step: Step, result: ResultMessage) -> bool:
     )
 
 
+# One encoder: json.dumps with options builds a new one per call.
+_FRAME_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
+
+
 def encode_frame(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str)
+    return _FRAME_ENCODER.encode(value)

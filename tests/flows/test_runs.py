@@ -339,11 +339,12 @@ def _refusal(reply: str | dict) -> str:
 
 
 async def test_a_run_dispatched_in_slices_sends_each_step_once(server: RunningServer, monkeypatch: Any) -> None:
-    # Dispatch yields to the loop every DISPATCH_SLICE sends; with slices of 2, a
-    # five-step run (one module twice, one offline) still sends each step once.
+    # Dispatch yields to the loop every DISPATCH_SLICE_SECONDS; with a zero slice it
+    # yields before every send, and a five-step run (one module twice, one offline)
+    # still sends each step once.
     import tornado_sched.runs
 
-    monkeypatch.setattr(tornado_sched.runs, "DISPATCH_SLICE", 2)
+    monkeypatch.setattr(tornado_sched.runs, "DISPATCH_SLICE_SECONDS", 0.0)
     modules = [await Module.online(server, f"slice-{i}") for i in range(3)]
     offline_hash = await register(server, "slice-off")
     hashes = [modules[0].hash, modules[1].hash, offline_hash, modules[2].hash, modules[0].hash]
@@ -359,3 +360,25 @@ async def test_a_run_dispatched_in_slices_sends_each_step_once(server: RunningSe
     assert [s["attempts"] for s in run["steps"]] == [1, 1, 1, 1, 1]
     for module in modules:
         module.close()
+
+
+async def test_a_started_run_is_stored_as_dispatched(server: RunningServer) -> None:
+    # The first wave's rows are inserted already "sent" (one write per step, not an
+    # insert and then a "sent" update); a step whose module is offline is stored as
+    # such once execute has answered. Read from the store, not the server's memory.
+    online = await Module.online(server, "stored-sent")
+    offline_hash = await register(server, "stored-off")
+    wid = await create_workflow(server, on_demand([online.hash, offline_hash], timeout_seconds=600))
+    run_id = await execute(server, wid)
+    command = await online.recv_execute()
+    stored = await stored_run(server, run_id)
+    assert stored is not None and stored["status"] == "running"
+    sent, offline = stored["steps"]
+    assert (sent["status"], sent["attempts"]) == ("sent", 1) and sent["sent_at"] is not None
+    assert (offline["status"], offline["attempts"]) == ("offline", 1)
+    assert offline["error"] == "module was offline when the run started"
+    assert await online.result(command) == "receive result"
+    stored = await stored_run(server, run_id)
+    assert stored["status"] == "partial"
+    assert [s["status"] for s in stored["steps"]] == ["success", "offline"]
+    online.close()

@@ -110,6 +110,48 @@ def read_json(raw: str | bytes, where: str = "body") -> Any:
 def check_value(value: Any, where: str = "body") -> None:
     """Apply read_json's rules to an already-decoded value (form fields, query
     arguments, values built in code). Iterative: depth never costs stack."""
+    if _acceptable(value):
+        return
+    _find_problem(value, where)
+
+
+def _acceptable(value: Any) -> bool:
+    """check_value's rules without naming where: the walk every frame pays, with no
+    path strings built. A value it does not accept is walked again to name the place."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    search = _BAD_TEXT.search
+    while stack:
+        item, depth = stack.pop()
+        kind = type(item)
+        if kind is str:
+            if search(item):
+                return False
+        elif item is None or kind is bool or isinstance(item, datetime):
+            continue
+        elif kind is int:
+            if not INT_MIN <= item <= INT_MAX:
+                return False
+        elif kind is float:
+            if not math.isfinite(item):
+                return False
+        elif kind is dict:
+            if depth >= MAX_DEPTH:
+                return False
+            for key, child in item.items():
+                if type(key) is not str or search(key):
+                    return False
+                stack.append((child, depth + 1))
+        elif kind is list:
+            if depth >= MAX_DEPTH:
+                return False
+            stack.extend((child, depth + 1) for child in item)
+        else:
+            return False  # subclasses and other types: the careful walk decides
+    return True
+
+
+def _find_problem(value: Any, where: str) -> None:
+    """The careful walk: raises PayloadError naming where the problem is."""
     stack: list[tuple[Any, str, int]] = [(value, where, 0)]
     while stack:
         item, path, depth = stack.pop()

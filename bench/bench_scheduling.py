@@ -8,7 +8,8 @@
     port, MongoDB from the embedded nx-27017, SQLite system store), with K workflows
     on `* * * * *` whose shifts (0, 60/K, ... s) spread the fires over the minute;
     one module (in a client subprocess) answers every command. After the run,
-    lateness = run.fired_at - (nominal tick + shift), from the stored runs.
+    lateness = run.fired_at - (nominal tick + shift), from the stored runs, and
+    the module's first execute arrival - (nominal tick + shift), what a module waits.
     Baseline, at the same time in its own process: a bare APScheduler
     TornadoScheduler with one CronTrigger(second=...) job per workflow, each job
     recording now - its scheduled time. With --under-load, the N modules of (2) are
@@ -99,6 +100,9 @@ async def worker_main(url: str, hashes: list[str]) -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     answered = 0
+    # When the first execute of each run arrived (wall clock, this machine): what a
+    # module waits for, beside the run's fired_at.
+    received: dict[str, float] = {}
 
     async def serve(ws: Any, name: str) -> None:
         nonlocal answered
@@ -106,10 +110,12 @@ async def worker_main(url: str, hashes: list[str]) -> None:
             async for raw in ws:
                 if not isinstance(raw, str) or not raw.startswith("{"):
                     continue  # "receive result"
+                arrived = time.time()
                 msg = json.loads(raw)
                 if msg.get("type") != "execute":
                     continue
                 meta = msg["meta"]
+                received.setdefault(str(meta.get("run_id")), arrived)
                 await ws.send(
                     json.dumps(
                         {
@@ -144,6 +150,7 @@ async def worker_main(url: str, hashes: list[str]) -> None:
     await asyncio.gather(*(open_one(i, h) for i, h in enumerate(hashes)))
     print("ready", flush=True)
     await stop.wait()
+    print(json.dumps(received), flush=True)
     for ws in sockets:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(ws.close(), 1)
@@ -154,6 +161,7 @@ class Workers:
 
     def __init__(self) -> None:
         self.procs: list[asyncio.subprocess.Process] = []
+        self.received: dict[str, float] = {}  # run_id -> first execute's arrival (after stop)
 
     async def start(self, url: str, hashes: list[str], processes: int, tmp: Path) -> float:
         started = time.perf_counter()
@@ -186,8 +194,11 @@ class Workers:
                 proc.send_signal(signal.SIGTERM)
         for proc in self.procs:
             try:
+                assert proc.stdout is not None
+                line = await asyncio.wait_for(proc.stdout.readline(), 10)
+                self.received.update(json.loads(line or b"{}"))
                 await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
+            except (TimeoutError, ValueError):
                 proc.kill()
                 await proc.wait()
         self.procs = []
@@ -352,6 +363,7 @@ async def lateness(
     await workers.stop()
 
     ours: list[float] = []
+    received: list[float] = []
     statuses: dict[str, int] = {}
     from sqlalchemy import select
 
@@ -367,7 +379,10 @@ async def lateness(
         workflow = next(s for i, s in zip(ids, shifts, strict=True) if i == doc["workflow_id"])
         expected = doc["nominal_time"] + timedelta(seconds=workflow)
         ours.append((doc["fired_at"] - expected).total_seconds())
-    return {"ours": ours, "bare": base_samples, "statuses": statuses, "since": started, "fan_outs": fan_outs}
+        if doc["run_id"] in workers.received:
+            received.append(workers.received[doc["run_id"]] - expected.timestamp())
+    return {"ours": ours, "received": received, "bare": base_samples, "statuses": statuses, "since": started,
+            "fan_outs": fan_outs}
 
 
 class BigRun:
@@ -516,6 +531,7 @@ async def main(args: argparse.Namespace) -> None:
             late = await lateness(server, tmp, args.lateness_seconds, args.workflows,
                                   big if args.under_load else None)
             print(f"  ours (fired_at - (tick + shift)): {describe_ms(late['ours'])}")
+            print(f"  ours (module receives execute - (tick + shift)): {describe_ms(late['received'])}")
             print(f"    run outcomes: {late['statuses']}")
             if args.under_load:
                 print(f"    meanwhile {len(late['fan_outs'])} runs of the {args.modules}-module workflow: "

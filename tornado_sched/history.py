@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, true, union_all, update
+from sqlalchemy.exc import IntegrityError
 
 from .clock import as_utc, naive_utc, utcnow
 from .errors import Invalid
@@ -27,7 +28,7 @@ from .protocol import TEXT_LIMIT_BYTES
 from .run_state import RUN_STATUSES, Run, Step
 from .stores import SQL_HOUSEKEEPING_SECONDS, DocumentStore, SqlStore
 from .strips import StripRun
-from .tables import run_steps, runs
+from .tables import run_steps, runs, tick_claims
 from .workflows import FAILED_RUN_STATUSES
 
 log = logging.getLogger(__name__)
@@ -394,6 +395,22 @@ _UPDATE_RUN = (
 )
 
 
+
+@dataclass(frozen=True)
+class TickClaim:
+    """A scheduled tick (workflow, nominal time) that one instance fires: its row in
+    `tick_claims` is written in the same transaction as the run it starts, so a tick
+    is either claimed with its run or not at all."""
+
+    workflow_id: int
+    nominal: datetime
+    instance: str
+
+
+class TickTaken(Exception):
+    """The tick's claim row exists: it was fired already."""
+
+
 class RunHistory:
     """Runs and their steps in SQL: keyed writes, keyset pages, batched retention."""
 
@@ -401,9 +418,19 @@ class RunHistory:
         self._sql = sql
 
     # -- writes ----------------------------------------------------------------------
-    async def insert(self, run: Run) -> None:
-        """A new run and all its step rows, in one transaction."""
+    async def insert(self, run: Run, claim: TickClaim | None = None) -> None:
+        """A new run and all its step rows, in one transaction; with `claim`, the
+        scheduled tick's claim row too, first: TickTaken (and nothing written) when
+        that tick was claimed before (by another instance, or an earlier firing)."""
         async with self._sql.begin() as conn:
+            if claim is not None:
+                try:
+                    await conn.execute(insert(tick_claims).values(
+                        workflow_id=claim.workflow_id, nominal_time=naive_utc(claim.nominal).replace(microsecond=0),
+                        instance=claim.instance or "-", claimed_at=naive_utc(utcnow()),
+                    ))
+                except IntegrityError:
+                    raise TickTaken(f"workflow {claim.workflow_id} tick {claim.nominal} fired elsewhere") from None
             await conn.execute(insert(runs), [_run_row(run)])
             for start in range(0, len(run.steps), ROWS_PER_STATEMENT):
                 chunk = run.steps[start:start + ROWS_PER_STATEMENT]

@@ -108,6 +108,7 @@ class ModuleService:
         is closed with 4401 at once."""
         record, old_hash = await self._registry.rotate_hash(module_hash)
         self._hub.disconnect(old_hash, CLOSE_ROTATED, "hash rotated")
+        await self._workflows.follow_rotation(record.hash)
         return record
 
     async def delete(self, module_hash: str) -> ModuleRecord:

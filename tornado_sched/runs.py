@@ -48,7 +48,7 @@ from .strips import STRIP_RUNS, RunStrip, build_strips
 from .workflows import Workflow, WorkflowStore
 
 if TYPE_CHECKING:
-    from .history import ModuleStepPage, RunFilter, RunHistory, RunPage
+    from .history import ModuleStepPage, RunFilter, RunHistory, RunPage, TickClaim
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ class RunTracker:
 
     async def start_run(
         self, workflow: Workflow, trigger: str, nominal_time: datetime, *, rerun_of: str | None = None,
-        carried: dict[int, Step] | None = None,
+        carried: dict[int, Step] | None = None, claim: TickClaim | None = None,
     ) -> Run:
         """Create the run and dispatch its steps: every step at once (order "parallel"),
         or the steps with no producer, the rest as their producers succeed (order
@@ -237,7 +237,8 @@ class RunTracker:
         run still open, the firing is recorded as a skipped run. `rerun_of`: the run
         this one repeats (see rerun); `carried`: for a data-ordered re-run, the steps
         (by index) that succeeded in it, kept as done with their outputs so that
-        their consumers get `meta.inputs` and nothing upstream is sent again."""
+        their consumers get `meta.inputs` and nothing upstream is sent again.
+        `claim`: a scheduled tick's claim, stored with the run (TickTaken: not started)."""
         now = utcnow()
         records = await self._registry.names(list({m["module_hash"] for m in workflow.execute_modules}))
         steps = [
@@ -270,7 +271,7 @@ class RunTracker:
             run.reason = "previous run still open (overlap=forbid)"
             for step in steps:
                 step.status = "skipped"
-            await self._history.insert(run)
+            await self._history.insert(run, claim)
             self._events.publish(RUN_FINISHED, {"run": run})
             return run
         if workflow.order == "data":
@@ -278,7 +279,7 @@ class RunTracker:
             # re-registered other requirements since the workflow was saved.
             plan = await self._workflows.solve(workflow)
             if not plan.ok:
-                return await self._refuse_plan(run, "; ".join(c.message for c in plan.conflicts[:5]))
+                return await self._refuse_plan(run, "; ".join(c.message for c in plan.conflicts[:5]), claim)
             run.data_order = DataOrder.from_plan(plan)
             for index, done in (carried or {}).items():
                 step = steps[index]
@@ -293,7 +294,7 @@ class RunTracker:
         # Open before the first await: a second firing racing this one must see it.
         self._open[run.run_id] = run
         try:
-            await self._history.insert(run)
+            await self._history.insert(run, claim)
         except BaseException:
             self._open.pop(run.run_id, None)
             raise
@@ -311,14 +312,14 @@ class RunTracker:
         await self._writer.commit()
         return run
 
-    async def _refuse_plan(self, run: Run, conflicts: str) -> Run:
+    async def _refuse_plan(self, run: Run, conflicts: str, claim: TickClaim | None) -> Run:
         """A data-ordered run whose plan has conflicts: it ends failed at once, no step sent."""
         now = utcnow()
         run.status, run.ended_at = "failure", now
         run.reason = f'order "data": the modules cannot be ordered: {conflicts}'
         for step in run.steps:
             step.status, step.ended_at = "skipped", now
-        await self._history.insert(run)
+        await self._history.insert(run, claim)
         log.warning("run %s of workflow %d failed at start: %s", run.run_id[:8], run.workflow_id, run.reason)
         try:
             await self._workflows.set_last_run(run.workflow_id, run.summary())

@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from .clock import naive_utc, utcnow
 from .errors import Invalid, Unavailable
 from .events import MODULE_ONLINE, SCHEDULE_FIRED, WORKFLOW_DELETED, WORKFLOW_SAVED, EventBus
+from .history import TickClaim, TickTaken
 from .pending import PendingSqlRows
 from .runs import RunTracker
 from .stores import SQL_HOUSEKEEPING_SECONDS, DocumentStore, SqlStore
@@ -80,6 +81,9 @@ class WorkflowScheduler:
         self._time_zone = time_zone
         self._retention_days = retention_days
         self._scheduler: TornadoScheduler | None = None
+        # Each scheduled workflow as its job was built from (sync follows every stored
+        # change): a tick fires from memory, with no store read before it starts.
+        self._definitions: dict[int, Workflow] = {}
         self._unsubscribe: Callable[[], None] | None = None
         # One row per firing, kept and retried while SQL is down.
         self.execution_log = PendingSqlRows(sql, execution_log)
@@ -155,11 +159,13 @@ class WorkflowScheduler:
         assert wid is not None
         if self._scheduler.get_job(job_id(wid)) is not None:
             self._scheduler.remove_job(job_id(wid))
+        self._definitions.pop(wid, None)
         if workflow is not None and workflow.schedulable:
             self._scheduler.add_job(
                 self._fire, workflow.trigger(), args=[workflow.workflow_id],
                 id=job_id(workflow.workflow_id), name=workflow.name,
             )
+            self._definitions[wid] = workflow
 
     async def reload(self) -> dict[str, Any]:
         """Rebuild every workflow job from the store (the seed's /scheduler/reload)."""
@@ -172,6 +178,7 @@ class WorkflowScheduler:
             if job.id.startswith(JOB_PREFIX):
                 job.remove()
                 removed += 1
+        self._definitions.clear()
         enabled = []
         for workflow in workflows:
             try:
@@ -231,7 +238,7 @@ class WorkflowScheduler:
 
     async def _fire_tick(self, workflow_id: int) -> None:
         now = utcnow()
-        workflow = await self._workflows.find(workflow_id)
+        workflow = self._definitions.get(workflow_id) or await self._workflows.find(workflow_id)
         if workflow is None or not workflow.schedulable:
             return
         trigger = workflow.trigger()
@@ -259,17 +266,24 @@ class WorkflowScheduler:
         if not workflow.execute_modules:
             # A run with no steps would "succeed" having done nothing.
             raise Invalid("execute_modules: the workflow has no modules to run", field="execute_modules")
-        if trigger != "manual" and not await self._claim(workflow.workflow_id, nominal):
-            return None
+        # The claim is written with the run, in one transaction: a tick is never
+        # claimed without its run (a stop or a store failure in between lost it).
+        claim = None if trigger == "manual" else TickClaim(workflow.workflow_id, nominal, self._instance)
         fired_at = utcnow()
         run_id, outcome, error = None, "started", None
         try:
-            run = await self._runs.start_run(workflow, trigger, nominal)
+            run = await self._runs.start_run(workflow, trigger, nominal, claim=claim)
             run_id = run.run_id
             outcome = "skipped" if run.status == "skipped" else "started"
             if run.status == "skipped":
                 error = run.reason
+        except TickTaken:
+            self.ticks_lost += 1
+            log.debug("workflow %d tick %s fired elsewhere", workflow.workflow_id, nominal)
+            return None
         except Exception as exc:
+            if claim is not None:
+                self.claim_failures += 1
             outcome, error = "error", f"{type(exc).__name__}: {exc}"
             log.exception("workflow %d firing failed", workflow.workflow_id)
         await self._log(job_id(workflow.workflow_id), workflow.workflow_id, run_id, trigger, nominal, fired_at, outcome, error)
@@ -278,7 +292,9 @@ class WorkflowScheduler:
         return run_id
 
     async def _claim(self, workflow_id: int, nominal: datetime) -> bool:
-        """Insert (workflow, nominal tick): True for the one instance whose insert wins."""
+        """Insert (workflow, nominal tick) alone, for a missed tick logged as skipped:
+        True for the one instance whose insert wins. (A fired tick's claim is written
+        with its run, see fire.)"""
         try:
             async with self._sql.begin() as conn:
                 await conn.execute(insert(tick_claims).values(

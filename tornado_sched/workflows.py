@@ -556,6 +556,12 @@ class WorkflowStore:
         doc = await self._col.find_one({"_id": oid}, {"workflow_id": 1})
         return None if doc is None else int(doc["workflow_id"])
 
+    async def follow_rotation(self, new_hash: str) -> None:
+        """Publish the workflows a module's hash rotation rewrote (ModuleRegistry
+        writes them): the schedule and every other follower then run the new hash."""
+        async for doc in self._col.find({"module_hashes": new_hash}):
+            self._saved(Workflow.from_doc(doc))
+
     async def find(self, workflow_id: int) -> Workflow | None:
         doc = await self._col.find_one({"workflow_id": int(workflow_id)})
         return None if doc is None else Workflow.from_doc(doc)

@@ -95,7 +95,7 @@ async def test_close_lets_a_firing_under_way_finish(scheduled) -> None:
     workflow = await core.workflows.create({"name": "every-minute", "execute_cron_list": ["* * * * *"],
                                             "timezone": "UTC", "execute_modules": await core.steps()})
     firing = asyncio.ensure_future(scheduler._fire(workflow.workflow_id))  # what APScheduler runs at a tick
-    await asyncio.sleep(0)  # under way: waiting for the workflow's document
+    await asyncio.sleep(0)  # under way: writing its claim and run
     assert not firing.done()
     await scheduler.close()
     assert firing.done() and firing.exception() is None

@@ -102,11 +102,19 @@ async def test_admin_rotates_a_hash_the_old_socket_closes_and_workflows_follow(s
     except InvalidStatus as refused:
         assert refused.response.status_code == 403
     new_socket = await open_socket(server.ws_url, new_hash)
-    await new_socket.close()
+    for _ in range(50):
+        if server.ctx.hub.is_online(new_hash):
+            break
+        await asyncio.sleep(0.02)
 
     workflow = (await server.api(f"/workflow/{workflow_id}"))[1]["result"]
     assert [m["module_hash"] for m in workflow["execute_modules"]] == [new_hash, new_hash]
     assert [m["args"] for m in workflow["execute_modules"]] == [{"a": 1}, {"a": 2}]
+    # The schedule follows too: a tick (what APScheduler runs) sends to the new hash.
+    await server.ctx.scheduler._fire(workflow_id)
+    commands = [json.loads(await asyncio.wait_for(new_socket.recv(), 5)) for _ in range(2)]
+    assert sorted(c["args"]["a"] for c in commands) == [1, 2]
+    await new_socket.close()
     assert (await server.api(f"/module/{module['hash']}/rotate", "POST"))[0] == 404
 
     status, env = await server.api("/audit?page_size=100")

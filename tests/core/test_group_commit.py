@@ -107,3 +107,44 @@ async def test_a_resent_result_whose_run_was_quarantined_is_not_acknowledged(cor
         await core.tracker.record_result(sessions[0], poisoned)
     stored = await core.history.get(run.run_id)
     assert stored is not None and stored.steps[0].status == "sent"  # never written
+
+
+async def test_a_write_answers_its_waiters_in_slices_the_loop_runs_between(tmp_path) -> None:
+    """1,000 waiters covered by one write are answered RELEASE_SLICE at a time: a
+    callback scheduled meanwhile (a timer's firing) runs before the last answer,
+    not after all of them; every waiter gets its answer, and each key is stored."""
+    from tornado_sched.batching import RELEASE_SLICE
+
+    sql = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'gc.sqlite3'}")
+    table = Table("rows", MetaData(), Column("k", Integer, primary_key=True), Column("v", String(40)))
+    async with sql.engine.begin() as conn:
+        await conn.run_sync(table.metadata.create_all)
+
+    async def write(keys: set[int]) -> None:
+        async with sql.engine.begin() as conn:
+            await conn.execute(table.insert(), [{"k": k, "v": f"v{k}"} for k in sorted(keys)])
+
+    writer: GroupCommit[int] = GroupCommit("slices", write)
+    writer.start()
+    answered: list[int] = []
+    timeline: list[str] = []
+    try:
+        futures = []
+        for key in range(1000):
+            writer.mark(key)
+            future = writer.commit_future([key])
+            future.add_done_callback(lambda f, key=key: answered.append(key))
+            futures.append(future)
+        # Scheduled once the first slice is answered: it must not wait for all 1,000.
+        futures[0].add_done_callback(
+            lambda f: asyncio.get_running_loop().call_soon(lambda: timeline.append(f"probe after {len(answered)}")))
+        await asyncio.gather(*futures)
+        assert sorted(answered) == list(range(1000))
+        assert len(timeline) == 1
+        seen = int(timeline[0].split()[-1])
+        assert seen < 1000 and seen <= 2 * RELEASE_SLICE, timeline
+        async with sql.engine.connect() as conn:
+            assert (await conn.execute(select(table.c.k))).scalars().all() == list(range(1000))
+    finally:
+        await writer.close()
+        await sql.close()

@@ -118,8 +118,12 @@ class SqlStore:
     Callers use `begin()` and `connect()`, never the engine: every wait is bounded."""
 
     def __init__(self, url: str, *, wait_seconds: float = SQL_WAIT_SECONDS) -> None:
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        kwargs: dict[str, Any] = {}
         if url.startswith("mysql"):
+            # A pooled connection may have been closed by the server (restart, idle
+            # timeout): test it at checkout. A SQLite file cannot go away like that,
+            # and the ping is a thread round trip on every transaction.
+            kwargs["pool_pre_ping"] = True
             kwargs["pool_recycle"] = 3600
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         self.dialect = self.engine.dialect.name

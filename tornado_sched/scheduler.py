@@ -284,6 +284,12 @@ class WorkflowScheduler:
         except Exception as exc:
             if claim is not None:
                 self.claim_failures += 1
+                if self._instance:
+                    # The claim was not written either (one transaction): another
+                    # instance may fire this tick, so this one neither fires nor logs it.
+                    log.error("workflow %d tick %s not fired: claim failed (%s)",
+                              workflow.workflow_id, nominal, type(exc).__name__)
+                    return None
             outcome, error = "error", f"{type(exc).__name__}: {exc}"
             log.exception("workflow %d firing failed", workflow.workflow_id)
         await self._log(job_id(workflow.workflow_id), workflow.workflow_id, run_id, trigger, nominal, fired_at, outcome, error)

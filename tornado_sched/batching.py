@@ -25,8 +25,9 @@ timers, shields and tasks on the loop.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Hashable
 from typing import Generic, TypeVar
 
@@ -72,10 +73,13 @@ class GroupCommit(Generic[K]):
         self._refused: dict[K, str] = {}
         # Each waiter with the keys it needs (None: everything marked before it).
         self._waiters: list[tuple[asyncio.Future[None], frozenset[K] | None]] = []
-        # Every wait's deadline, oldest first (one timeout for all, so they are in
-        # order); `_expiry` is the one timer, armed for the oldest.
-        self._deadlines: deque[tuple[float, asyncio.Future[None]]] = deque()
+        # Every wait's deadline (a heap: the earliest first); `_expiry` is the one
+        # timer, armed for the earliest. Waits being answered after a write that
+        # covered them are in `_answering` and no longer expire.
+        self._deadlines: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
         self._expiry: asyncio.TimerHandle | None = None
+        self._answering: set[asyncio.Future[None]] = set()
         self._urgent = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -111,25 +115,28 @@ class GroupCommit(Generic[K]):
         future: asyncio.Future[None] = loop.create_future()
         self._waiters.append((future, frozenset(keys) if keys is not None else None))
         deadlines = self._deadlines
-        while deadlines and deadlines[0][1].done():
-            deadlines.popleft()
-        deadlines.append((loop.time() + self.commit_timeout, future))
-        if self._expiry is None:
-            self._expiry = loop.call_at(deadlines[0][0], self._expire)
+        while deadlines and deadlines[0][2].done():
+            heapq.heappop(deadlines)
+        heapq.heappush(deadlines, (loop.time() + self.commit_timeout, next(self._order), future))
+        self._arm_expiry()
         self._urgent.set()
         return future
+
+    def _arm_expiry(self) -> None:
+        if self._deadlines and (self._expiry is None or self._expiry.when() > self._deadlines[0][0]):
+            if self._expiry is not None:
+                self._expiry.cancel()
+            self._expiry = asyncio.get_running_loop().call_at(self._deadlines[0][0], self._expire)
 
     def _expire(self) -> None:
         """Fail the waits past their deadline (their changes stay marked)."""
         self._expiry = None
-        loop = asyncio.get_running_loop()
-        now, deadlines = loop.time(), self._deadlines
-        while deadlines and (deadlines[0][1].done() or deadlines[0][0] <= now):
-            _deadline, future = deadlines.popleft()
-            if not future.done():
+        now, deadlines = asyncio.get_running_loop().time(), self._deadlines
+        while deadlines and (deadlines[0][2].done() or deadlines[0][0] <= now):
+            _deadline, _order, future = heapq.heappop(deadlines)
+            if not future.done() and future not in self._answering:
                 future.set_exception(Unavailable(f"{self.name}: not stored within {self.commit_timeout:g} s"))
-        if deadlines:
-            self._expiry = loop.call_at(deadlines[0][0], self._expire)
+        self._arm_expiry()
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._loop())
@@ -197,27 +204,28 @@ class GroupCommit(Generic[K]):
         """Answer the waiters a write covered, RELEASE_SLICE at a time with a yield to
         the loop between slices: each answer schedules its caller (a result's
         acknowledgement), and 1,000 of them in one loop iteration held scheduled
-        firings back for tens of milliseconds. Cancelled midway (close), the rest
-        are answered at once: their changes are stored."""
+        firings back for tens of milliseconds. Every outcome is decided before the
+        first yield (a change marked meanwhile may lift a quarantine), and the waits
+        being answered no longer expire. Cancelled midway (close), the rest are
+        answered at once: their changes are stored."""
+        outcomes = [(future, self._outcome(keys)) for future, keys in waiters if not future.done()]
+        self._answering.update(future for future, _ in outcomes)
         done = 0
         try:
-            for future, keys in waiters:
-                self._answer(future, keys)
+            for future, failure in outcomes:
+                _settle(future, failure)
                 done += 1
-                if done % RELEASE_SLICE == 0 and done < len(waiters):
+                if done % RELEASE_SLICE == 0 and done < len(outcomes):
                     await asyncio.sleep(0)
         finally:
-            for future, keys in waiters[done:]:
-                self._answer(future, keys)
+            for future, failure in outcomes[done:]:
+                _settle(future, failure)
+            self._answering.difference_update(future for future, _ in outcomes)
 
-    def _answer(self, future: asyncio.Future[None], keys: frozenset[K] | None) -> None:
-        if future.done():
-            return
+    def _outcome(self, keys: frozenset[K] | None) -> BaseException | None:
+        """What a waiter for `keys` is told after a write: None (stored) or Unstorable."""
         bad = [self._refused[k] for k in keys if k in self._refused] if keys is not None else []
-        if bad:
-            future.set_exception(Unstorable(f"the store refused it: {bad[0]}"))
-        else:
-            future.set_result(None)
+        return Unstorable(f"the store refused it: {bad[0]}") if bad else None
 
     def _outage(self, exc: BaseException) -> bool:
         return isinstance(exc, TimeoutError) or self._is_outage(exc)
@@ -265,3 +273,12 @@ class GroupCommit(Generic[K]):
                 await asyncio.sleep(self._retry)
                 if self._waiters:
                     self._urgent.set()
+
+
+def _settle(future: asyncio.Future[None], failure: BaseException | None) -> None:
+    if future.done():
+        return
+    if failure is None:
+        future.set_result(None)
+    else:
+        future.set_exception(failure)

@@ -14,7 +14,7 @@ import base64
 import binascii
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -413,6 +413,11 @@ class TickTaken(Exception):
     """The tick's claim row exists: it was fired already."""
 
 
+class TickNotClaimed(Exception):
+    """The tick's claim and run could not be written (the store failed or refused
+    them): nothing of it is stored, and it was not fired."""
+
+
 class RunHistory:
     """Runs and their steps in SQL: keyed writes, keyset pages, batched retention."""
 
@@ -420,23 +425,39 @@ class RunHistory:
         self._sql = sql
 
     # -- writes ----------------------------------------------------------------------
-    async def insert(self, run: Run, claim: TickClaim | None = None) -> None:
-        """A new run and all its step rows, in one transaction; with `claim`, the
-        scheduled tick's claim row too, first: TickTaken (and nothing written) when
-        that tick was claimed before (by another instance, or an earlier firing)."""
-        async with self._sql.begin() as conn:
-            if claim is not None:
-                try:
-                    await conn.execute(insert(tick_claims).values(
-                        workflow_id=claim.workflow_id, nominal_time=naive_utc(claim.nominal).replace(microsecond=0),
-                        instance=claim.instance or "-", claimed_at=naive_utc(utcnow()),
-                    ))
-                except IntegrityError:
-                    raise TickTaken(f"workflow {claim.workflow_id} tick {claim.nominal} fired elsewhere") from None
-            await conn.execute(insert(runs), [_run_row(run)])
-            for start in range(0, len(run.steps), ROWS_PER_STATEMENT):
-                chunk = run.steps[start:start + ROWS_PER_STATEMENT]
-                await conn.execute(insert(run_steps), [_step_row(run.run_id, s) for s in chunk])
+    async def insert(
+        self, run: Run, claim: TickClaim | None = None, *, sending: Collection[int] = (), sent_at: datetime | None = None,
+    ) -> None:
+        """A new run and all its step rows, in one transaction. `sending`: the steps
+        about to be sent, stored as sent (attempt 1, at `sent_at`) so that a run start
+        writes each row once. With `claim`, the scheduled tick's claim row too, first:
+        TickTaken when that tick was claimed before (by another instance, or an
+        earlier firing), TickNotClaimed when the transaction failed; either way
+        nothing is written."""
+        try:
+            async with self._sql.begin() as conn:
+                if claim is not None:
+                    try:
+                        await conn.execute(insert(tick_claims).values(
+                            workflow_id=claim.workflow_id, nominal_time=naive_utc(claim.nominal).replace(microsecond=0),
+                            instance=claim.instance or "-", claimed_at=naive_utc(utcnow()),
+                        ))
+                    except IntegrityError:
+                        raise TickTaken(f"workflow {claim.workflow_id} tick {claim.nominal} fired elsewhere") from None
+                await conn.execute(insert(runs), [_run_row(run)])
+                sent = {"status": "sent", "attempts": 1, "sent_at": naive_utc(sent_at)}
+                for start in range(0, len(run.steps), ROWS_PER_STATEMENT):
+                    chunk = run.steps[start:start + ROWS_PER_STATEMENT]
+                    await conn.execute(insert(run_steps), [
+                        {**_step_row(run.run_id, s), **sent} if s.index in sending else _step_row(run.run_id, s)
+                        for s in chunk
+                    ])
+        except (TickTaken, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            if claim is None:
+                raise
+            raise TickNotClaimed(f"workflow {claim.workflow_id} tick {claim.nominal}: {type(exc).__name__}") from exc
 
     async def write(self, changes: Iterable[tuple[Run, Iterable[int]]]) -> None:
         """Store the current state of the given steps of each run, and each run's row

@@ -8,6 +8,7 @@ view of a module shows the live state while it is connected.
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -106,10 +107,15 @@ class ModuleService:
     async def rotate_hash(self, module_hash: str) -> ModuleRecord:
         """A new hash for the module (workflows follow it); the old hash's live socket
         is closed with 4401 at once."""
-        record, old_hash = await self._registry.rotate_hash(module_hash)
+        new_hash = secrets.token_hex(20)
+        try:
+            rotated, old_hash = await self._registry.rotate_hash(module_hash, new_hash)
+        finally:
+            # Whatever the rewrite reached is published, also when it stopped halfway:
+            # the schedule must not keep firing the old hash for a rewritten workflow.
+            await self._workflows.follow_rotation(new_hash)
         self._hub.disconnect(old_hash, CLOSE_ROTATED, "hash rotated")
-        await self._workflows.follow_rotation(record.hash)
-        return record
+        return rotated
 
     async def delete(self, module_hash: str) -> ModuleRecord:
         """Delete (Conflict while a workflow uses it) and close its socket with 4404."""

@@ -285,12 +285,12 @@ class ModuleRegistry:
         self.on_forget(record.hash)
         return record
 
-    async def rotate_hash(self, module_hash: str) -> tuple[ModuleRecord, str]:
+    async def rotate_hash(self, module_hash: str, new_hash: str | None = None) -> tuple[ModuleRecord, str]:
         """Give the module a new random hash; returns (updated record, old hash).
         Workflows that run it are rewritten to the new hash, so schedules go on; the
         caller closes the old hash's live socket."""
         record = await self.get(module_hash)
-        new_hash = secrets.token_hex(20)
+        new_hash = new_hash or secrets.token_hex(20)
         await self._col.update_one({"_id": record.doc_id}, {"$set": {"hash": new_hash, "updated_at": utcnow()}})
         # The old hash stops opening sockets now, before workflows are rewritten.
         self._by_hash.pop(record.hash, None)

@@ -286,21 +286,20 @@ class RunTracker:
                 step.status, step.output, step.ended_at = "success", done.output, now
                 step.message = f"carried over from run {rerun_of}"
         first = steps if run.data_order is None else [steps[i] for i in run.data_order.first() if steps[i].waiting]
-        # The first wave is stored as sent: its rows are inserted the way the dispatch
-        # below leaves them, so a 1,000-step run does not write its 1,000 rows twice
-        # (insert, then "sent"). A send that fails (module offline) is written after.
-        for step in first:
-            step.status, step.attempts, step.sent_at = "sent", 1, now
         # Open before the first await: a second firing racing this one must see it.
         self._open[run.run_id] = run
         try:
-            await self._history.insert(run, claim)
+            # The first wave's rows are stored as the dispatch below leaves them
+            # ("sent"), so a 1,000-step run does not write its 1,000 rows twice. In
+            # memory they stay pending until each frame is out: nothing may match,
+            # fail or close a step that was not sent.
+            await self._history.insert(run, claim, sending={s.index for s in first}, sent_at=now)
         except BaseException:
             self._open.pop(run.run_id, None)
             raise
         loop = asyncio.get_running_loop()
         self._timers[run.run_id] = loop.call_later(run.timeout_seconds, self._on_timeout, run.run_id)
-        changed = await self._dispatch_all(run, first)
+        changed = await self._dispatch_all(run, first, now)
         if run.data_order is not None and run.open:
             changed += self._advance(run, [s.index for s in steps if not s.open])
         self._after_change(run, changed)
@@ -338,33 +337,35 @@ class RunTracker:
             inputs=inputs,
         ))
 
-    async def _dispatch_all(self, run: Run, steps: list[Step]) -> list[int]:
-        """Send the first wave its commands (steps already marked sent, attempt 1).
-        Returns the steps whose send failed (their state differs from the stored
-        one). Steps with the same args share one encoded frame: a 1,000-module
-        fan-out with common args encodes JSON once, not 1,000 times. (Only used where
-        the steps' `meta.inputs` are equal too: all of a parallel run, or a
-        data-ordered run's first stage, whose inputs are {}.) Yields to the loop
-        every DISPATCH_SLICE_SECONDS: 1,000 socket writes in one go held the loop
-        (scheduled firings, other sockets) for 100 ms and more. A step changed
-        meanwhile (the run cancelled, its module gone) is not sent."""
+    async def _dispatch_all(self, run: Run, steps: list[Step], sent_at: datetime) -> list[int]:
+        """Send the first wave its commands (their rows are stored as sent at
+        `sent_at`). Returns the steps whose state now differs from that row: a send
+        that failed (module offline), or a step not sent because it changed meanwhile
+        (the run cancelled or closed). Steps with the same args share one encoded
+        frame: a 1,000-module fan-out with common args encodes JSON once, not 1,000
+        times. (Only used where the steps' `meta.inputs` are equal too: all of a
+        parallel run, or a data-ordered run's first stage, whose inputs are {}.)
+        Yields to the loop every DISPATCH_SLICE_SECONDS: 1,000 socket writes in one go
+        held the loop (scheduled firings, other sockets) for 100 ms and more."""
         frames: dict[str, str] = {}
-        failed: list[int] = []
+        differ: list[int] = []
         loop = asyncio.get_running_loop()
         slice_ends = loop.time() + DISPATCH_SLICE_SECONDS
         for step in steps:
             if loop.time() >= slice_ends:
                 await asyncio.sleep(0)
                 slice_ends = loop.time() + DISPATCH_SLICE_SECONDS
-            if not run.open or step.status != "sent" or step.attempts != 1:
+            if not run.open or step.status != "pending" or step.attempts:
+                differ.append(step.index)
                 continue
             key = encode_frame(step.args)
             frame = frames.get(key)
             if frame is None:
                 frame = frames[key] = self._execute_frame(run, step)
+            step.status, step.attempts, step.sent_at = "sent", 1, sent_at
             if not self._transmit(run, step, frame):
-                failed.append(step.index)
-        return failed
+                differ.append(step.index)
+        return differ
 
     def _dispatch(self, run: Run, step: Step) -> None:
         self._send(run, step, self._execute_frame(run, step))

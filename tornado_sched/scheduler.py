@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from .clock import naive_utc, utcnow
 from .errors import Invalid, Unavailable
 from .events import MODULE_ONLINE, SCHEDULE_FIRED, WORKFLOW_DELETED, WORKFLOW_SAVED, EventBus
-from .history import TickClaim, TickTaken
+from .history import TickClaim, TickNotClaimed, TickTaken
 from .pending import PendingSqlRows
 from .runs import RunTracker
 from .stores import SQL_HOUSEKEEPING_SECONDS, DocumentStore, SqlStore
@@ -82,7 +82,7 @@ class WorkflowScheduler:
         self._retention_days = retention_days
         self._scheduler: TornadoScheduler | None = None
         # Each scheduled workflow as its job was built from (sync follows every stored
-        # change): a tick fires from memory, with no store read before it starts.
+        # change): in one process a tick fires from memory, with no store read first.
         self._definitions: dict[int, Workflow] = {}
         self._unsubscribe: Callable[[], None] | None = None
         # One row per firing, kept and retried while SQL is down.
@@ -238,7 +238,12 @@ class WorkflowScheduler:
 
     async def _fire_tick(self, workflow_id: int) -> None:
         now = utcnow()
-        workflow = self._definitions.get(workflow_id) or await self._workflows.find(workflow_id)
+        # One process: the definition the job was built from (every change to the
+        # store is published here). A cluster reads the store: a change made on
+        # another instance arrives over Redis, which may be down or late.
+        workflow = None if self._instance else self._definitions.get(workflow_id)
+        if workflow is None:
+            workflow = await self._workflows.find(workflow_id)
         if workflow is None or not workflow.schedulable:
             return
         trigger = workflow.trigger()
@@ -281,15 +286,18 @@ class WorkflowScheduler:
             self.ticks_lost += 1
             log.debug("workflow %d tick %s fired elsewhere", workflow.workflow_id, nominal)
             return None
+        except TickNotClaimed as exc:
+            self.claim_failures += 1
+            cause = exc.__cause__ or exc
+            if self._instance:
+                # Nothing of the tick was written: another instance may fire it, so
+                # this one neither fires nor logs it.
+                log.error("workflow %d tick %s not fired: claim failed (%s)",
+                          workflow.workflow_id, nominal, type(cause).__name__)
+                return None
+            outcome, error = "error", f"{type(cause).__name__}: {cause}"
+            log.error("workflow %d firing failed: %s", workflow.workflow_id, error)
         except Exception as exc:
-            if claim is not None:
-                self.claim_failures += 1
-                if self._instance:
-                    # The claim was not written either (one transaction): another
-                    # instance may fire this tick, so this one neither fires nor logs it.
-                    log.error("workflow %d tick %s not fired: claim failed (%s)",
-                              workflow.workflow_id, nominal, type(exc).__name__)
-                    return None
             outcome, error = "error", f"{type(exc).__name__}: {exc}"
             log.exception("workflow %d firing failed", workflow.workflow_id)
         await self._log(job_id(workflow.workflow_id), workflow.workflow_id, run_id, trigger, nominal, fired_at, outcome, error)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from typing import Any
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, make_url, select
@@ -145,6 +146,72 @@ async def test_a_write_answers_its_waiters_in_slices_the_loop_runs_between(tmp_p
         assert seen < 1000 and seen <= 2 * RELEASE_SLICE, timeline
         async with sql.engine.connect() as conn:
             assert (await conn.execute(select(table.c.k))).scalars().all() == list(range(1000))
+    finally:
+        await writer.close()
+        await sql.close()
+
+
+async def _sqlite_rows(tmp_path: Any) -> tuple[SqlStore, Table]:
+    sql = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'gc-rows.sqlite3'}")
+    table = Table("rows", MetaData(), Column("k", Integer, primary_key=True), Column("v", String(40)))
+    async with sql.engine.begin() as conn:
+        await conn.run_sync(table.metadata.create_all)
+    return sql, table
+
+
+async def test_a_lowered_commit_timeout_bounds_the_next_wait(tmp_path: Any) -> None:
+    """The wait bound is read per wait: lowered at run time, a new wait gives up
+    after the new bound, not behind an older wait's deadline."""
+    sql, table = await _sqlite_rows(tmp_path)
+    gate = asyncio.Event()
+
+    async def write(keys: set[int]) -> None:
+        await gate.wait()  # the store is slow: this write is in flight
+        async with sql.engine.begin() as conn:
+            await conn.execute(table.insert(), [{"k": k, "v": "x"} for k in sorted(keys)])
+
+    writer: GroupCommit[int] = GroupCommit("lowered", write, commit_timeout=5.0, write_timeout=30.0)
+    writer.start()
+    try:
+        writer.mark(1)
+        first = writer.commit_future([1])
+        await asyncio.sleep(0.05)
+        writer.commit_timeout = 0.2
+        writer.mark(2)
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match="not stored within 0.2 s"):
+            await writer.commit([2])
+        assert time.monotonic() - started < 1.5
+        gate.set()
+        await first
+        await writer.commit([2])  # kept, written once the store answers
+    finally:
+        await writer.close()
+        await sql.close()
+
+
+async def test_waiters_of_a_write_that_succeeded_are_not_expired_while_answered(tmp_path: Any) -> None:
+    """A write that ends just before its waiters' deadline: answering 400 of them in
+    slices crosses the deadline, and every one is still told it is stored."""
+    sql, table = await _sqlite_rows(tmp_path)
+
+    async def write(keys: set[int]) -> None:
+        await asyncio.sleep(0.25)
+        async with sql.engine.begin() as conn:
+            await conn.execute(table.insert(), [{"k": k, "v": "x"} for k in sorted(keys)])
+
+    writer: GroupCommit[int] = GroupCommit("deadline", write, commit_timeout=0.4)
+    writer.start()
+    try:
+        futures = []
+        for key in range(400):
+            writer.mark(key)
+            future = writer.commit_future([key])
+            # Each acknowledgement costs ~1 ms of the loop: answering all takes ~0.4 s.
+            future.add_done_callback(lambda f: time.sleep(0.001))
+            futures.append(future)
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        assert [o for o in outcomes if o is not None] == []
     finally:
         await writer.close()
         await sql.close()

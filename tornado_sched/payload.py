@@ -5,7 +5,7 @@ Whatever it returns can reach MongoDB, SQL and the log without surprises: nestin
 most MAX_DEPTH deep (Python's decoder would raise RecursionError at ~1,000 and the
 stores choke well before), no NaN or Infinity (not JSON, and not comparable), integers
 within 64 bits (BSON and BIGINT hold them), strings and keys that encode to UTF-8 (no
-lone surrogates such as "\\ud800"). A violation raises `PayloadError`
+lone surrogates such as "\\ud800") and hold no NUL. A violation raises `PayloadError`
 naming where it is (`args.a[3]`), which handlers turn into a 400 or an error frame.
 """
 
@@ -23,10 +23,11 @@ INT_MAX = 2**63 - 1
 # A JSON number longer than this is not a 64-bit integer or a sane float; refuse it
 # before int() spends quadratic time on it.
 _MAX_NUMBER_CHARS = 400
-# Lone surrogates cannot be encoded to UTF-8 by any store driver. Control characters
-# (NUL included) are each field's business: names refuse them (text.py), free text
-# such as a result message may carry them.
-_BAD_TEXT = re.compile("[\ud800-\udfff]")
+# Lone surrogates cannot be encoded to UTF-8 by any store driver, and NUL ends a
+# string in C code that reads it back (drivers, log tools, the email API). Other
+# control characters are each field's business: names refuse them (text.py), free
+# text such as a result message may carry them.
+_BAD_TEXT = re.compile("[\ud800-\udfff\x00]")
 
 
 class PayloadError(ValueError):
@@ -183,8 +184,10 @@ def _find_problem(value: Any, where: str) -> None:
 
 
 def check_text(text: str, where: str, max_len: int | None = None) -> str:
-    """A string that may reach a store: no lone surrogate, bounded length."""
+    """A string that may reach a store: no lone surrogate, no NUL, bounded length."""
     if _BAD_TEXT.search(text):
+        if "\x00" in text:
+            raise PayloadError(where, "contains a NUL character")
         raise PayloadError(where, "contains a lone surrogate (not valid UTF-8)")
     if max_len is not None and len(text) > max_len:
         raise PayloadError(where, f"longer than {max_len} characters")

@@ -33,6 +33,7 @@ WORKFLOW_CASES = [
     ("lone surrogate in name", lambda h: _workflow(h, name='"x\\ud800"').replace(b'"name": "hostile", ', b""), "name"),
     ("lone surrogate in args", lambda h: _workflow(h, '{"s": "\\udfff"}'), "execute_modules"),
     ("lone surrogate in a key", lambda h: _workflow(h, '{"\\ud800": 1}'), "execute_modules"),
+    ("NUL in args", lambda h: _workflow(h, '{"s": "a\\u0000b"}'), "execute_modules"),
     ("args over 65,535 bytes as JSON", lambda h: _workflow(h, '{"s": "' + "x" * 70_000 + '"}'), "execute_modules"),
     ("20,000-character timezone", lambda h: _workflow(h, timezone=json.dumps("A" * 20_000)), "timezone"),
     ("1e30-sized integer in args", lambda h: _workflow(h, '{"n": ' + "1" + "0" * 30 + "}"), "body"),
@@ -105,6 +106,7 @@ async def test_register_refuses_deep_requirements_and_nul(server: RunningServer)
 HOSTILE_FRAMES = [
     ("nested 10,000 deep", '{"type": "result", "status": "success", "message": ' + DEEP + "}"),
     ("lone surrogate", '{"type": "result", "status": "success", "message": "\\ud800"}'),
+    ("NUL in the message", '{"type": "result", "status": "success", "message": "a\\u0000b"}'),
     ("NaN", '{"type": "result", "status": "success", "message": NaN}'),
     ("1e30 integer", '{"type": "result", "status": "success", "workflow_id": 1' + "0" * 30 + "}"),
     ("1e400", '{"type": "result", "status": "success", "message": {"x": 1e400}}'),

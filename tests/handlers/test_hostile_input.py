@@ -141,8 +141,10 @@ async def test_control_characters_are_refused_in_names(server: RunningServer, na
     assert status == 400 and env["result"] == {"field": "name"}, env
     # (Tornado itself turns NUL and most C0 characters in query arguments into spaces;
     # a JSON body hands them over as they are.)
-    status, env = await server.api("/module/register", "POST", auth=None,
-                                   json_body={"name": name, "token": REGISTRATION_TOKEN})
+    # The token in the header: a NUL is refused by the edge reader with the whole body
+    # (as a lone surrogate is), so a token inside that body would not be read.
+    status, env = await server.api("/module/register", "POST", auth=None, json_body={"name": name},
+                                   headers={"X-Registration-Token": REGISTRATION_TOKEN})
     assert status == 400 and env["result"] == {"field": "name"}, env
     if any(c in name for c in "\t\r\n"):
         status, env = await server.api("/module/register?" + urlencode({"name": name, "token": REGISTRATION_TOKEN}),

@@ -7,6 +7,7 @@ Application listening on a free loopback port, reached with Tornado's HTTP clien
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import socket
@@ -76,6 +77,27 @@ async def _drop_mariadb(admin_url: str, name: str) -> None:
     async with engine.begin() as conn:
         await conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
     await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def proxied_mariadb_store(admin_url: str) -> AsyncIterator[tuple[Any, Any]]:
+    """(SqlStore, TcpProxy): a fresh MariaDB database with its schema, reached through
+    a proxy a test can cut or hang; closed and dropped afterwards."""
+    from tests.support.tcpproxy import TcpProxy
+    from tornado_sched.stores import SqlStore
+
+    name, url = await _fresh_mariadb(admin_url)
+    target = make_url(url)
+    proxy = TcpProxy(target.host or "127.0.0.1", target.port or 3306)
+    await proxy.start()
+    sql = SqlStore(target.set(port=proxy.port).render_as_string(hide_password=False))
+    try:
+        await sql.create_schema()
+        yield sql, proxy
+    finally:
+        await sql.close()
+        await proxy.close()
+        await _drop_mariadb(admin_url, name)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)])

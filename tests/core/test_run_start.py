@@ -7,28 +7,18 @@ from __future__ import annotations
 import asyncio
 import json
 
-from sqlalchemy import make_url
-
-from tests.conftest import _drop_mariadb, _fresh_mariadb
+from tests.conftest import proxied_mariadb_store
 from tests.core.test_runs_history import RecordingSocket, _online_modules, _workflow
-from tests.support.tcpproxy import TcpProxy
 from tornado_sched.clock import utcnow
 from tornado_sched.history import RunHistory
 from tornado_sched.protocol import ResultMessage
 from tornado_sched.runs import RunTracker
-from tornado_sched.stores import SqlStore
 
 from .conftest import Core
 
 
 async def test_a_step_is_not_sent_before_its_frame_is_out(core: Core, mariadb_admin_url: str) -> None:
-    name, url = await _fresh_mariadb(mariadb_admin_url)
-    target = make_url(url)
-    proxy = TcpProxy(target.host or "127.0.0.1", target.port or 3306)
-    await proxy.start()
-    sql = SqlStore(target.set(port=proxy.port).render_as_string(hide_password=False))
-    try:
-        await sql.create_schema()
+    async with proxied_mariadb_store(mariadb_admin_url) as (sql, proxy):
         history = RunHistory(sql)
         runs = RunTracker(history, core.registry, core.workflows, core.hub, core.events, "")
         await runs.start()
@@ -58,7 +48,3 @@ async def test_a_step_is_not_sent_before_its_frame_is_out(core: Core, mariadb_ad
         stored = await history.get(started.run_id)
         assert stored is not None and (stored.steps[0].status, stored.steps[0].attempts) == ("sent", 1)
         await runs.close()
-    finally:
-        await sql.close()
-        await proxy.close()
-        await _drop_mariadb(mariadb_admin_url, name)

@@ -9,10 +9,9 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import make_url, select
+from sqlalchemy import select
 
-from tests.conftest import _drop_mariadb, _fresh_mariadb
-from tests.support.tcpproxy import TcpProxy
+from tests.conftest import proxied_mariadb_store
 from tornado_sched.clock import utcnow
 from tornado_sched.history import RunHistory
 from tornado_sched.runs import RunTracker
@@ -111,13 +110,7 @@ async def test_in_a_cluster_a_tick_that_cannot_be_claimed_is_not_fired(
     """Cluster mode (an instance name): with MySQL unreachable the claim cannot be
     written, and the tick is not fired, since another instance may have fired it;
     it is logged. Nothing was written, so once MySQL is back the claim can be won."""
-    name, url = await _fresh_mariadb(mariadb_admin_url)
-    target = make_url(url)
-    proxy = TcpProxy(target.host or "127.0.0.1", target.port or 3306)
-    await proxy.start()
-    sql = SqlStore(target.set(port=proxy.port).render_as_string(hide_password=False))
-    try:
-        await sql.create_schema()
+    async with proxied_mariadb_store(mariadb_admin_url) as (sql, proxy):
         runs = RunTracker(RunHistory(sql), core.registry, core.workflows, core.hub, core.events, "i1")
         await runs.start()
         scheduler = WorkflowScheduler(core.docs, sql, core.workflows, runs, "UTC", 90, events=core.events,
@@ -137,7 +130,3 @@ async def test_in_a_cluster_a_tick_that_cannot_be_claimed_is_not_fired(
             claims = (await conn.execute(select(tick_claims.c.instance))).all()
         assert [c.instance for c in claims] == ["i1"]
         await runs.close()
-    finally:
-        await sql.close()
-        await proxy.close()
-        await _drop_mariadb(mariadb_admin_url, name)

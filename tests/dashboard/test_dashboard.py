@@ -6,8 +6,10 @@ test-artifacts/screenshots/."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -232,6 +234,26 @@ def _need_chromium() -> None:
         pytest.skip("chromium not installed (run .ci/browser.sh)")
 
 
+@contextlib.asynccontextmanager
+async def admin_page(problems: list[str], width: int = 1366, height: int = 860) -> AsyncIterator[Any]:
+    """A headless Chromium page signed in as the admin (Basic), in English. Console
+    errors and page errors are appended to `problems`; the browser is closed after."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = await browser.new_context(http_credentials={"username": ADMIN[0], "password": ADMIN[1]},
+                                                viewport={"width": width, "height": height}, locale="en-US")
+            page = await context.new_page()
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            yield page
+            await context.close()
+        finally:
+            await browser.close()
+
+
 async def _answer_execute(module: WebSocketClientConnection) -> dict[str, Any]:
     """The test module: read one execute command, answer success echoing run_id."""
     command = json.loads(await asyncio.wait_for(module.read_message(), 10))
@@ -250,21 +272,12 @@ async def _answer_execute(module: WebSocketClientConnection) -> dict[str, Any]:
 @pytest.mark.timeout(180)
 async def test_operator_flow_in_chromium(server: RunningServer) -> None:
     _need_chromium()
-    from playwright.async_api import async_playwright, expect
+    from playwright.async_api import expect
 
     SHOTS.mkdir(parents=True, exist_ok=True)
     base = server.base_url
     problems: list[str] = []
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        context = await browser.new_context(
-            http_credentials={"username": ADMIN[0], "password": ADMIN[1]},
-            viewport={"width": 1440, "height": 900},
-            locale="en-US",
-        )
-        page = await context.new_page()
-        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: problems.append(str(e)))
+    async with admin_page(problems, 1440, 900) as page:
 
         async def shot(name: str) -> None:
             await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True, animations="disabled")
@@ -354,9 +367,6 @@ async def test_operator_flow_in_chromium(server: RunningServer) -> None:
         await expect(page.get_by_role("heading", name="模块", level=1)).to_be_visible()
         await page.goto(base + "/")
         await shot("overview-zh")
-
-        await context.close()
-        await browser.close()
     csp = [p for p in problems if "Content Security Policy" in p or "Refused" in p]
     assert not csp, csp
     # The one expected error: the form re-rendered with its validation message is a 400.

@@ -11,8 +11,8 @@ import re
 from typing import Any
 from urllib.parse import urlencode
 
-from tests.conftest import ADMIN, RunningServer
-from tests.dashboard.test_dashboard import CHROMIUM, CHROMIUM_ARGS, _need_chromium
+from tests.conftest import RunningServer
+from tests.dashboard.test_dashboard import _need_chromium, admin_page
 from tests.flows.support import create_workflow, execute, wait_run, workflow_body
 from tests.flows.test_data_order_api import register_with
 from tests.flows.test_data_order_runs import chain, result_with_output
@@ -131,20 +131,14 @@ async def test_form_refuses_a_cycle_at_the_order_field(server: RunningServer) ->
 async def test_plan_nodes_recolour_live_in_chromium(server: RunningServer) -> None:
     """live.js recolours the SVG's nodes from /dashboard/live as steps move, with no reload."""
     _need_chromium()
-    from playwright.async_api import async_playwright, expect
+    from playwright.async_api import expect
 
     fetch, features, model = await chain(server)
     wid = await create_workflow(server, workflow_body(modules=[fetch.hash, features.hash, model.hash], order="data"))
     run_id = await execute(server, wid)
     first = await fetch.recv_execute()
     problems: list[str] = []
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        context = await browser.new_context(http_credentials={"username": ADMIN[0], "password": ADMIN[1]},
-                                            viewport={"width": 1366, "height": 860}, locale="en-US")
-        page = await context.new_page()
-        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: problems.append(str(e)))
+    async with admin_page(problems) as page:
         await page.goto(f"{server.base_url}/history/{run_id}")
         await expect(page.locator("#live-state")).to_have_attribute("data-state", "open", timeout=10_000)
         await page.evaluate("window.__notReloaded = true")
@@ -165,7 +159,5 @@ async def test_plan_nodes_recolour_live_in_chromium(server: RunningServer) -> No
         await expect(node(2)).to_have_attribute("data-status", "upstream_failed", timeout=5_000)
         await expect(node(2)).to_have_attribute("class", "node node--bad")
         assert await page.evaluate("window.__notReloaded === true")
-        await context.close()
-        await browser.close()
     assert not problems, problems
     await model.no_message(0.1)

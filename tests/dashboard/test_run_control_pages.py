@@ -13,13 +13,12 @@ from urllib.parse import urlencode
 import pytest
 from tornado.websocket import websocket_connect
 
-from tests.conftest import ADMIN, RunningServer
+from tests.conftest import RunningServer
 from tests.dashboard.test_dashboard import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     SHOTS,
     _live_request,
     _need_chromium,
+    admin_page,
     no_follow,
     session_cookie,
 )
@@ -157,7 +156,7 @@ async def test_a_chatty_module_does_not_flood_the_live_socket(server: RunningSer
 @pytest.mark.timeout(120)
 async def test_progress_moves_and_cancel_and_rerun_in_chromium(server: RunningServer) -> None:
     _need_chromium()
-    from playwright.async_api import async_playwright, expect
+    from playwright.async_api import expect
 
     SHOTS.mkdir(parents=True, exist_ok=True)
     module = await Module.online(server, "browser-progress")
@@ -166,13 +165,7 @@ async def test_progress_moves_and_cancel_and_rerun_in_chromium(server: RunningSe
     command = await module.recv_execute()
     assert module.ws is not None
     problems: list[str] = []
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        context = await browser.new_context(http_credentials={"username": ADMIN[0], "password": ADMIN[1]},
-                                            viewport={"width": 1366, "height": 860}, locale="en-US")
-        page = await context.new_page()
-        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: problems.append(str(e)))
+    async with admin_page(problems) as page:
         await page.goto(f"{server.base_url}/history/{run_id}")
         await expect(page.locator("#live-state")).to_have_attribute("data-state", "open", timeout=10_000)
         await page.evaluate("window.__notReloaded = true")
@@ -206,6 +199,4 @@ async def test_progress_moves_and_cancel_and_rerun_in_chromium(server: RunningSe
         assert again["meta"]["run_id"] == new_id and again["args"] == command["args"]
         await expect(page.get_by_text("Re-run of")).to_be_visible()
         await page.screenshot(path=str(SHOTS / "run-rerun.png"), full_page=True, animations="disabled")
-        await context.close()
-        await browser.close()
     assert not problems, problems

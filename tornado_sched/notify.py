@@ -22,7 +22,7 @@ import html
 import json
 import logging
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import exists, func, insert, or_, select, update
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
@@ -52,6 +52,15 @@ POLL_SECONDS = 5.0
 # has them whole), so a combined notice holds at least a few failures, and a notice
 # never outgrows its payload column (MySQL/MariaDB TEXT: TEXT_LIMIT_BYTES).
 FACT_LIMIT_BYTES = 16 * 1024
+
+
+class NoticeSubject(NamedTuple):
+    """What an outbox item needs of its run. Kept items hold this, not the Run: up to
+    DEFAULT_LIMIT of them may wait for SQL, and a run carries every step's output and
+    log tail."""
+
+    workflow_id: int
+    workflow_name: str
 
 
 def backoff_seconds(attempts: int, base: float = BASE_BACKOFF) -> float:
@@ -109,28 +118,32 @@ class Notifier:
         self._sender = asyncio.ensure_future(self._send_loop())
 
     async def close(self) -> None:
-        self._unsubscribe()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        if not self._sql.stalled:  # one that just left a wait unanswered would only delay the stop
-            await self._retry_backlog()
-        if self._sender is not None:
-            # Let a send in flight finish and be marked (bounded by the HTTP timeout):
-            # cancelling it after delivery would send the same message again after
-            # the restart.
-            self._closing = True
-            self._wake.set()
-            try:
-                await asyncio.wait_for(asyncio.shield(self._sender), self._settings.email_timeout_seconds + 2)
-            except TimeoutError:
-                self._sender.cancel()
+        try:
+            self._unsubscribe()
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            if not self._sql.stalled:  # one that just left a wait unanswered would only delay the stop
+                await self._retry_backlog()
+            if self._sender is not None:
+                # Let a send in flight finish and be marked (bounded by the HTTP timeout):
+                # cancelling it after delivery would send the same message again after
+                # the restart.
+                self._closing = True
+                self._wake.set()
                 try:
-                    await self._sender
-                except asyncio.CancelledError:
+                    await asyncio.wait_for(asyncio.shield(self._sender), self._settings.email_timeout_seconds + 2)
+                except TimeoutError:
                     pass
-        if self._backlog:
-            log.error("%d notification(s) not written to the outbox at shutdown (SQL unavailable): lost",
-                      len(self._backlog))
+                finally:
+                    # Also when the stop's budget cancels this wait: the sender must
+                    # not outlive the stores it writes to.
+                    if not self._sender.done():
+                        self._sender.cancel()
+                        await asyncio.wait({self._sender}, timeout=1.0)
+        finally:
+            if self._backlog:
+                log.error("%d notification(s) not written to the outbox at shutdown (SQL unavailable): lost",
+                          len(self._backlog))
 
     def _channels(self) -> list[tuple[str, bool]]:
         """(channel, configured) for every channel that should get a row."""
@@ -173,7 +186,8 @@ class Notifier:
         fact = fit_fact(fact)
         async with self._lock:
             for channel, configured in self._channels():
-                await self._write_or_keep(("fact", run, channel, configured, fact))
+                await self._write_or_keep(("fact", NoticeSubject(run.workflow_id, run.workflow_name), channel,
+                                           configured, fact))
         self._wake.set()
 
     async def _write_or_keep(self, item: tuple[Any, ...]) -> bool:
@@ -233,7 +247,7 @@ class Notifier:
             if written:
                 log.info("%s: wrote %d kept notification(s) after an outage", self.name, written)
 
-    async def _add_fact(self, run: Run, channel: str, configured: bool, fact: dict[str, Any]) -> None:
+    async def _add_fact(self, run: NoticeSubject, channel: str, configured: bool, fact: dict[str, Any]) -> None:
         now = utcnow()
         key = (run.workflow_id, channel)
         held = self._open_rows.get(key)
@@ -278,13 +292,19 @@ class Notifier:
         }
         async with self._lock:
             for channel, configured in self._channels():
-                await self._write_or_keep(("recovery", run, channel, configured, payload))
-                self._open_rows.pop((run.workflow_id, channel), None)
-                self._last_failure.pop((run.workflow_id, channel), None)
+                await self._write_or_keep(("recovery", NoticeSubject(run.workflow_id, run.workflow_name), channel,
+                                           configured, payload))
         self._wake.set()
 
-    async def _insert_recovery(self, run: Run, channel: str, configured: bool, payload: dict[str, Any]) -> None:
+    async def _insert_recovery(
+        self, run: NoticeSubject, channel: str, configured: bool, payload: dict[str, Any]
+    ) -> None:
         await self._insert(channel, "recovery", run.workflow_id, payload, configured, utcnow())
+        # The failure notice the recovery ends is closed when the recovery is stored,
+        # not when it is kept during an outage: a failure kept behind it must open a
+        # new notice, not join the one from before the recovery.
+        self._open_rows.pop((run.workflow_id, channel), None)
+        self._last_failure.pop((run.workflow_id, channel), None)
 
     async def _insert(self, channel: str, kind: str, workflow_id: int, payload: dict[str, Any],
                       configured: bool, due: datetime) -> int:

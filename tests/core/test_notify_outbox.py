@@ -22,7 +22,7 @@ from tests.core.conftest import Core
 from tests.core.test_pending import _unreachable
 from tests.flows.support import wait_until
 from tornado_sched.clock import utcnow
-from tornado_sched.events import STEP_FAILED
+from tornado_sched.events import RUN_FINISHED, STEP_FAILED
 from tornado_sched.notify import FACT_LIMIT_BYTES, Notifier
 from tornado_sched.protocol import TEXT_LIMIT_BYTES
 from tornado_sched.run_state import Run, Step
@@ -160,3 +160,39 @@ def _has_failures(sql: SqlStore, count: int) -> Any:
         rows = await _rows(sql)
         return sum(len(json.loads(r.payload)["failures"]) for r in rows) >= count
     return check
+
+
+def _finish(core: Core, workflow_id: int, status: str) -> None:
+    """Publish the end of a new run of `workflow_id` with `status`."""
+    run = Run(run_id=uuid.uuid4().hex, workflow_id=workflow_id, workflow_name=f"wf-{workflow_id}",
+              trigger="manual", nominal_time=utcnow(), timezone="Asia/Shanghai", fired_at=utcnow(),
+              steps=[], status=status)
+    core.events.publish(RUN_FINISHED, {"run": run})
+
+
+async def test_a_failure_after_a_recovery_kept_in_an_outage_starts_a_new_notice(
+    core: Core, sql: SqlStore, sql_url: str, tmp_path: Path, docserver_uri: str,
+) -> None:
+    """Fail, fail, recover, fail again, all kept while SQL is away: written later, the
+    last failure is a notice of its own after the recovery, not a follow-up of the
+    failures before it (which would reach the operator before "recovered")."""
+    notifier = await _notifier(core, sql, tmp_path, docserver_uri)
+    real, sql.engine = sql.engine, create_async_engine(_unreachable(sql_url))
+    broken = sql.engine
+    try:
+        first = _fail(core, 1)
+        second = _fail(core, 1)
+        _finish(core, 1, "failure")
+        _finish(core, 1, "success")
+        again = _fail(core, 1)
+        await wait_until(lambda: notifier.kept == 4)
+        sql.engine = real
+        await wait_until(lambda: notifier.kept == 0)
+        rows = [(r.kind, [f["run_id"] for f in json.loads(r.payload).get("failures", [])]) for r in await _rows(sql)]
+        recovery = rows.index(("recovery", []))
+        before = [run_id for kind, failures in rows[:recovery] for run_id in failures if kind == "failure"]
+        assert before == [first, second] and rows[recovery + 1:] == [("failure", [again])], rows
+    finally:
+        sql.engine = real
+        await broken.dispose()
+        await notifier.close()

@@ -154,8 +154,8 @@ class Cluster:
             if late:
                 log.warning("cluster: %d loop(s) still running at close; not waited for", len(late))
             for task in self._tasks:
-                if task.done() and not task.cancelled():
-                    task.exception()  # retrieved: a loop that failed was logged already
+                # Retrieved (now, or when a late loop ends): a loop that failed was logged already.
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
         self._tasks = []
         if self._redis is not None:
             with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
@@ -198,6 +198,8 @@ class Cluster:
     # -- liveness --------------------------------------------------------------------
     async def _beat(self) -> None:
         assert self._redis is not None
+        if self._closing:
+            return  # close() deletes our liveness: a late beat must not write it back
         info = json.dumps({"started_at": self.started_at})
         pipe = self._redis.pipeline(transaction=False)
         pipe.set(alive_key(self.instance), info, px=int(self._alive_ttl * 1000))

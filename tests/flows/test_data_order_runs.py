@@ -42,6 +42,18 @@ async def chain(server: RunningServer) -> tuple[Module, Module, Module]:
     return fetch, features, model
 
 
+async def chain_with_a_failed_middle(server: RunningServer) -> tuple[Module, Module, Module, int, str]:
+    """A data-ordered `chain` workflow and its first run, ended partial: fetch gave
+    "prices-v1", features failed ("flaky"), model was never sent."""
+    fetch, features, model = await chain(server)
+    wid = await create_workflow(server, workflow_body(modules=[fetch.hash, features.hash, model.hash], order="data"))
+    first = await execute(server, wid)
+    assert await result_with_output(fetch, await fetch.recv_execute(), "prices-v1") == "receive result"
+    assert await features.result(await features.recv_execute(), "failure", error="flaky") == "receive result"
+    assert (await wait_run(server, first))["status"] == "partial"
+    return fetch, features, model, wid, first
+
+
 async def result_with_output(module: Module, command: dict[str, Any], output: Any, status: str = "success") -> Any:
     """A result carrying `output` (our additive field); returns the server's answer."""
     meta = command["meta"]
@@ -313,12 +325,7 @@ async def test_hostile_outputs_get_an_error_frame_and_change_nothing(server: Run
 async def test_rerun_of_failed_steps_reruns_the_chain_behind_them_with_carried_outputs(
     server: RunningServer,
 ) -> None:
-    fetch, features, model = await chain(server)
-    wid = await create_workflow(server, workflow_body(modules=[fetch.hash, features.hash, model.hash], order="data"))
-    first = await execute(server, wid)
-    assert await result_with_output(fetch, await fetch.recv_execute(), "prices-v1") == "receive result"
-    assert await features.result(await features.recv_execute(), "failure", error="flaky") == "receive result"
-    assert (await wait_run(server, first))["status"] == "partial"
+    fetch, features, model, wid, first = await chain_with_a_failed_middle(server)
 
     status, env = await server.api(f"/runs/{first}/rerun", "POST", json_body={"steps": "failed"})
     assert status == 200, env
@@ -409,12 +416,7 @@ async def test_overlap_allow_runs_two_chains_side_by_side_each_fed_its_own_outpu
 async def test_rerun_after_the_module_list_changed_runs_only_the_failed_steps_in_their_own_order(
     server: RunningServer,
 ) -> None:
-    fetch, features, model = await chain(server)
-    wid = await create_workflow(server, workflow_body(modules=[fetch.hash, features.hash, model.hash], order="data"))
-    first = await execute(server, wid)
-    assert await result_with_output(fetch, await fetch.recv_execute(), "prices-v1") == "receive result"
-    assert await features.result(await features.recv_execute(), "failure", error="flaky") == "receive result"
-    assert (await wait_run(server, first))["status"] == "partial"
+    fetch, features, model, wid, first = await chain_with_a_failed_middle(server)
     # The steps are listed in another order now: the original run's steps no longer
     # line up with the workflow's, so nothing is carried over.
     status, env = await server.api(f"/workflow/{wid}", "PUT", json_body={"execute_modules": [

@@ -36,6 +36,7 @@ from tornado_sched.config import ConfigError, Settings, load_or_create_secret
 from tornado_sched.context import open_context
 from tornado_sched.docserver import EmbeddedDocumentServer
 from tornado_sched.errors import DomainError
+from tornado_sched.eventloop import CollectionPacer, new_event_loop
 from tornado_sched.logs import FILE_ONLY, configure_logging
 from tornado_sched.private import PRIVATE_UMASK
 from tornado_sched.registry import ModuleRegistry
@@ -93,10 +94,12 @@ async def serve(settings: Settings, command: str = "python run.py") -> None:
             sock.close()
         raise
     server = None
+    pacer = CollectionPacer(ctx.scheduler.next_fire_time)
     try:
         app = make_app(ctx)
         server = HTTPServer(app)
         server.add_sockets(sockets)
+        pacer.start()
         if ctx.generated_admin_password:
             # Printed once, to the console only: it never reaches the log file.
             print(
@@ -117,6 +120,7 @@ async def serve(settings: Settings, command: str = "python run.py") -> None:
     finally:
         if server is not None:
             server.stop()  # stop accepting first
+        await pacer.stop()
         await ctx.close()
         if server is not None:
             await server.close_all_connections()
@@ -228,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command == "serve":
             try:
-                asyncio.run(serve(settings, "python run.py" if parser.prog == "run.py" else parser.prog))
+                # A loop that hands out ready sockets in slices (tornado_sched/eventloop.py).
+                with asyncio.Runner(loop_factory=new_event_loop) as runner:
+                    runner.run(serve(settings, "python run.py" if parser.prog == "run.py" else parser.prog))
             except StartError as exc:
                 print(exc, file=sys.stderr)
                 return 2

@@ -51,7 +51,7 @@ class RunDetailHandler(ApiHandler):
     auth = "operator"
 
     async def get(self, run_id: str) -> None:
-        self.write_envelope((await self.ctx.runs.get(run_id)).public())
+        await self.write_envelope_sliced((await self.ctx.runs.get(run_id)).public(), "steps")
 
 
 class RunCancelHandler(ApiHandler):

@@ -36,7 +36,7 @@ from .errors import Unavailable, Unstorable
 log = logging.getLogger(__name__)
 
 # Waiters answered per loop iteration after a write (see GroupCommit._release).
-RELEASE_SLICE = 50
+RELEASE_SLICE = 25
 
 K = TypeVar("K", bound=Hashable)
 

@@ -58,7 +58,7 @@ STEP_UPSTREAM_FAILED = UPSTREAM_FAILED
 # A step key meaning "only the run row changed" (status, counters, reason).
 RUN_ROW = -1
 # How long a run start sends before it yields to the loop (see _dispatch_all).
-DISPATCH_SLICE_SECONDS = 0.005
+DISPATCH_SLICE_SECONDS = 0.002
 RERUN_CHOICES = ("failed", "all")
 # A run search by workflow name walks the history once per matched workflow; past
 # this many matches the operator is asked to type more of the name.

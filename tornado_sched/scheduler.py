@@ -226,6 +226,16 @@ class WorkflowScheduler:
         job = self._scheduler.get_job(job_id(workflow_id))
         return None if job is None else job.next_run_time
 
+    def next_fire_time(self) -> datetime | None:
+        """The earliest scheduled fire of any workflow (None: none is scheduled)."""
+        if self._scheduler is None:
+            return None
+        # get_jobs() comes sorted by next run time (paused jobs last).
+        for job in self._scheduler.get_jobs():
+            if job.id.startswith(JOB_PREFIX) and job.next_run_time is not None:
+                return job.next_run_time
+        return None
+
     # -- firing ----------------------------------------------------------------------
     async def _fire(self, workflow_id: int) -> None:
         task = asyncio.current_task()  # APScheduler runs each firing as a task

@@ -63,6 +63,18 @@ async def test_workflow_changes_reach_the_schedule_by_themselves(scheduled) -> N
     assert job_ids(scheduler) == set() and scheduler.next_run_time(workflow.workflow_id) is None
 
 
+async def test_next_fire_time_is_the_earliest_workflow_fire(scheduled) -> None:
+    core, scheduler, _sql = scheduled
+    assert scheduler.next_fire_time() is None  # the system jobs do not count
+    later = await core.workflows.create({"name": "later", "execute_cron_list": ["0 9 * * *"], "timezone": "UTC",
+                                         "execute_modules": await core.steps()})
+    sooner = await core.workflows.create({"name": "sooner", "execute_cron_list": ["* * * * *"], "timezone": "UTC",
+                                          "execute_modules": await core.steps()})
+    assert scheduler.next_fire_time() == scheduler.next_run_time(sooner.workflow_id)
+    await core.workflows.set_enabled(sooner.workflow_id, False)
+    assert scheduler.next_fire_time() == scheduler.next_run_time(later.workflow_id)
+
+
 async def test_a_disabled_workflow_is_not_scheduled_and_reload_agrees(scheduled) -> None:
     core, scheduler, _sql = scheduled
     on = await core.workflows.create({"name": "on", "execute_cron_list": ["0 9 * * *"],

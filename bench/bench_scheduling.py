@@ -4,8 +4,10 @@
     python bench/bench_scheduling.py              # ~4-5 min: 150 s of firings, 1,000 modules x 3
     python bench/bench_scheduling.py --under-load # lateness with 1,000 modules connected and fanning out
 
-(1) Lateness. Our server runs in this process (open_context + make_app on a free
-    port, MongoDB from the embedded nx-27017, SQLite system store), with K workflows
+(1) Lateness. Our server runs in this process as run.py serves it (open_context +
+    make_app on a free port, on eventloop.new_event_loop with a CollectionPacer;
+    --stock-loop: asyncio's default loop and CPython's own GC timing), MongoDB from
+    the embedded nx-27017, SQLite system store, with K workflows
     on `* * * * *` whose shifts (0, 60/K, ... s) spread the fires over the minute;
     one module (in a client subprocess) answers every command. After the run,
     lateness = run.fired_at - (nominal tick + shift), from the stored runs, and
@@ -15,6 +17,8 @@
     recording now - its scheduled time. With --under-load, the N modules of (2) are
     connected first and their workflow runs back to back (execute -> durable, 0.5 s
     pause) for the whole lateness window; the baseline process has no such load.
+    The client processes share the 2 cores with the server; --client-nice N runs
+    them at nice N, closer to production, where modules run on other machines.
 
 (2) A 1,000-module workflow to completion. N modules registered, N WebSockets held
     by client subprocesses (`websockets`), each answering `execute` with a success

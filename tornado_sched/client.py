@@ -60,7 +60,7 @@ from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect
 
 from .logs import short_secret
-from .protocol import OUTPUT_LIMIT_BYTES, RESULT_ACK
+from .protocol import CLOSE_DELETED, CLOSE_REPLACED, CLOSE_ROTATED, OUTPUT_LIMIT_BYTES, RESULT_ACK
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +92,8 @@ def step_inputs(meta: dict[str, Any]) -> dict[str, Any]:
 Handler = Callable[..., Awaitable[str | dict[str, Any] | StepResult | None]]
 MessageCallback = Callable[[str], Awaitable[None] | None]
 
-# Close codes the server uses (tornado_sched.hub / handlers.modules).
-CLOSE_REPLACED = 4000
-CLOSE_DELETED = 4404
-_CLOSE_REFUSED = (4401, 4403)
+# The hash is no credential any more (rotated), or the server refuses it.
+_CLOSE_REFUSED = (CLOSE_ROTATED, 4403)
 _NORMAL_CLOSE = 1000
 
 

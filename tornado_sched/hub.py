@@ -21,6 +21,7 @@ from .clock import read_datetime, utcnow
 from .errors import Conflict
 from .events import MODULE_OFFLINE, MODULE_ONLINE, EventBus
 from .logs import short_secret
+from .protocol import CLOSE_DELETED, CLOSE_REPLACED, CLOSE_SHUTDOWN, CLOSE_TOO_SLOW
 from .registry import ModuleRecord, ModuleRegistry
 from .stores import is_store_outage
 
@@ -29,12 +30,7 @@ if TYPE_CHECKING:  # cluster.py imports redis: only loaded when REDIS_URL is set
 
 log = logging.getLogger(__name__)
 
-CLOSE_REPLACED = 4000
-CLOSE_DELETED = 4404
-CLOSE_ROTATED = 4401  # the module's hash was rotated: the old one is no credential
-CLOSE_SHUTDOWN = 1001
-# The module does not read what it is sent: more than `max_queued_bytes` waited.
-CLOSE_TOO_SLOW = 4008
+# CLOSE_TOO_SLOW: more than `max_queued_bytes` waited for a module that does not read.
 TOO_SLOW_REASON = "too slow: the module stopped reading"
 
 

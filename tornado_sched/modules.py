@@ -14,7 +14,8 @@ from datetime import datetime
 from typing import Any
 
 from .errors import Invalid, NotFound
-from .hub import CLOSE_DELETED, CLOSE_ROTATED, ConnectionHub, ModuleSession
+from .hub import ConnectionHub, ModuleSession
+from .protocol import CLOSE_DELETED, CLOSE_ROTATED
 from .registry import ModuleRecord, ModuleRegistry, validate_hash
 from .workflows import Workflow, WorkflowStore
 

@@ -13,7 +13,7 @@ import pytest
 from tests.support.rawclient import eventually
 from tornado_sched.errors import Conflict, Invalid, NotFound
 from tornado_sched.events import MODULE_OFFLINE, MODULE_ONLINE
-from tornado_sched.hub import CLOSE_DELETED, CLOSE_REPLACED
+from tornado_sched.protocol import CLOSE_DELETED, CLOSE_REPLACED
 
 from .conftest import Core
 

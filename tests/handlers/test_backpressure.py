@@ -18,7 +18,7 @@ from tests.flows.support import wait_until
 from tests.support.rawclient import eventually, open_socket, receive, register
 from tests.support.stalled import open_stalled, read_to_end
 from tornado_sched.config import ConfigError, Settings
-from tornado_sched.hub import CLOSE_TOO_SLOW
+from tornado_sched.protocol import CLOSE_TOO_SLOW
 
 CAP = 256 * 1024
 CHUNK = "x" * (64 * 1024)

@@ -71,9 +71,9 @@ async def test_data_ordered_frames_match_the_asyncapi_document(server: RunningSe
 
 
 def test_every_close_code_the_server_uses_is_documented() -> None:
-    from tornado_sched import hub
+    from tornado_sched import protocol
 
     description = yaml.safe_load((ROOT / "docs" / "asyncapi.yaml").read_text())["info"]["description"]
-    codes = {value for name, value in vars(hub).items() if name.startswith("CLOSE_")}
+    codes = {value for name, value in vars(protocol).items() if name.startswith("CLOSE_")}
     assert {4000, 4008, 4401, 4404, 1001} <= codes
     assert not [code for code in codes if str(code) not in description], description

@@ -153,18 +153,19 @@ class BaseHandler(OperatorAuthMixin, tornado.web.RequestHandler):
     def write_envelope(
         self, result: Any = None, *, code: str = SUCCESS_CODE, message: str = SUCCESS_MESSAGE
     ) -> None:
+        self.finish(to_json({"code": code, "message": message, "result": self._visible(result)}))
+
+    def _visible(self, result: Any) -> Any:
+        """The result as this caller may see it, with the JSON content type set."""
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         if self.current_user is not None and not self.current_user.is_admin:
-            result = mask_secrets(result)
-        self.finish(to_json({"code": code, "message": message, "result": result}))
+            return mask_secrets(result)
+        return result
 
     async def write_envelope_sliced(self, result: dict[str, Any], key: str) -> None:
         """`write_envelope` for a result holding one long list under `key` (a run's
         steps), encoded in slices with the loop free in between (to_json_sliced)."""
-        self.set_header("Content-Type", "application/json; charset=UTF-8")
-        if self.current_user is not None and not self.current_user.is_admin:
-            result = mask_secrets(result)
-        envelope = {"code": SUCCESS_CODE, "message": SUCCESS_MESSAGE, "result": result}
+        envelope = {"code": SUCCESS_CODE, "message": SUCCESS_MESSAGE, "result": self._visible(result)}
         self.finish(await to_json_sliced(envelope, "result", key))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:

@@ -30,7 +30,6 @@ if TYPE_CHECKING:  # cluster.py imports redis: only loaded when REDIS_URL is set
 
 log = logging.getLogger(__name__)
 
-# CLOSE_TOO_SLOW: more than `max_queued_bytes` waited for a module that does not read.
 TOO_SLOW_REASON = "too slow: the module stopped reading"
 
 

@@ -35,7 +35,7 @@ OUTPUT_LIMIT_BYTES = 64 * 1024
 # WebSocket close codes the server sends; the SDK (client.py) acts on each.
 CLOSE_SHUTDOWN = 1001
 CLOSE_REPLACED = 4000  # another socket connected with the same hash
-CLOSE_TOO_SLOW = 4008  # the module stopped reading what it is sent
+CLOSE_TOO_SLOW = 4008  # more than the queue bound waited: the module stopped reading
 CLOSE_ROTATED = 4401  # the module's hash was rotated: the old one is no credential
 CLOSE_DELETED = 4404  # an operator deleted the module
 

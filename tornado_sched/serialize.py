@@ -44,21 +44,25 @@ _PLACEHOLDER = "\0sliced"
 _ENCODED_PLACEHOLDER = json.dumps(_PLACEHOLDER)
 
 
-async def to_json_sliced(value: dict[str, Any], key: str, inner: str | None = None) -> str:
-    """`to_json(value)`, where `value[key]` (or `value[key][inner]`) is a long list
-    (a run's steps): the list is encoded ITEMS_PER_SLICE items at a time with the loop
+async def to_json_sliced(value: dict[str, Any], *path: str) -> str:
+    """`to_json(value)`, where the list at `value[path[0]][path[1]]...` is long (a
+    run's steps): the list is encoded ITEMS_PER_SLICE items at a time with the loop
     free in between, so a 10,000-step run does not hold every timer back while it is
     encoded. The text is the same as to_json's."""
-    holder = value[key] if inner is not None else value
-    name = inner if inner is not None else key
-    items = holder.get(name) if isinstance(holder, dict) else None
+    items: Any = value
+    for key in path:
+        items = items.get(key) if isinstance(items, dict) else None
     if not isinstance(items, list) or len(items) <= ITEMS_PER_SLICE:
         return to_json(value)
-    shell = {**holder, name: _PLACEHOLDER}
-    head = to_json({**value, key: shell} if inner is not None else shell)
+    head = to_json(_with_placeholder(value, path))
     parts = []
     for start in range(0, len(items), ITEMS_PER_SLICE):
         parts.append(to_json(items[start:start + ITEMS_PER_SLICE])[1:-1])
         await asyncio.sleep(0)
     before, after = head.split(_ENCODED_PLACEHOLDER, 1)
     return before + "[" + ", ".join(parts) + "]" + after
+
+
+def _with_placeholder(value: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+    key, *rest = path
+    return {**value, key: _with_placeholder(value[key], tuple(rest)) if rest else _PLACEHOLDER}

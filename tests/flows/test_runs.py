@@ -382,3 +382,22 @@ async def test_a_started_run_is_stored_as_dispatched(server: RunningServer) -> N
     assert stored["status"] == "partial"
     assert [s["status"] for s in stored["steps"]] == ["success", "offline"]
     online.close()
+
+
+async def test_a_run_longer_than_one_slice_reads_back_whole_and_in_order(server: RunningServer) -> None:
+    """GET /runs/<id> encodes a long step list in slices (serialize.to_json_sliced):
+    over HTTP the answer is every step, in order, as one canonical JSON text."""
+    from tornado_sched.serialize import ITEMS_PER_SLICE, to_json
+
+    hashes = await asyncio.gather(*(register(server, f"slice-{i}") for i in range(ITEMS_PER_SLICE + 51)))
+    wid = await create_workflow(server, on_demand(list(hashes)))
+    run_id = await execute(server, wid)
+    await wait_run(server, run_id)  # every module is offline: the run fails at once
+    response = await server.fetch(f"/runs/{run_id}")
+    assert response.code == 200
+    text = response.body.decode()
+    envelope = json.loads(text)
+    steps = envelope["result"]["steps"]
+    assert [s["module_hash"] for s in steps] == list(hashes)
+    assert [s["index"] for s in steps] == list(range(len(hashes)))
+    assert to_json(envelope) == text

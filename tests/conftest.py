@@ -28,10 +28,16 @@ from handlers.app import make_app
 from tornado_sched.config import Settings
 from tornado_sched.context import AppContext, open_context
 from tornado_sched.docserver import EmbeddedDocumentServer
+from tornado_sched.eventloop import new_event_loop
 
 ADMIN = ("admin", "admin-password-1")
 MARIADB_URL = os.environ.get("MYSQL_TEST_URL", "mysql+aiomysql://root@127.0.0.1:3306/test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """Every async test runs on the loop run.py serves on (timers first, a capped poll)."""
+    return {"server-loop": new_event_loop}
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,11 @@ a cron tick 100-200 ms late while 1,000 modules answered a fan-out (bench/README
   garbage), turns the automatic full collection off and runs it itself, at most every
   `interval` seconds and only in a gap between scheduled fires.
 
+* asyncio puts a timer that has come due behind every callback already queued, and
+  the task it starts behind the next iteration's queue: a fire waited for two or
+  three busy iterations. `ServerEventLoop` lets the scheduler's timer and the firing
+  it starts go to the front of the queue (scheduler.py's `PromptTornadoScheduler`).
+
 The young generations (0 and 1, a few milliseconds each) stay automatic.
 """
 
@@ -23,17 +28,21 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import heapq
 import logging
 import math
 import select
 import selectors
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime
+from typing import Any, TypeVar
 
 from .clock import utcnow
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 # 32 reads plus the messages they bring are a few milliseconds of work; 64 made
 # lateness p99 under a back-to-back fan-out ~10 ms worse (bench/README.md).
@@ -79,12 +88,73 @@ if hasattr(selectors, "EpollSelector"):
             return ready
 
 
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """The server's loop: asyncio's selector loop on a `FairEpollSelector` where epoll
-    exists (Linux), the default loop elsewhere."""
+class ServerEventLoop(asyncio.SelectorEventLoop):
+    """asyncio's selector loop, where a timer can be marked as one that must run on
+    time (`call_later_first`), and a task as one that must start at once
+    (`create_task_first`).
+
+    Stock asyncio moves a timer that has come due to the end of its ready queue,
+    behind every callback queued before it (under a fan-out: hundreds of socket reads
+    and the task steps they wake), and a task's first step waits for the next
+    iteration's queue as well. A marked timer goes to the front of the queue instead,
+    so it waits at most for the iteration under way; a task started from it then runs
+    next. All other timers keep asyncio's order: batching waits (a group commit's
+    coalescing sleep) rely on running after the reads queued before them.
+
+    `_process_events` is the hook asyncio's `_run_once` calls between the poll and its
+    own timer step, and `_scheduled`/`_ready` its timer heap and queue (the same in
+    CPython 3.8-3.13; tests/core/test_eventloop.py checks the behaviour).
+    """
+
+    def __init__(self, selector: selectors.BaseSelector | None = None) -> None:
+        super().__init__(selector)
+        self._first: set[asyncio.TimerHandle] = set()
+
+    def call_later_first(self, delay: float, callback: Callable[..., object], *args: Any) -> asyncio.TimerHandle:
+        """`call_later` whose callback, once due, runs ahead of the callbacks already
+        queued. Cancel it as any timer."""
+        handle = self.call_later(delay, callback, *args)
+        self._first.add(handle)
+        return handle
+
+    def create_task_first(self, coro: Coroutine[Any, Any, _T], *, name: str | None = None) -> asyncio.Task[_T]:
+        """`create_task` whose first step runs next, ahead of the callbacks already
+        queued (its later steps queue as usual). Call it from the loop's own thread."""
+        task = self.create_task(coro, name=name)
+        ready = self._ready  # type: ignore[attr-defined]
+        # Task() has just queued its first step last; it is moved only if that is certain.
+        if ready and getattr(ready[-1]._callback, "__self__", None) is task:
+            ready.appendleft(ready.pop())
+        return task
+
+    def _process_events(self, event_list: list[Any]) -> None:
+        if self._first:
+            end_time = self.time() + self._clock_resolution  # type: ignore[attr-defined]
+            due = sorted((h for h in self._first if h.cancelled() or h.when() < end_time), key=asyncio.TimerHandle.when)
+            if due:
+                self._first.difference_update(due)
+                # Not `_scheduled`: asyncio's own step took it in an earlier iteration
+                # (it came due just after this check); it has run or is queued.
+                live = [h for h in due if not h.cancelled() and h._scheduled]  # type: ignore[attr-defined]
+                if live:
+                    # Out of the heap (a few hundred timers at most, once per fire) and
+                    # onto the front of the queue, as the same handles: a cancel
+                    # still works until they run.
+                    scheduled = self._scheduled  # type: ignore[attr-defined]
+                    for handle in live:
+                        scheduled.remove(handle)
+                        handle._scheduled = False  # type: ignore[attr-defined]
+                    heapq.heapify(scheduled)
+                    self._ready.extendleft(reversed(live))  # type: ignore[attr-defined]
+        super()._process_events(event_list)  # type: ignore[misc]
+
+
+def new_event_loop() -> ServerEventLoop:
+    """The server's loop: a `ServerEventLoop` on a `FairEpollSelector` where epoll
+    exists (Linux), on the default selector elsewhere."""
     if hasattr(selectors, "EpollSelector"):
-        return asyncio.SelectorEventLoop(FairEpollSelector())
-    return asyncio.new_event_loop()
+        return ServerEventLoop(FairEpollSelector())
+    return ServerEventLoop()
 
 
 class CollectionPacer:

@@ -16,9 +16,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pymongo
+from apscheduler.executors.base import run_coroutine_job
+from apscheduler.executors.tornado import TornadoExecutor
 from apscheduler.schedulers.tornado import TornadoScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from apscheduler.util import iscoroutinefunction_partial
 from pymongo.errors import DuplicateKeyError
 from sqlalchemy import delete, insert
 from sqlalchemy.exc import IntegrityError
@@ -48,6 +51,55 @@ MISFIRE_COUNT_LIMIT = 1000
 
 def job_id(workflow_id: int) -> str:
     return f"{JOB_PREFIX}{workflow_id}"
+
+
+class PromptTornadoExecutor(TornadoExecutor):
+    """APScheduler's Tornado executor, starting a coroutine job ahead of the loop's
+    queue (`ServerEventLoop.create_task_first`; a plain task on another loop): the
+    stock one queues the job's first step behind every callback already waiting, so
+    under a fan-out a firing started one busy loop iteration late. Other jobs go to
+    its thread pool, as before."""
+
+    def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
+        if not iscoroutinefunction_partial(job.func):
+            super()._do_submit_job(job, run_times)
+            return
+
+        def finished(task: asyncio.Task[Any]) -> None:
+            try:
+                events = task.result()
+            except BaseException as exc:
+                self._run_job_error(job.id, exc, exc.__traceback__)
+            else:
+                self._run_job_success(job.id, events)
+
+        loop = self._ioloop.asyncio_loop
+        coro = run_coroutine_job(job, job._jobstore_alias, run_times, self._logger.name)
+        start = getattr(loop, "create_task_first", loop.create_task)
+        start(coro).add_done_callback(finished)
+
+
+class PromptTornadoScheduler(TornadoScheduler):
+    """`TornadoScheduler` whose timer runs ahead of the loop's queue
+    (`ServerEventLoop.call_later_first`; a plain timer on another loop) and runs the
+    due jobs in its own callback. The stock timer calls `wakeup`, which only queues
+    the work (it may be called from any thread): one more loop iteration before a
+    fire. `wakeup` still does that for calls from outside the loop (add_job,
+    reschedule)."""
+
+    def _start_timer(self, wait_seconds: float | None) -> None:
+        self._stop_timer()
+        if wait_seconds is not None:
+            loop = self._ioloop.asyncio_loop
+            # Tornado's remove_timeout (in _stop_timer) cancels the asyncio handle.
+            self._timeout = getattr(loop, "call_later_first", loop.call_later)(wait_seconds, self._wake_on_loop)
+
+    def _create_default_executor(self) -> PromptTornadoExecutor:
+        return PromptTornadoExecutor()
+
+    def _wake_on_loop(self) -> None:
+        self._timeout = None
+        self._start_timer(self._process_jobs())
 
 
 class WorkflowScheduler:
@@ -80,7 +132,7 @@ class WorkflowScheduler:
         self._runs = runs
         self._time_zone = time_zone
         self._retention_days = retention_days
-        self._scheduler: TornadoScheduler | None = None
+        self._scheduler: PromptTornadoScheduler | None = None
         # Each scheduled workflow as its job was built from (sync follows every stored
         # change): in one process a tick fires from memory, with no store read first.
         self._definitions: dict[int, Workflow] = {}
@@ -100,7 +152,7 @@ class WorkflowScheduler:
     async def start(self) -> None:
         """Build the scheduler inside the running loop (one built earlier never fires)."""
         self.execution_log.start()
-        self._scheduler = TornadoScheduler(
+        self._scheduler = PromptTornadoScheduler(
             timezone="UTC",
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": LATE_GRACE_SECONDS},
         )

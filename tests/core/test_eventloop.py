@@ -1,21 +1,40 @@
 """The server's event loop (tornado_sched/eventloop.py) on real sockets and the real
-collector: a timer is not held back by a burst of ready sockets, no socket starves,
-and the full collection is CPython's again when the pacer stops."""
+collector: a timer is not held back by a burst of ready sockets or by the callbacks
+queued before it came due, no socket or callback starves, a scheduled firing starts
+ahead of the queue, and the full collection is CPython's again when the pacer stops."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import socket
+import time
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
+from apscheduler.schedulers.tornado import TornadoScheduler
+from apscheduler.triggers.date import DateTrigger
 
 from tornado_sched.clock import utcnow
-from tornado_sched.eventloop import MAX_EVENTS_PER_POLL, CollectionPacer, new_event_loop
+from tornado_sched.eventloop import (
+    MAX_EVENTS_PER_POLL,
+    CollectionPacer,
+    new_event_loop,
+)
+from tornado_sched.scheduler import PromptTornadoScheduler
 from tornado_sched.serialize import ITEMS_PER_SLICE, to_json, to_json_sliced
 
 SOCKETS = 300
+BACKLOG = 500
+
+
+def _spin(seconds: float = 10e-6) -> None:
+    """A callback's worth of work: a backlog iteration takes a few milliseconds, as
+    under a fan-out, so that the loop's clock can tell its turns apart."""
+    ends = time.perf_counter() + seconds
+    while time.perf_counter() < ends:
+        pass
 
 
 def _order_of_a_timer_among_ready_sockets(loop: asyncio.AbstractEventLoop) -> tuple[int, list[int]]:
@@ -66,6 +85,161 @@ def test_the_stock_loop_reads_the_whole_burst_first() -> None:
     finally:
         loop.close()
     assert before_timer == SOCKETS
+
+
+def _backlog_run_before(
+    loop: asyncio.AbstractEventLoop, start: Callable[[Callable[[], None]], None], *, first: bool
+) -> int:
+    """BACKLOG callbacks that keep re-queuing themselves (a loop busy with a fan-out),
+    and a timer (with `first`: armed with `call_later_first`) that comes due among
+    them; `start(record)` is called from the timer and must lead to `record()`.
+    Returns how many backlog callbacks ran from the timer's due time to `record()`."""
+    ran: list[float] = []
+    recorded: list[float] = []
+    done = loop.create_future()
+
+    def busy() -> None:
+        _spin()
+        ran.append(loop.time())
+        if not done.done():
+            loop.call_soon(busy)
+
+    def record() -> None:
+        recorded.append(loop.time())
+        if not done.done():
+            done.set_result(None)
+
+    async def scenario() -> float:
+        for _ in range(BACKLOG):
+            loop.call_soon(busy)
+        await asyncio.sleep(0.05)  # the backlog is turning over
+        arm = loop.call_later_first if first else loop.call_later  # type: ignore[attr-defined]
+        due = loop.time() + 0.02
+        arm(0.02, start, record)
+        await asyncio.wait_for(done, 10)
+        return due
+
+    due = loop.run_until_complete(scenario())
+    return sum(1 for at in ran if due <= at <= recorded[0])
+
+
+def _first_step(loop: asyncio.AbstractEventLoop) -> Callable[[Callable[[], None]], None]:
+    def start(record: Callable[[], None]) -> None:
+        async def job() -> None:
+            record()
+        make = getattr(loop, "create_task_first", loop.create_task)
+        tasks.add(make(job()))
+    tasks: set[asyncio.Task[None]] = set()
+    return start
+
+
+def test_a_first_timer_and_the_task_it_starts_run_ahead_of_the_queue() -> None:
+    loop = new_event_loop()
+    try:
+        timer_wait = _backlog_run_before(loop, lambda record: record(), first=True)
+        task_wait = _backlog_run_before(loop, _first_step(loop), first=True)
+        plain_wait = _backlog_run_before(loop, lambda record: record(), first=False)
+    finally:
+        loop.close()
+    # At most the rest of the iteration under way when the timer came due.
+    assert timer_wait < BACKLOG and task_wait < BACKLOG
+    # Any other timer keeps asyncio's place, behind what was queued before it.
+    assert plain_wait >= BACKLOG
+
+
+def test_the_stock_loop_queues_a_due_timer_and_its_task_behind_the_backlog() -> None:
+    """The comparison the test above depends on: stock asyncio runs the due timer after
+    the whole queue, and the task's first step after the next one."""
+    loop = asyncio.SelectorEventLoop()
+    try:
+        timer_wait = _backlog_run_before(loop, lambda record: record(), first=False)
+        task_wait = _backlog_run_before(loop, _first_step(loop), first=False)
+    finally:
+        loop.close()
+    assert timer_wait >= BACKLOG and task_wait >= 2 * BACKLOG - 1
+
+
+def test_first_timers_starve_nothing_and_cancel_as_any_timer() -> None:
+    loop = new_event_loop()
+    rounds = {"first": 0, "soon": 0, "late": 0, "cancelled": 0}
+
+    def first() -> None:  # due again at once, for ever
+        rounds["first"] += 1
+        loop.call_later_first(0, first)
+
+    def soon() -> None:
+        rounds["soon"] += 1
+        loop.call_soon(soon)
+
+    try:
+        loop.call_later_first(0, first)
+        loop.call_soon(soon)
+        loop.call_later(0.05, lambda: rounds.__setitem__("late", 1))
+        loop.call_later_first(0.05, lambda: rounds.__setitem__("cancelled", 1)).cancel()
+        # Cancelled by a first timer due just before it (as a rule in the same
+        # iteration, both at the front of the queue).
+        handles: list[asyncio.TimerHandle] = []
+        loop.call_later_first(0.1, lambda: handles[0].cancel())
+        handles.append(loop.call_later_first(0.1 + 1e-4, lambda: rounds.__setitem__("cancelled", 2)))
+        loop.run_until_complete(asyncio.sleep(0.2))
+    finally:
+        loop.close()
+    assert rounds["late"] == 1 and rounds["cancelled"] == 0
+    assert rounds["soon"] > 100 and rounds["first"] > 100
+
+
+def _scheduled_job_wait(scheduler_class: type[TornadoScheduler], loop: asyncio.AbstractEventLoop) -> int:
+    """Backlog callbacks run between a job's fire time and its first step, on the given
+    APScheduler class and loop."""
+    ran: list[float] = []
+    started: list[float] = []
+    done = loop.create_future()
+
+    def busy() -> None:
+        _spin()
+        ran.append(loop.time())
+        if not done.done():
+            loop.call_soon(busy)
+
+    async def job() -> None:
+        started.append(loop.time())
+        done.set_result(None)
+
+    async def scenario() -> float:
+        scheduler = scheduler_class(timezone="UTC")
+        scheduler.start()
+        try:
+            for _ in range(BACKLOG):
+                loop.call_soon(busy)
+            lead = 0.1
+            fire_at = utcnow() + timedelta(seconds=lead)
+            due = loop.time() + lead
+            scheduler.add_job(job, DateTrigger(fire_at))
+            await asyncio.wait_for(done, 10)
+            return due
+        finally:
+            scheduler.shutdown(wait=False)
+
+    due = loop.run_until_complete(scenario())
+    # The wall clock and the loop's clock are read a moment apart: an allowance.
+    return sum(1 for at in ran if due + 0.0005 <= at <= started[0])
+
+
+def test_a_scheduled_job_starts_ahead_of_a_busy_loop() -> None:
+    loop = new_event_loop()
+    try:
+        ours = _scheduled_job_wait(PromptTornadoScheduler, loop)
+    finally:
+        loop.close()
+    stock_loop = asyncio.SelectorEventLoop()
+    try:
+        stock = _scheduled_job_wait(TornadoScheduler, stock_loop)
+    finally:
+        stock_loop.close()
+    # Stock: the timer waits for the queue, queues `wakeup`, which queues the job's
+    # task: three turns of the backlog. Ours: at most the iteration under way.
+    assert stock >= 2 * BACKLOG
+    assert ours < BACKLOG
 
 
 async def test_the_pacer_owns_the_full_collection_until_it_stops() -> None:

@@ -7,7 +7,7 @@
 (1) Lateness. Our server runs in this process as run.py serves it (open_context +
     make_app on a free port, on eventloop.new_event_loop with a CollectionPacer;
     --stock-loop: asyncio's default loop and CPython's own GC timing), MongoDB from
-    the embedded nx-27017, SQLite system store, with K workflows
+    the embedded nx-27017, SQLite system store (--mariadb: a MariaDB database), with K workflows
     on `* * * * *` whose shifts (0, 60/K, ... s) spread the fires over the minute;
     one module (in a client subprocess) answers every command. After the run,
     lateness = run.fired_at - (nominal tick + shift), from the stored runs, and
@@ -238,8 +238,12 @@ async def baseline_lateness_main(duration: float, seconds: list[int]) -> None:
 
 # -- our server, in process ------------------------------------------------------------
 class OurServer:
-    def __init__(self, tmp: Path, stock_loop: bool = False) -> None:
+    def __init__(self, tmp: Path, stock_loop: bool = False, mariadb: str | None = None) -> None:
         self.stock_loop = stock_loop
+        # A MariaDB server URL: the system store is a database of its own there,
+        # created now and dropped at stop (else a SQLite file, the embedded default).
+        self.mariadb = mariadb
+        self.database = f"bench_sched_{os.getpid()}"
         self.pacer: Any = None
         self.tmp = tmp
         self.docserver: Any = None
@@ -258,6 +262,12 @@ class OurServer:
 
         self.docserver = EmbeddedDocumentServer(self.tmp / "docserver")
         uri = await self.docserver.start()
+        sql_url = f"sqlite+aiosqlite:///{self.tmp / 'system.sqlite3'}"
+        if self.mariadb:
+            from sqlalchemy import make_url
+
+            await self._database(f"CREATE DATABASE {self.database}")
+            sql_url = str(make_url(self.mariadb).set(database=self.database))
         settings = Settings(
             debug=True,
             secret_key="bench-secret-key-0123456789",
@@ -270,7 +280,7 @@ class OurServer:
             admin_username=ADMIN[0],
             admin_password=ADMIN[1],
             registration_token="bench-registration-token-0123",
-            sql_url_override=f"sqlite+aiosqlite:///{self.tmp / 'system.sqlite3'}",
+            sql_url_override=sql_url,
         )
         self.ctx = await open_context(settings)
         sockets = bind_sockets(0, "127.0.0.1")
@@ -294,6 +304,19 @@ class OurServer:
         if self.docserver is not None:
             await self.docserver.stop()
             self.docserver = None
+        if self.mariadb:
+            await self._database(f"DROP DATABASE IF EXISTS {self.database}")
+
+    async def _database(self, statement: str) -> None:
+        from sqlalchemy import text
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        engine = create_async_engine(self.mariadb)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(text(statement))
+        finally:
+            await engine.dispose()
 
     async def api(self, path: str, method: str = "GET", body: Any = None) -> dict[str, Any]:
         from tornado.httpclient import AsyncHTTPClient
@@ -528,7 +551,7 @@ async def main(args: argparse.Namespace) -> None:
     bench_started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-sched-") as name:
         tmp = Path(name)
-        server = OurServer(tmp, stock_loop=args.stock_loop)
+        server = OurServer(tmp, stock_loop=args.stock_loop, mariadb=args.mariadb)
         bare = BareServer()
         ours_workers, bare_workers = Workers(args.client_nice), Workers(args.client_nice)
         await server.start()
@@ -619,6 +642,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--client-nice", type=int, default=0,
         help="run the module client processes at this nice level (on 2 cores they otherwise "
              "take CPU from the server; in production they run on other machines)",
+    )
+    parser.add_argument(
+        "--mariadb", metavar="URL", default=None,
+        help="system store on this MariaDB server (e.g. mysql+aiomysql://root@127.0.0.1:3306/test; "
+             "a database of its own is created and dropped) instead of a SQLite file",
     )
     parser.add_argument(
         "--stock-loop", action="store_true",

@@ -87,40 +87,55 @@ def test_the_stock_loop_reads_the_whole_burst_first() -> None:
     assert before_timer == SOCKETS
 
 
+class Backlog:
+    """BACKLOG callbacks that keep re-queuing themselves until `done` (a loop busy with
+    a fan-out), each noting the loop's time when it ran."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.ran: list[float] = []
+        self.done: asyncio.Future[None] = loop.create_future()
+        for _ in range(BACKLOG):
+            loop.call_soon(self._busy)
+
+    def _busy(self) -> None:
+        _spin()
+        self.ran.append(self.loop.time())
+        if not self.done.done():
+            self.loop.call_soon(self._busy)
+
+    def finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def ran_between(self, start: float, end: float) -> int:
+        return sum(1 for at in self.ran if start <= at <= end)
+
+
 def _backlog_run_before(
     loop: asyncio.AbstractEventLoop, start: Callable[[Callable[[], None]], None], *, first: bool
 ) -> int:
-    """BACKLOG callbacks that keep re-queuing themselves (a loop busy with a fan-out),
-    and a timer (with `first`: armed with `call_later_first`) that comes due among
-    them; `start(record)` is called from the timer and must lead to `record()`.
+    """A timer (with `first`: armed with `call_later_first`) that comes due amid a
+    Backlog; `start(record)` is called from the timer and must lead to `record()`.
     Returns how many backlog callbacks ran from the timer's due time to `record()`."""
-    ran: list[float] = []
     recorded: list[float] = []
-    done = loop.create_future()
 
-    def busy() -> None:
-        _spin()
-        ran.append(loop.time())
-        if not done.done():
-            loop.call_soon(busy)
+    async def scenario() -> tuple[Backlog, float]:
+        backlog = Backlog(loop)
 
-    def record() -> None:
-        recorded.append(loop.time())
-        if not done.done():
-            done.set_result(None)
+        def record() -> None:
+            recorded.append(loop.time())
+            backlog.finish()
 
-    async def scenario() -> float:
-        for _ in range(BACKLOG):
-            loop.call_soon(busy)
         await asyncio.sleep(0.05)  # the backlog is turning over
         arm = loop.call_later_first if first else loop.call_later  # type: ignore[attr-defined]
         due = loop.time() + 0.02
         arm(0.02, start, record)
-        await asyncio.wait_for(done, 10)
-        return due
+        await asyncio.wait_for(backlog.done, 10)
+        return backlog, due
 
-    due = loop.run_until_complete(scenario())
-    return sum(1 for at in ran if due <= at <= recorded[0])
+    backlog, due = loop.run_until_complete(scenario())
+    return backlog.ran_between(due, recorded[0])
 
 
 def _first_step(loop: asyncio.AbstractEventLoop) -> Callable[[Callable[[], None]], None]:
@@ -191,38 +206,30 @@ def test_first_timers_starve_nothing_and_cancel_as_any_timer() -> None:
 def _scheduled_job_wait(scheduler_class: type[TornadoScheduler], loop: asyncio.AbstractEventLoop) -> int:
     """Backlog callbacks run between a job's fire time and its first step, on the given
     APScheduler class and loop."""
-    ran: list[float] = []
     started: list[float] = []
-    done = loop.create_future()
 
-    def busy() -> None:
-        _spin()
-        ran.append(loop.time())
-        if not done.done():
-            loop.call_soon(busy)
-
-    async def job() -> None:
-        started.append(loop.time())
-        done.set_result(None)
-
-    async def scenario() -> float:
+    async def scenario() -> tuple[Backlog, float]:
         scheduler = scheduler_class(timezone="UTC")
         scheduler.start()
         try:
-            for _ in range(BACKLOG):
-                loop.call_soon(busy)
+            backlog = Backlog(loop)
+
+            async def job() -> None:
+                started.append(loop.time())
+                backlog.finish()
+
             lead = 0.1
             fire_at = utcnow() + timedelta(seconds=lead)
             due = loop.time() + lead
             scheduler.add_job(job, DateTrigger(fire_at))
-            await asyncio.wait_for(done, 10)
-            return due
+            await asyncio.wait_for(backlog.done, 10)
+            return backlog, due
         finally:
             scheduler.shutdown(wait=False)
 
-    due = loop.run_until_complete(scenario())
+    backlog, due = loop.run_until_complete(scenario())
     # The wall clock and the loop's clock are read a moment apart: an allowance.
-    return sum(1 for at in ran if due + 0.0005 <= at <= started[0])
+    return backlog.ran_between(due + 0.0005, started[0])
 
 
 def test_a_scheduled_job_starts_ahead_of_a_busy_loop() -> None:

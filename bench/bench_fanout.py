@@ -13,7 +13,9 @@ from the client side, until every socket has received `receive result`:
   bare  bench/bare_server.py `POST /broadcast`: one execute-shaped frame to every
         socket; each result answered `receive result` at once (no store)
 
-Medians over --repeats; ours/bare printed in the same run.
+Medians over --repeats; ours/bare printed in the same run. --dashboards K keeps K
+dashboard pages' live sockets open on ours, read as fast as they come (an operator
+watching), and prints what they received.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench_connections import (
     BASIC,
@@ -51,6 +54,7 @@ async def one(
     conn = Connection("127.0.0.1", server.port, timeout=120)
     samples: list[float] = []
     cpu: list[float] = []
+    readers: DashboardReaders | None = None
     try:
         auth = {"Authorization": BASIC}
         workflow_ids = []
@@ -74,6 +78,8 @@ async def one(
         replies = await broadcast(workers, {"cmd": "connect", "timeout": 120}, 120)
         assert sum(r["connected"] for r in replies) == len(hashes), replies
         await asyncio.sleep(2.0)  # let the online-state flush settle
+        if kind == "ours" and args.dashboards:
+            readers = await open_dashboards(server.port, args.dashboards)
         for _ in range(args.repeats):
             for share, w in zip(shares, workers, strict=True):
                 await w.send_cmd({"cmd": "acks", "expected": len(share), "timeout": 120})
@@ -96,11 +102,48 @@ async def one(
             cpu.append((cpu_seconds(server.pid) or 0.0) - cpu0)
             await asyncio.sleep(0.5)
     finally:
+        if readers is not None:
+            readers.close()
+            print(f"  {kind}: {args.dashboards} dashboard page(s) open received {readers.messages:,} messages, "
+                  f"{readers.bytes / 1e6:.1f} MB over {args.repeats} fan-out(s)", flush=True)
         await conn.close()
         for w in workers:
             await w.stop()
         await stop_server(server, 60)
     return samples, cpu
+
+
+class DashboardReaders:
+    """Open dashboard pages: live sockets read as fast as they send, counted."""
+
+    def __init__(self, sockets: list[Any]) -> None:
+        self.messages = 0
+        self.bytes = 0
+        self._sockets = sockets
+        self._tasks = [asyncio.ensure_future(self._drain(ws)) for ws in sockets]
+
+    async def _drain(self, ws: Any) -> None:
+        while (message := await ws.read_message()) is not None:
+            self.messages += 1
+            self.bytes += len(message)
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for ws in self._sockets:
+            ws.close()
+
+
+async def open_dashboards(port: int, count: int) -> DashboardReaders:
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    sockets = [
+        await websocket_connect(HTTPRequest(f"ws://127.0.0.1:{port}/dashboard/live", headers={"Authorization": BASIC}),
+                                max_message_size=256 * 1024 * 1024)
+        for _ in range(count)
+    ]
+    return DashboardReaders(sockets)
 
 
 async def amain(args: argparse.Namespace) -> int:
@@ -131,6 +174,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--workflow-size", type=int, default=1000,
                         help="modules per workflow (a workflow holds at most 5,000); N is split over several")
+    parser.add_argument("--dashboards", type=int, default=0,
+                        help="ours: dashboard pages (live sockets) open and read during the fan-outs")
     parser.add_argument("--profile-dir", type=Path, default=None,
                         help="run ours under cProfile, stats written here (slower; not for figures)")
     return asyncio.run(amain(parser.parse_args()))

@@ -598,7 +598,7 @@ class RunTracker:
             self._close_as(run, status, step_indexes)
         else:
             self._mark(run, step_indexes)
-            self._events.publish(RUN_UPDATED, {"run": run})
+            self._events.publish(RUN_UPDATED, {"run": run, "steps": step_indexes})
 
     def _mark(self, run: Run, step_indexes: list[int]) -> None:
         for index in step_indexes:

@@ -83,8 +83,9 @@ def module_event_view(
     }
 
 
-def run_view(locale: tornado.locale.Locale, zone: ZoneInfo, run: Run) -> dict[str, Any]:
-    """A run and its steps, as the live socket sends it."""
+def run_view(locale: tornado.locale.Locale, zone: ZoneInfo, run: Run, steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """A run, as the live socket sends it, with `steps` (step_view's, of the steps that
+    changed: the page patches the rows it has by index)."""
     return {
         "run_id": run.run_id,
         "url": f"/history/{run.run_id}",
@@ -103,23 +104,25 @@ def run_view(locale: tornado.locale.Locale, zone: ZoneInfo, run: Run) -> dict[st
         "duration": run_duration(locale, run.started_at, run.ended_at),
         "reason": run.reason or "",
         "open": run.open,
-        "steps": [
-            {
-                "index": step.index,
-                "module_name": step.module_name,
-                "status": badge(locale, step.status, step=True),
-                "attempts": step.attempts,
-                "sent_at": format_time(step.sent_at, zone),
-                "sent_iso": step.sent_at.isoformat() if step.sent_at else "",
-                "ended_at": format_time(step.ended_at, zone),
-                "duration": run_duration(locale, step.sent_at, step.ended_at),
-                "message": step.message or "",
-                "error": step.error or "",
-                "output": "" if step.output is None else output_text(step.output),
-                "progress": step.progress,
-            }
-            for step in run.steps
-        ],
+        "steps": steps,
+    }
+
+
+def step_view(locale: tornado.locale.Locale, zone: ZoneInfo, step: Step) -> dict[str, Any]:
+    """One step of a run_view."""
+    return {
+        "index": step.index,
+        "module_name": step.module_name,
+        "status": badge(locale, step.status, step=True),
+        "attempts": step.attempts,
+        "sent_at": format_time(step.sent_at, zone),
+        "sent_iso": step.sent_at.isoformat() if step.sent_at else "",
+        "ended_at": format_time(step.ended_at, zone),
+        "duration": run_duration(locale, step.sent_at, step.ended_at),
+        "message": step.message or "",
+        "error": step.error or "",
+        "output": "" if step.output is None else output_text(step.output),
+        "progress": step.progress,
     }
 
 

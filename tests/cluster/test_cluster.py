@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+import redis.asyncio as aioredis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
@@ -28,9 +29,10 @@ from handlers.auth import SESSION_COOKIE
 from tests.conftest import ADMIN, basic_auth
 from tests.support.httpauth import digest_header
 from tornado_sched.client import ModuleClient, ModuleReplaced
+from tornado_sched.cluster import BROADCAST
 from tornado_sched.tables import execution_log, notification_outbox, runs
 
-from .conftest import BLOCK_AFTER, BLOCK_SECONDS, ROOT, TOKEN, ClusterHarness
+from .conftest import BLOCK_AFTER, BLOCK_SECONDS, REDIS_URL, ROOT, TOKEN, ClusterHarness
 
 pytestmark = [pytest.mark.slow, pytest.mark.mariadb]
 
@@ -174,6 +176,59 @@ async def test_presence_commands_and_results_across_instances(cluster: ClusterHa
     _code, data = await cluster.call("i2", "POST", f"/workflow/{nowhere}/execute")
     run = await cluster.wait_for(lambda: _finished(cluster, "i3", data["result"]["run_id"]), what="offline run")
     assert [s["status"] for s in run["steps"]] == ["offline"], run
+
+
+async def test_a_fan_out_is_shared_as_merged_updates_not_one_broadcast_per_result(cluster: ClusterHarness) -> None:
+    """A 40-module run owned by i1, watched on i3's dashboard: i1 shares the run's
+    updates merged (at most one per REPORT_SECONDS; read off Redis) instead of
+    broadcasting every step for every result, and i3's page still ends with every
+    step's final state."""
+    count = 40
+    clients = [await start(module(cluster.urls("i1"), f"fan-{i:02d}")) for i in range(count)]
+    redis = aioredis.Redis.from_url(REDIS_URL)
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(BROADCAST)
+    shared: list[dict[str, Any]] = []
+
+    async def overhear() -> None:
+        async for message in pubsub.listen():
+            if message["type"] == "message":
+                shared.extend(m for m in json.loads(message["data"]) if m.get("op") == "event")
+
+    listener = asyncio.ensure_future(overhear())
+    try:
+        workflow_id = await create_workflow(cluster, "i1", "fan-out", [(c.module_hash, {}) for c in clients])
+        live = await websocket_connect(HTTPRequest(
+            cluster["i3"].url.replace("http", "ws") + "/dashboard/live", headers={"Authorization": basic_auth(*ADMIN)},
+        ))
+        try:
+            _code, data = await cluster.call("i1", "POST", f"/workflow/{workflow_id}/execute")
+            run_id = data["result"]["run_id"]
+            messages: list[dict[str, Any]] = []
+
+            async def until_finished() -> None:
+                while not messages or messages[-1]["event"] != "run.finished":
+                    message = json.loads(await live.read_message())
+                    if message.get("type") == "run" and message["run"]["run_id"] == run_id:
+                        messages.append(message)
+
+            await asyncio.wait_for(until_finished(), 20)
+        finally:
+            live.close()
+    finally:
+        listener.cancel()
+        await pubsub.aclose()
+        await redis.aclose()
+        for client in clients:
+            await client.stop()
+    kinds = [m["kind"] for m in shared if m["run"]["run_id"] == run_id]
+    assert kinds.count("run.started") == 1 and kinds.count("run.finished") == 1, kinds
+    assert kinds.count("run.updated") <= count // 4, kinds
+    shown: dict[int, str] = {}
+    for message in messages:
+        for step in message["run"]["steps"]:
+            shown[step["index"]] = step["status"]["key"]
+    assert shown == dict.fromkeys(range(count), "success")
 
 
 async def test_hot_switch_across_instances(cluster: ClusterHarness) -> None:

@@ -152,6 +152,44 @@ async def test_a_chatty_module_does_not_flood_the_live_socket(server: RunningSer
     assert len(json.dumps(stored_log, ensure_ascii=False).encode()) <= TEXT_LIMIT_BYTES
 
 
+async def test_a_fan_out_sends_the_live_page_each_step_a_few_times_not_every_step_per_result(
+    server: RunningServer,
+) -> None:
+    """An open dashboard during a 150-module run: the run's messages carry the steps
+    that changed (all of them at the start and the end), not every step for every
+    result (150 x 150 before), and replayed in order they leave every step as stored."""
+    count = 150
+    modules = [await Module.online(server, f"fan-{i:03d}") for i in range(count)]
+    wid = await create_workflow(server, on_demand([m.hash for m in modules]))
+    cookie = await session_cookie(server)
+    live = await websocket_connect(_live_request(server, {"Cookie": cookie, "Origin": f"http://127.0.0.1:{server.port}"}))
+    try:
+        await live_message(live, "hello")
+        run_id = await execute(server, wid)
+        commands = [await m.recv_execute() for m in modules]
+        answers = await asyncio.gather(*(m.result(c) for m, c in zip(modules, commands, strict=True)))
+        assert set(answers) == {"receive result"}
+        messages: list[dict[str, Any]] = []
+        while not messages or messages[-1]["event"] != "run.finished":
+            message = await live_message(live, "run")
+            if message["run"]["run_id"] == run_id:
+                messages.append(message)
+    finally:
+        live.close()
+    started = [m for m in messages if m["event"] == "run.started"]
+    assert len(started) == 1 and len(started[0]["run"]["steps"]) == count
+    assert len(messages[-1]["run"]["steps"]) == count
+    sent = sum(len(m["run"]["steps"]) for m in messages)
+    assert sent <= 4 * count, (sent, len(messages))
+    shown: dict[int, str] = {}
+    for message in messages:
+        for step in message["run"]["steps"]:
+            shown[step["index"]] = step["status"]["key"]
+    stored = await wait_run(server, run_id)
+    assert shown == {step["index"]: step["status"] for step in stored["steps"]} == dict.fromkeys(range(count), "success")
+    assert messages[-1]["run"]["status"]["key"] == "success"
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 async def test_progress_moves_and_cancel_and_rerun_in_chromium(server: RunningServer) -> None:

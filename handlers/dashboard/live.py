@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -141,7 +142,7 @@ class DashboardSocket(OperatorAuthMixin, SocketHandler):
         if self._enqueue(("step", *key)):
             self._step_reports[key] = {**report, "lines": list(report["lines"])}
 
-    def _send_run(self, kind: str, run: Run, steps: list[int] | None) -> None:
+    def _send_run(self, kind: str, run: Run, steps: Iterable[int] | None) -> None:
         waiting = self._runs.get(run.run_id)
         if waiting is not None:
             if waiting.event != RUN_STARTED:  # a start not yet sent stays one: the page adds its row
@@ -206,8 +207,8 @@ class DashboardSocket(OperatorAuthMixin, SocketHandler):
                 self.locale, self._zone, data, online, session, self.ctx.modules.online_count()
             ))
         elif kind in RUN_EVENTS and isinstance(data.get("run"), Run):
-            changed = data.get("steps") if kind != RUN_STARTED else None
-            self._send_run(kind, data["run"], None if changed is None else list(changed))
+            # A start shows every step; another instance's events say nothing of steps.
+            self._send_run(kind, data["run"], None if kind == RUN_STARTED else data.get("steps"))
         elif kind == FAILING_CHANGED:
             self._send(failing_view(self.locale, self._zone, data["failing"]))
         elif kind == STEP_PROGRESS and isinstance(data.get("step"), Step):
